@@ -1,0 +1,118 @@
+"""Intervention families for DII and how each assigns coordinates to variables.
+
+A *family* turns ``(width, sizes, seed)`` into pyvene intervention objects and
+the coordinates each causal variable owns in that family's basis:
+
+* ``neuron``   pyvene ``VanillaIntervention``: axis-aligned neurons (no rotation);
+* ``road``     one RoAd layer (``RoadInterchange``), variables own one axis per pair;
+* ``butterfly`` RoAd butterfly, log2(d) layers, widest stride next to the mask;
+* ``das``      pyvene ``RotatedSpaceIntervention``: a full learned orthogonal matrix;
+* ``lowrank``  pyvene ``LowRankRotatedSpaceIntervention``: a d x sum(sizes) orthonormal basis;
+* ``boundless`` pyvene ``BoundlessRotatedSpaceIntervention``: learned boundary, one
+  intervention per variable (pyvene's boundary mask always starts at coordinate 0).
+
+``register_family`` adds your own (explicit registration, STYLE rule 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from roadinterp._pyvene import pv
+from roadinterp.errors import ConfigError, unknown
+from roadinterp.interventions.road import RoadInterchange, assign_axes
+
+
+@dataclass
+class FamilyBuild:
+    """What a family hands to the DII machinery."""
+
+    interventions: list  # one per variable; the same object repeated when the basis is shared
+    coords: list[list[int]]  # per variable: coordinates it swaps (in the intervention's basis)
+    shared: bool  # True when all variables share one intervention (pyvene link key)
+
+
+@dataclass
+class Family:
+    name: str
+    build: Callable[..., FamilyBuild]  # (dim, sizes, seed, **options) -> FamilyBuild
+    description: str
+    rotated: bool = True  # False for axis-aligned families (neuron)
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family, *, overwrite: bool = False) -> None:
+    if family.name in _FAMILIES and not overwrite:
+        raise ConfigError(f"family {family.name!r} is already registered; pass overwrite=True")
+    _FAMILIES[family.name] = family
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise unknown("family", name, list(_FAMILIES))
+    return _FAMILIES[name]
+
+
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
+def _contiguous(sizes: Sequence[int], dim: int) -> list[list[int]]:
+    return assign_axes(dim, sizes, dim)
+
+
+def _seeded(seed: int | None):
+    if seed is not None:
+        torch.manual_seed(seed)
+
+
+def _neuron(dim, sizes, seed=None, **_):
+    iv = pv.VanillaIntervention(embed_dim=dim)
+    return FamilyBuild([iv] * len(sizes), _contiguous(sizes, dim), True)
+
+
+def _road_like(family):
+    def build(dim, sizes, seed=None, variant="road_1", init="random", n_layers=None, **_):
+        iv = RoadInterchange(dim, family=family, variant=variant, init=init, seed=seed, n_layers=n_layers)
+        return FamilyBuild([iv] * len(sizes), assign_axes(dim, sizes, iv.group_size), True)
+
+    return build
+
+
+def _das(dim, sizes, seed=None, **_):
+    _seeded(seed)
+    iv = pv.RotatedSpaceIntervention(embed_dim=dim)
+    return FamilyBuild([iv] * len(sizes), _contiguous(sizes, dim), True)
+
+
+def _lowrank(dim, sizes, seed=None, **_):
+    _seeded(seed)
+    rank = sum(sizes)
+    iv = pv.LowRankRotatedSpaceIntervention(embed_dim=dim, low_rank_dimension=rank)
+    return FamilyBuild([iv] * len(sizes), _contiguous(sizes, rank), True)
+
+
+def _boundless(dim, sizes, seed=None, **_):
+    _seeded(seed)
+    ivs = []
+    for s in sizes:
+        iv = pv.BoundlessRotatedSpaceIntervention(embed_dim=dim)
+        iv.set_intervention_boundaries(float(s) / dim)  # start at the requested size
+        ivs.append(iv)
+    return FamilyBuild(ivs, [list(range(dim)) for _ in sizes], False)
+
+
+for _f in (
+    Family("neuron", _neuron, "axis-aligned neurons (pyvene VanillaIntervention)", rotated=False),
+    Family("road", _road_like("road"), "one RoAd layer, one rotated axis per pair per variable"),
+    Family("butterfly", _road_like("butterfly"), "RoAd butterfly: log2(d) layers, strides 1..d/2"),
+    Family("das", _das, "full orthogonal rotation (pyvene RotatedSpaceIntervention)"),
+    Family("lowrank", _lowrank, "low-rank orthonormal basis (pyvene LowRankRotatedSpaceIntervention)"),
+    Family("boundless", _boundless, "learned boundary (pyvene BoundlessRotatedSpaceIntervention)"),
+):
+    register_family(_f)

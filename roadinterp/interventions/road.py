@@ -1,0 +1,220 @@
+"""RoAd as pyvene interventions.
+
+``RoadIntervention`` (sourceless, ReFT-style adaptation): ``h' = R h`` on a site,
+where R is a RoAd map restricted to a *subspace* (a set of 2D blocks; other
+blocks are the identity). pyvene's per-example ``subspaces`` argument routes each
+example to its own block set, vectorised into one ``[batch, d]`` mask.
+
+``RoadInterchange`` (distributed interchange intervention in a rotated basis):
+
+    DII(b, s) = b + R^-1 M R (s - b)
+
+``M`` keeps the rotated coordinates that a causal variable owns. If a variable
+owned *both* axes of a 2D block, ``R^-1 M R = M`` there and the angle would have
+no effect, so variables are assigned one axis per pair (see
+:func:`assign_axes`). Family ``road`` uses one RoAd layer, ``butterfly`` a product
+of layers with strides 1, 2, ..., d/2 (widest next to M). With all angles zero
+both reduce to pyvene's ``VanillaIntervention`` on the same coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from roadinterp._pyvene import pv
+from roadinterp.errors import ConfigError, OverlapError
+from roadinterp.road import rotation as rot
+from roadinterp.road.butterfly import (
+    butterfly_apply,
+    butterfly_coefficients,
+    butterfly_inverse_apply,
+    butterfly_strides,
+)
+
+
+# ------------------------------------------------------------------ helpers
+def subspace_mask(subspaces, batch: int, width: int, device=None) -> torch.Tensor | None:
+    """pyvene ``subspaces`` (per example: a list of indices) -> bool ``[batch, width]``.
+
+    One scatter for the whole batch; ragged lists are flattened first. ``None``
+    stays ``None`` (meaning "everything").
+    """
+    if subspaces is None:
+        return None
+    if isinstance(subspaces, torch.Tensor):
+        idx = subspaces.long().to(device)
+        if idx.dim() == 1:
+            idx = idx.unsqueeze(0).expand(batch, -1)
+        mask = torch.zeros(batch, width, dtype=torch.bool, device=device)
+        return mask.scatter_(1, idx, True)
+    if len(subspaces) != batch:
+        raise ConfigError(f"subspaces has {len(subspaces)} rows but the batch has {batch} examples")
+    rows, cols = [], []
+    for i, s in enumerate(subspaces):
+        s = list(s)
+        rows.extend([i] * len(s))
+        cols.extend(s)
+    mask = torch.zeros(batch, width, dtype=torch.bool, device=device)
+    if cols:
+        c = torch.tensor(cols, device=device)
+        if c.min() < 0 or c.max() >= width:
+            raise ConfigError(f"subspace index out of range 0..{width - 1}: {c.min().item()}..{c.max().item()}")
+        mask[torch.tensor(rows, device=device), c] = True
+    return mask
+
+
+def assign_axes(dim: int, sizes: Sequence[int], group_size: int | None = None) -> list[list[int]]:
+    """Rotated coordinates owned by each causal variable (one axis per pair).
+
+    First axes of pairs (j in the first half of each group) are handed out in block
+    order, then second axes. With ``group_size == dim`` (the default) this is the
+    contiguous assignment ``[0, k1), [k1, k1 + k2), ...``, which is also what the
+    butterfly's widest-stride layer pairs up. A single variable never receives both
+    axes of a pair unless it asks for more than ``dim/2`` coordinates.
+    """
+    g = dim if group_size is None else group_size
+    rot.check_layout(dim, g)
+    sizes = [int(s) for s in sizes]
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"every variable needs a size >= 1, got sizes {sizes}")
+    if sum(sizes) > dim:
+        raise ConfigError(f"sizes {sizes} add up to {sum(sizes)} but the site is only {dim} wide")
+    blocks = rot.block_elements(dim, g)  # [d/2, 2]
+    order = torch.cat([blocks[:, 0], blocks[:, 1]]).tolist()
+    out, start = [], 0
+    for s in sizes:
+        out.append(sorted(order[start : start + s]))
+        start += s
+    return out
+
+
+def check_assignment(dim: int, coords: Sequence[Sequence[int]], group_size: int) -> None:
+    """Refuse overlapping variables and variables that own both axes of a block."""
+    seen: dict[int, int] = {}
+    partner = rot.pair_index(dim, group_size).tolist()
+    for v, cs in enumerate(coords):
+        cs = list(cs)
+        for c in cs:
+            if not 0 <= c < dim:
+                raise ConfigError(f"variable {v}: coordinate {c} is out of range 0..{dim - 1}")
+            if c in seen:
+                raise OverlapError(
+                    f"variables {seen[c]} and {v} both own rotated coordinate {c}; "
+                    "give each variable its own coordinates"
+                )
+            seen[c] = v
+        both = sorted(c for c in cs if partner[c] in set(cs) and c < partner[c])
+        if both:
+            c = both[0]
+            raise ConfigError(
+                f"variable {v} owns both axes of the 2D block ({c}, {partner[c]}): there R^-1 M R = M "
+                "and the rotation cancels, so nothing is learned; assign one axis per pair "
+                "(roadinterp.interventions.assign_axes does this)"
+            )
+
+
+# ------------------------------------------------------------ interventions
+class RoadIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
+    """Sourceless, trainable ``h' = R h`` on a subspace of 2D blocks.
+
+    ``subspaces`` (per example, block indices) restricts each example to its own
+    blocks, e.g. to route examples of task A to A's blocks during joint training.
+    """
+
+    def __init__(
+        self, embed_dim: int, *, variant: str = "road_1", group_size: int | None = None,
+        blocks: Sequence[int] | None = None, init: str = "identity", seed: int | None = None, **kwargs,
+    ) -> None:
+        super().__init__(embed_dim=embed_dim, **kwargs)
+        g = group_size or rot.largest_group_size(embed_dim)
+        from roadinterp.road.module import RoadRotation
+
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.rotation = RoadRotation(embed_dim, variant, g, blocks=blocks, init=init, generator=gen)
+
+    @property
+    def spec(self):
+        return self.rotation.spec
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        d = self.rotation.dim
+        if base.shape[-1] != d:
+            raise ConfigError(f"RoadIntervention is {d} wide but the site is {base.shape[-1]} wide")
+        block_mask = subspace_mask(subspaces, base.shape[0], d // 2, base.device)
+        element_mask = None
+        if block_mask is not None:
+            eb = rot.element_block(d, self.rotation.group_size, base.device)
+            element_mask = block_mask[:, eb]  # [batch, d]
+        return self.rotation(base, element_mask)
+
+    def __str__(self) -> str:
+        return f"RoadIntervention({self.rotation.extra_repr()})"
+
+
+class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
+    """DII in a RoAd (``road``) or RoAd-butterfly (``butterfly``) rotated basis.
+
+    ``subspaces`` per example are the *rotated coordinates* to take from the
+    source (use :func:`assign_axes`). Alpha is frozen at 1 by default: for DII
+    only the basis matters, and road_1's alpha cancels in ``R^-1 M R`` anyway.
+    """
+
+    def __init__(
+        self, embed_dim: int, *, family: str = "road", variant: str = "road_1",
+        group_size: int | None = None, n_layers: int | None = None, init: str = "random",
+        seed: int | None = None, train_alpha: bool = False, **kwargs,
+    ) -> None:
+        super().__init__(embed_dim=embed_dim, **kwargs)
+        if family not in ("road", "butterfly"):
+            raise ConfigError(f"RoadInterchange family must be 'road' or 'butterfly', got {family!r}")
+        self.family, self.variant, self.dim = family, variant, embed_dim
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        if family == "road":
+            self.strides = [(group_size or embed_dim) // 2]
+        else:
+            if group_size is not None:
+                raise ConfigError("butterfly sets its own group sizes (strides); do not pass group_size")
+            self.strides = butterfly_strides(embed_dim, n_layers)
+        for s in self.strides:
+            rot.check_layout(embed_dim, 2 * s, variant)
+        thetas, alphas = zip(*(rot.init_params(embed_dim, variant, init=init, generator=gen) for _ in self.strides))
+        self.theta = nn.Parameter(torch.stack(thetas))  # [L, n_params] fp32
+        self.alpha = nn.Parameter(torch.stack(alphas), requires_grad=train_alpha)  # [L, n_params]
+
+    @property
+    def group_size(self) -> int:
+        """Pair layout of the layer next to the mask (the one axes are assigned in)."""
+        return 2 * self.strides[-1]
+
+    def _coefs(self):
+        return butterfly_coefficients(self.theta, self.alpha, self.strides, self.variant)
+
+    def rotate(self, h: torch.Tensor) -> torch.Tensor:
+        """``R h`` (fp32)."""
+        return butterfly_apply(h.float(), self._coefs(), self.strides)
+
+    def unrotate(self, h: torch.Tensor) -> torch.Tensor:
+        """``R^-1 h`` (fp32)."""
+        return butterfly_inverse_apply(h.float(), self._coefs(), self.strides)
+
+    def forward(self, base, source, subspaces=None, **kwargs):
+        if base.shape[-1] != self.dim:
+            raise ConfigError(f"RoadInterchange is {self.dim} wide but the site is {base.shape[-1]} wide")
+        coefs = self._coefs()
+        diff = butterfly_apply((source - base).float(), coefs, self.strides)  # R (s - b)
+        mask = subspace_mask(subspaces, base.shape[0], self.dim, base.device)
+        if mask is None:
+            raise ConfigError("RoadInterchange needs subspaces: the rotated coordinates of each variable")
+        m = mask.to(diff.dtype).reshape(base.shape[0], *([1] * (base.dim() - 2)), self.dim)
+        delta = butterfly_inverse_apply(diff * m, coefs, self.strides)  # R^-1 M R (s - b)
+        return (base.float() + delta).to(base.dtype)
+
+    def matrix(self) -> torch.Tensor:
+        """Dense ``[d, d]`` R (for tests and figures)."""
+        return self.rotate(torch.eye(self.dim)).T
+
+    def __str__(self) -> str:
+        return f"RoadInterchange(family={self.family}, dim={self.dim}, strides={self.strides})"

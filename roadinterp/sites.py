@@ -1,0 +1,173 @@
+"""Sites: *where* in a model an intervention acts.
+
+A :class:`Site` is ``(layer, component, positions)``: ``component`` is one of
+pyvene's abstract names (``block_output``, ``mlp_output``, ``attention_output``,
+``mlp_activation``, ...) which pyvene maps to a concrete module per architecture;
+``positions`` picks the token positions (``"last"``, ``"all"``, an int, a tuple of
+ints, or a name the task defines, such as ``"carry"``).
+
+We always hand pyvene *full per-example* ``unit_locations``: its shortcuts switch
+on ``use_fast`` for good, after which per-example positions silently reuse
+example 0's. New architectures are added with :func:`register_architecture`
+(explicit, no editing of pyvene's tables by hand).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+import torch
+
+from roadinterp._pyvene import get_dimension_by_component, modelcard
+from roadinterp.errors import ConfigError, SiteError, unknown
+
+Positions = Union[str, int, tuple]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where to intervene: a layer, a pyvene component and token positions."""
+
+    layer: int  # block index, 0-based
+    component: str = "block_output"  # pyvene component name
+    positions: Positions = "last"  # "last" | "all" | int | tuple[int, ...] | task-named position
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ConfigError(f"layer must be a non-negative int, got {self.layer!r}")
+        if not isinstance(self.component, str) or not self.component:
+            raise ConfigError(f"component must be a pyvene component name, got {self.component!r}")
+        if isinstance(self.positions, list):
+            object.__setattr__(self, "positions", tuple(self.positions))
+
+    def label(self) -> str:
+        return f"L{self.layer}.{self.component}@{self.positions}"
+
+    def key(self) -> str:
+        """Stable string form ``layer:component:positions`` (round-trips via from_key)."""
+        p = self.positions
+        ptxt = ",".join(map(str, p)) if isinstance(p, tuple) else str(p)
+        return f"{self.layer}:{self.component}:{ptxt}"
+
+    @classmethod
+    def from_key(cls, key: str) -> "Site":
+        try:
+            layer, component, ptxt = key.split(":")
+            return cls(int(layer), component, parse_positions(ptxt))
+        except ValueError:
+            raise ConfigError(f"site key must look like 'layer:component:positions', got {key!r}") from None
+
+    def position_indices(self, seq_len: int, named: Mapping[str, int] | None = None) -> list[int]:
+        """Resolve ``positions`` to a list of indices into a sequence of ``seq_len``."""
+        p = self.positions
+        if p == "last":
+            idx = [seq_len - 1]
+        elif p == "all":
+            idx = list(range(seq_len))
+        elif isinstance(p, str):
+            if not named or p not in named:
+                known = ["last", "all", *(named or {})]
+                raise SiteError(f"unknown position {p!r}; known positions: {', '.join(known)}")
+            idx = [named[p]]
+        elif isinstance(p, int):
+            idx = [p]
+        else:
+            idx = list(p)
+        out = []
+        for i in idx:
+            j = i + seq_len if i < 0 else i
+            if not 0 <= j < seq_len:
+                raise SiteError(f"position {i} is out of range for sequence length {seq_len}")
+            out.append(j)
+        return out
+
+    def unit_locations(self, batch_size: int, seq_len: int, named=None) -> list[list[int]]:
+        """Full per-example locations ``[batch][n_positions]`` for pyvene."""
+        idx = self.position_indices(seq_len, named)
+        return [list(idx) for _ in range(batch_size)]
+
+
+# ------------------------------------------------------------ architectures
+def register_architecture(
+    model_class: type, module_mapping: Mapping[str, tuple], dimension_mapping: Mapping[str, tuple],
+    *, overwrite: bool = False,
+) -> None:
+    """Teach pyvene the sites of a new HF architecture.
+
+    ``module_mapping``: component -> (module path template with ``%s`` for the
+    layer, hook type ``"register_forward_hook"`` or ``"register_forward_pre_hook"``),
+    e.g. ``{"block_output": ("bert.encoder.layer[%s]", "register_forward_hook")}``.
+    ``dimension_mapping``: component -> tuple of config attribute names giving the width.
+    """
+    if model_class in modelcard.type_to_module_mapping and not overwrite:
+        raise ConfigError(
+            f"{model_class.__name__} is already registered; pass overwrite=True to replace it"
+        )
+    if set(module_mapping) != set(dimension_mapping):
+        raise ConfigError("module_mapping and dimension_mapping must name the same components")
+    modelcard.type_to_module_mapping[model_class] = dict(module_mapping)
+    modelcard.type_to_dimension_mapping[model_class] = dict(dimension_mapping)
+
+
+def components(model: torch.nn.Module) -> list[str]:
+    """Component names pyvene knows for this model's class."""
+    mapping = modelcard.type_to_module_mapping.get(type(model))
+    if mapping is None:
+        raise SiteError(
+            f"pyvene has no site map for {type(model).__name__}; "
+            "add one with roadinterp.register_architecture(...)"
+        )
+    return sorted(mapping)
+
+
+def n_layers(model: torch.nn.Module) -> int:
+    cfg = model.config
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(cfg, attr, None) is not None:
+            return int(getattr(cfg, attr))
+    raise SiteError(f"cannot tell how many layers {type(model).__name__} has")
+
+
+def validate_site(model: torch.nn.Module, site: Site) -> int:
+    """Check the site exists on the model; return its width."""
+    comps = components(model)
+    if site.component not in comps:
+        raise unknown("component", site.component, comps)
+    n = n_layers(model)
+    if site.layer >= n:
+        raise SiteError(f"layer {site.layer} is out of range: the model has layers 0..{n - 1}")
+    return site_width(model, site)
+
+
+def site_width(model: torch.nn.Module, site: Site | str) -> int:
+    component = site.component if isinstance(site, Site) else site
+    dim = get_dimension_by_component(type(model), model.config, component)
+    if dim is None:
+        raise SiteError(f"pyvene cannot tell the width of {component!r} on {type(model).__name__}")
+    return int(dim)
+
+
+def sequence_length(inputs: Mapping[str, torch.Tensor]) -> int:
+    for key in ("input_ids", "inputs_embeds"):
+        if key in inputs:
+            return int(inputs[key].shape[1])
+    raise ConfigError(f"model inputs need input_ids or inputs_embeds, got keys {sorted(inputs)}")
+
+
+def parse_positions(text: str) -> Positions:
+    """CLI helper: "last" | "all" | "3" | "1,2" | a named position."""
+    text = text.strip()
+    if "," in text:
+        try:
+            return tuple(int(t) for t in text.split(","))
+        except ValueError:
+            raise ConfigError(f"positions must be ints separated by commas, got {text!r}") from None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def as_sites(layers: Sequence[int], components_: Sequence[str], positions: Sequence[Positions]) -> list[Site]:
+    return [Site(l, c, p) for l in layers for c in components_ for p in positions]

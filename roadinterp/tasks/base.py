@@ -1,0 +1,328 @@
+"""Causal tasks: a causal model, the inputs it reads, and counterfactual data.
+
+A :class:`Task` owns a small *causal model*: named intermediate variables computed
+from raw inputs (integers, entity ids), and an output label. Interchange semantics:
+a counterfactual label is obtained by running the causal model on the *base* input
+with some variables forced to the value they take on a *source* input; variables that
+are not forced are recomputed from their parents (so forcing ``ones`` changes
+``carry`` unless ``carry`` is forced too). A hypothesis ("main" or a rival) chooses
+which variables may be forced and, for rivals, possibly a different output function.
+
+Subclasses implement four small pieces: ``_sample`` (raw inputs of a split),
+``_evaluate`` (the causal model with optional per-row interventions), ``encode``
+(raw inputs -> model kwargs) and optionally ``_sample_source``. Everything else —
+factual data, counterfactual batches in the three modes, seeding — lives here once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from roadinterp.errors import ConfigError, unknown
+
+Split = Literal["train", "test"]
+Mode = Literal["each", "all", "mixed"]
+SPLITS: tuple[str, ...] = ("train", "test")
+MODES: tuple[str, ...] = ("each", "all", "mixed")
+
+# Raw inputs: name -> int/bool numpy array of shape [n].
+Raw = dict[str, np.ndarray]
+# Per-row interventions handed to _evaluate: variable -> (mask [n] bool, values [n]).
+Do = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def do(interventions: Do | None, name: str, natural: np.ndarray) -> np.ndarray:
+    """Value of variable ``name``: the intervened value where masked, else ``natural``."""
+    if interventions and name in interventions:
+        mask, value = interventions[name]
+        return np.where(mask, value, natural)
+    return natural
+
+
+def rng_for(seed: int, *keys: object) -> np.random.Generator:
+    """Independent, reproducible numpy stream for (seed, keys...) — stable across runs."""
+    words = [int(seed)] + [zlib.crc32(str(k).encode()) for k in keys]
+    return np.random.default_rng(words)
+
+
+def take(raw: Raw, idx: np.ndarray) -> Raw:
+    return {k: v[idx] for k, v in raw.items()}
+
+
+def where_raw(mask: np.ndarray, a: Raw, b: Raw) -> Raw:
+    """Row-wise choice: ``a`` where mask, else ``b``."""
+    return {k: np.where(mask, a[k], b[k]) for k in a}
+
+
+@dataclass
+class CounterfactualBatch:
+    """Base inputs, one source per variable, which variables are swapped, and labels.
+
+    ``base`` and every ``sources[i]`` are model kwargs with the same keys and shapes
+    (``{"inputs_embeds": [n, 1, 16]}`` or ``{"input_ids": [n, seq]}``). Row ``r`` of
+    ``sources[i]`` is a copy of the base input when ``intervened[r, i]`` is False.
+    ``raw`` keeps the raw causal-model inputs (``{"base": Raw, "sources": [Raw, ...]}``)
+    for tests and debugging; it is optional.
+    """
+
+    base: dict[str, torch.Tensor]
+    sources: list[dict[str, torch.Tensor]]
+    intervened: torch.Tensor  # bool [n, n_vars]
+    labels: torch.Tensor  # long [n]
+    base_labels: torch.Tensor  # long [n]
+    variables: tuple[str, ...]
+    raw: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx: Any) -> "CounterfactualBatch":
+        """Rows ``idx`` (slice, index list/array/tensor or bool mask) of every field."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        idx_t = torch.as_tensor(idx)
+        if idx_t.dtype == torch.bool:
+            idx_t = idx_t.nonzero().flatten()
+        idx_t = idx_t.long()
+        idx_np = idx_t.numpy()
+        raw = None
+        if self.raw is not None:
+            raw = {"base": take(self.raw["base"], idx_np),
+                   "sources": [take(s, idx_np) for s in self.raw["sources"]]}
+        return CounterfactualBatch(
+            base={k: v[idx_t] for k, v in self.base.items()},
+            sources=[{k: v[idx_t] for k, v in s.items()} for s in self.sources],
+            intervened=self.intervened[idx_t],
+            labels=self.labels[idx_t],
+            base_labels=self.base_labels[idx_t],
+            variables=self.variables,
+            raw=raw,
+        )
+
+
+class Task:
+    """A causal task. Subclass, set the class attributes, implement the hooks, register.
+
+    Attributes: ``name``, ``description``, ``kind`` ("vector" or "tokens"),
+    ``variables`` (main hypothesis), ``rivals`` (name -> variables), ``n_classes``,
+    ``positions`` (named positions -> index). Token tasks also have ``vocab``,
+    ``answer_tokens`` and ``decode``.
+    """
+
+    name: str = ""
+    description: str = ""
+    kind: Literal["vector", "tokens"] = "vector"
+    variables: tuple[str, ...] = ()
+    rivals: dict[str, tuple[str, ...]] = {}
+    n_classes: int = 2
+    positions: dict[str, int] = {"last": 0}
+
+    # ----- hooks for subclasses ---------------------------------------------------------
+    def _sample(self, n: int, rng: np.random.Generator, split: str) -> Raw:
+        """``n`` raw inputs of ``split``."""
+        raise NotImplementedError
+
+    def _evaluate(self, raw: Raw, hypothesis: str, interventions: Do | None) -> dict[str, np.ndarray]:
+        """Every variable of ``hypothesis`` plus ``"output"`` (the label index), per row."""
+        raise NotImplementedError
+
+    def encode(self, raw: Raw) -> dict[str, torch.Tensor]:
+        """Raw inputs -> model kwargs."""
+        raise NotImplementedError
+
+    def _sample_source(self, base: Raw, variable: str, rng: np.random.Generator, split: str) -> Raw:
+        """Source inputs used to swap ``variable`` into ``base``. Default: independent draws."""
+        return self._sample(len(next(iter(base.values()))), rng, split)
+
+    # ----- public API -----------------------------------------------------------------
+    def hypothesis_variables(self, hypothesis: str = "main") -> tuple[str, ...]:
+        if hypothesis == "main":
+            return tuple(self.variables)
+        if hypothesis not in self.rivals:
+            raise unknown("hypothesis", hypothesis, ["main", *self.rivals])
+        return tuple(self.rivals[hypothesis])
+
+    def causal_model(
+        self,
+        inputs_raw: Raw,
+        *,
+        hypothesis: str = "main",
+        interventions: dict[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Evaluate the causal model row by row: every variable and ``"output"``.
+
+        ``interventions`` maps a variable to forced values (array [n] or scalar), or to
+        ``(mask, values)`` to force only the rows where ``mask`` is True.
+        """
+        allowed = self.hypothesis_variables(hypothesis)
+        n = len(next(iter(inputs_raw.values())))
+        dos: Do = {}
+        for var, spec in (interventions or {}).items():
+            if var not in allowed:
+                raise unknown(f"variable of hypothesis {hypothesis!r}", var, allowed)
+            if isinstance(spec, tuple):
+                mask, value = spec
+            else:
+                mask, value = np.ones(n, dtype=bool), spec
+            dos[var] = (np.asarray(mask, dtype=bool), np.broadcast_to(np.asarray(value), (n,)))
+        raw = {k: np.asarray(v) for k, v in inputs_raw.items()}
+        return self._evaluate(raw, hypothesis, dos or None)
+
+    def sample_raw(self, n: int, *, split: str = "train", seed: int = 0) -> Raw:
+        """``n`` raw inputs (before encoding), the same ones :meth:`factual` encodes."""
+        self._check(n, split)
+        return self._sample(n, rng_for(seed, self.name, split, "factual"), split)
+
+    def factual(self, n: int, *, split: str = "train", seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``n`` inputs (model kwargs) and their labels, for training and evaluating models."""
+        raw = self.sample_raw(n, split=split, seed=seed)
+        labels = torch.as_tensor(self._evaluate(raw, "main", None)["output"].astype(np.int64))
+        return self.encode(raw), labels
+
+    def counterfactuals(
+        self,
+        n: int,
+        *,
+        split: str = "train",
+        seed: int = 0,
+        hypothesis: str = "main",
+        variables: tuple[str, ...] | list[str] | None = None,
+        mode: str = "mixed",
+    ) -> CounterfactualBatch:
+        """Interchange-intervention data for ``hypothesis`` (labels from its causal model).
+
+        ``mode``: "each" — one variable per row, round robin; "all" — every variable;
+        "mixed" — a uniformly random non-empty subset.
+        """
+        self._check(n, split)
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        allowed = self.hypothesis_variables(hypothesis)
+        if not allowed:
+            raise ConfigError(f"task {self.name!r} has no causal variables; it is a behaviour task")
+        if variables is None:
+            variables = allowed
+        variables = tuple(variables)
+        if not variables:
+            raise ConfigError("variables must name at least one variable")
+        for v in variables:
+            if v not in allowed:
+                raise unknown(f"variable of hypothesis {hypothesis!r}", v, allowed)
+        if len(set(variables)) != len(variables):
+            raise ConfigError(f"variables must be distinct, got {variables}")
+
+        rng = rng_for(seed, self.name, split, "counterfactual", hypothesis, variables, mode)
+        k = len(variables)
+        base = self._sample(n, rng, split)
+        if mode == "each":
+            mask = np.zeros((n, k), dtype=bool)
+            mask[np.arange(n), np.arange(n) % k] = True
+        elif mode == "all":
+            mask = np.ones((n, k), dtype=bool)
+        else:  # mixed: a uniform non-empty subset, as bits of an integer in [1, 2^k)
+            codes = rng.integers(1, 2**k, size=n)
+            mask = ((codes[:, None] >> np.arange(k)[None, :]) & 1).astype(bool)
+
+        sources_raw: list[Raw] = []
+        dos: Do = {}
+        for i, var in enumerate(variables):
+            drawn = self._sample_source(base, var, rng, split)
+            src = where_raw(mask[:, i], drawn, base)
+            sources_raw.append(src)
+            dos[var] = (mask[:, i], self._evaluate(src, hypothesis, None)[var])
+        labels = self._evaluate(base, hypothesis, dos)["output"].astype(np.int64)
+        base_labels = self._evaluate(base, hypothesis, None)["output"].astype(np.int64)
+        return CounterfactualBatch(
+            base=self.encode(base),
+            sources=[self.encode(s) for s in sources_raw],
+            intervened=torch.as_tensor(mask),
+            labels=torch.as_tensor(labels),
+            base_labels=torch.as_tensor(base_labels),
+            variables=variables,
+            raw={"base": base, "sources": sources_raw},
+        )
+
+    def logits(self, model_output: Any) -> torch.Tensor:
+        """[n, n_classes] class scores from a model output (HF output object or tuple)."""
+        logits = model_output.logits if hasattr(model_output, "logits") else model_output[0]
+        if logits.dim() == 3:  # [n, seq, classes]
+            logits = logits[:, -1, :]
+        return logits
+
+    def _check(self, n: int, split: str) -> None:
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"n must be a positive integer, got {n!r}")
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} kind={self.kind} variables={self.variables}>"
+
+
+class TokenTask(Task):
+    """A task whose inputs are token ids over ``vocab``; the answer is read at the last
+    position, restricted to ``answer_tokens`` (label ``i`` = ``answer_tokens[i]``)."""
+
+    kind: Literal["vector", "tokens"] = "tokens"
+    vocab: list[str] = []
+    answer_tokens: list[str] = []
+
+    @property
+    def token_id(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.vocab)}
+
+    @property
+    def answer_ids(self) -> list[int]:
+        ids = self.token_id
+        return [ids[t] for t in self.answer_tokens]
+
+    def decode(self, ids: Any) -> str | list[str]:
+        """Token ids -> space-separated string ([seq] -> str, [n, seq] -> list of str)."""
+        ids_t = torch.as_tensor(ids)
+        if ids_t.dim() == 2:
+            return [self.decode(row) for row in ids_t]  # type: ignore[misc]
+        return " ".join(self.vocab[int(i)] for i in ids_t)
+
+    def logits(self, model_output: Any) -> torch.Tensor:
+        logits = model_output.logits if hasattr(model_output, "logits") else model_output[0]
+        return logits[:, -1, self.answer_ids]  # [n, n_classes]
+
+    def answer_token_ids(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class labels -> vocabulary ids of the answer tokens (for LM training)."""
+        return torch.as_tensor(self.answer_ids, dtype=torch.long)[labels]
+
+
+# ----- registry -------------------------------------------------------------------------
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task, *, overwrite: bool = False) -> None:
+    """Make ``task`` available to :func:`get_task` under ``task.name``."""
+    if not isinstance(task, Task):
+        raise ConfigError(f"register_task expects a Task instance, got {type(task).__name__}")
+    if not task.name:
+        raise ConfigError("task.name must be a non-empty string")
+    if task.kind not in ("vector", "tokens"):
+        raise ConfigError(f"task.kind must be 'vector' or 'tokens', got {task.kind!r}")
+    if task.name in _TASKS and not overwrite:
+        raise ConfigError(f"task {task.name!r} is already registered; pass overwrite=True to replace it")
+    _TASKS[task.name] = task
+
+
+def get_task(name: str | Task) -> Task:
+    """The registered task called ``name`` (a Task instance is returned as is)."""
+    if isinstance(name, Task):
+        return name
+    if name not in _TASKS:
+        raise unknown("task", name, list(_TASKS))
+    return _TASKS[name]
+
+
+def list_tasks() -> list[Task]:
+    """Registered tasks, in registration order."""
+    return list(_TASKS.values())

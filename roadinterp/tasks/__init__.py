@@ -1,0 +1,31 @@
+"""Causal tasks and counterfactual data, with a registry.
+
+Built in: ``hierarchical-equality`` (vector inputs for pyvene's MLP), ``addition-carry``
+and ``interval`` (token tasks with causal variables and rival hypotheses), and the
+behaviour tasks ``behaviour-base``, ``behaviour-op``, ``behaviour-format`` (one shared
+prompt format, for composing adapters). Add your own with :func:`register_task`; see
+docs/tasks.md.
+"""
+
+from roadinterp.tasks.addition_carry import AdditionCarry
+from roadinterp.tasks.base import CounterfactualBatch, Task, TokenTask, get_task, list_tasks, register_task
+from roadinterp.tasks.behaviour import BEHAVIOURS, BehaviourTask, behaviour_data
+from roadinterp.tasks.hierarchical_equality import HierarchicalEquality
+from roadinterp.tasks.interval import Interval
+
+for _task in (
+    HierarchicalEquality(),
+    AdditionCarry(),
+    Interval(),
+    BehaviourTask("behaviour-base", (), "base behaviour: ones digit of a + b, (a0 + b0) mod 10"),
+    BehaviourTask("behaviour-op", ("op",), "op behaviour: subtraction, (a0 - b0) mod 10"),
+    BehaviourTask("behaviour-format", ("format",), "format behaviour: ones digit of a + b as a letter A-J"),
+):
+    if _task.name not in {t.name for t in list_tasks()}:
+        register_task(_task)
+del _task
+
+__all__ = [
+    "BEHAVIOURS", "AdditionCarry", "BehaviourTask", "CounterfactualBatch", "HierarchicalEquality",
+    "Interval", "Task", "TokenTask", "behaviour_data", "get_task", "list_tasks", "register_task",
+]

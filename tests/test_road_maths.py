@@ -1,0 +1,252 @@
+"""Numerical tests of ``roadinterp.road`` (the pure RoAd maths), with peft 0.21 as the oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from roadinterp.errors import ConfigError
+from roadinterp.road import (
+    RoadRotation,
+    RoadSpec,
+    apply,
+    apply_bank,
+    bank_tables,
+    butterfly_apply,
+    butterfly_coefficients,
+    butterfly_inverse_apply,
+    butterfly_strides,
+    check_layout,
+    coefficients,
+    dense_matrix,
+    inverse_coefficients,
+    merge_into_linear,
+    n_params,
+    unmerge_from_linear,
+)
+from roadinterp.road import rotation as rot
+
+peft = pytest.importorskip("peft")
+
+VARIANTS = ("road_1", "road_2", "road_4")
+# (group_size, width): group size 2 (adjacent pairs) and peft's default 64, several widths each
+LAYOUTS = [(2, 2), (2, 6), (2, 10), (64, 64), (64, 128), (64, 192)]
+ATOL = 1e-5
+
+
+def _random_params(dim, variant, seed, alpha_one=False):
+    g = torch.Generator().manual_seed(seed)
+    n = n_params(dim, variant)
+    theta = (torch.rand(n, generator=g) * 2 - 1) * torch.pi
+    alpha = torch.ones(n) if alpha_one else 0.5 + torch.rand(n, generator=g)
+    return theta, alpha
+
+
+class _Tiny(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _peft_layer(d_in, d_out, variant, group_size, theta, alpha, seed=0):
+    from peft import RoadConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    base = _Tiny(d_in, d_out)
+    pm = get_peft_model(base, RoadConfig(variant=variant, group_size=group_size, target_modules=["proj"]))
+    layer = pm.base_model.model.proj
+    with torch.no_grad():
+        layer.road_theta["default"].copy_(theta)
+        layer.road_alpha["default"].copy_(alpha)
+    return pm, layer
+
+
+# ------------------------------------------------------------------ peft oracle
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size,dim", LAYOUTS)
+def test_forward_matches_peft_layer(variant, group_size, dim):
+    theta, alpha = _random_params(dim, variant, seed=dim + group_size)
+    pm, layer = _peft_layer(7, dim, variant, group_size, theta, alpha)
+    x = torch.randn(3, 5, 7)
+    with torch.no_grad():
+        want = pm(x)
+        base = layer.base_layer(x)  # W x + b
+    c1, c2 = coefficients(theta, alpha, variant, group_size)
+    got = apply(base, c1, c2, group_size)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    # the dense matrix gives the same map, and equals peft's own delta weight
+    R = dense_matrix(c1, c2, group_size)
+    torch.testing.assert_close(base @ R.T, want, atol=ATOL, rtol=0)
+    from peft.tuners.road.layer import _get_delta_weight
+
+    torch.testing.assert_close(R, _get_delta_weight(variant, group_size, theta, alpha), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size,dim", [(2, 6), (64, 128)])
+def test_road_rotation_module_matches_peft(variant, group_size, dim):
+    theta, alpha = _random_params(dim, variant, seed=3)
+    pm, layer = _peft_layer(4, dim, variant, group_size, theta, alpha)
+    r = RoadRotation(dim, variant, group_size)
+    with torch.no_grad():
+        r.theta.copy_(theta)
+        r.alpha.copy_(alpha)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(r(layer.base_layer(x)), pm(x), atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------ merge / inverse
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size,dim", [(2, 10), (64, 128)])
+def test_merge_then_forward_equals_unmerged(variant, group_size, dim):
+    theta, alpha = _random_params(dim, variant, seed=11)
+    c1, c2 = coefficients(theta, alpha, variant, group_size)
+    torch.manual_seed(0)
+    lin = nn.Linear(9, dim)
+    x = torch.randn(4, 9)
+    with torch.no_grad():
+        want = apply(lin(x), c1, c2, group_size)
+        w0, b0 = lin.weight.clone(), lin.bias.clone()
+        merge_into_linear(lin, c1, c2, group_size)
+        torch.testing.assert_close(lin(x), want, atol=ATOL, rtol=1e-5)
+        unmerge_from_linear(lin, c1, c2, group_size)
+        torch.testing.assert_close(lin.weight, w0, atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(lin.bias, b0, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size,dim", LAYOUTS)
+def test_inverse_after_forward_is_identity(variant, group_size, dim):
+    theta, alpha = _random_params(dim, variant, seed=5)
+    r = RoadRotation(dim, variant, group_size)
+    with torch.no_grad():
+        r.theta.copy_(theta)
+        r.alpha.copy_(alpha)
+        h = torch.randn(3, dim)
+        torch.testing.assert_close(r.inverse(r(h)), h, atol=1e-4, rtol=1e-4)
+        c1, c2 = r.coefficients()
+        i1, i2 = inverse_coefficients(c1, c2, group_size)
+        eye = dense_matrix(i1, i2, group_size) @ dense_matrix(c1, c2, group_size)
+        torch.testing.assert_close(eye, torch.eye(dim), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ properties
+layouts = st.sampled_from(LAYOUTS + [(4, 8), (8, 24), (16, 32)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(layout=layouts, variant=st.sampled_from(("road_1", "road_2")), seed=st.integers(0, 2**31 - 1))
+def test_alpha_one_is_orthogonal(layout, variant, seed):
+    # road_1/road_2 with alpha = 1 are rotations; road_4 mixes cos/sin angles and is not
+    group_size, dim = layout
+    theta, alpha = _random_params(dim, variant, seed, alpha_one=True)
+    R = dense_matrix(*coefficients(theta, alpha, variant, group_size), group_size)
+    if variant == "road_2":
+        # road_2 is orthogonal only when the pair shares its angle
+        partner = rot.pair_index(dim, group_size)
+        theta = torch.where(torch.arange(dim) < partner, theta, theta[partner])
+        R = dense_matrix(*coefficients(theta, alpha, variant, group_size), group_size)
+    torch.testing.assert_close(R @ R.T, torch.eye(dim), atol=1e-5, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(layout=layouts, variant=st.sampled_from(VARIANTS), seed=st.integers(0, 2**31 - 1))
+def test_apply_equals_dense_matrix(layout, variant, seed):
+    group_size, dim = layout
+    theta, alpha = _random_params(dim, variant, seed)
+    c1, c2 = coefficients(theta, alpha, variant, group_size)
+    h = torch.randn(4, dim, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(apply(h, c1, c2, group_size), h @ dense_matrix(c1, c2, group_size).T,
+                               atol=ATOL, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(log_d=st.integers(1, 7), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_butterfly_orthogonal_and_zero_is_identity(log_d, seed, data):
+    dim = 2**log_d
+    n_layers = data.draw(st.integers(1, log_d))
+    strides = butterfly_strides(dim, n_layers)
+    assert strides == sorted(strides) and strides[-1] == dim // 2
+    L, n = len(strides), n_params(dim, "road_1")
+    eye = torch.eye(dim)
+    zero = butterfly_coefficients(torch.zeros(L, n), torch.ones(L, n), strides)
+    torch.testing.assert_close(butterfly_apply(eye, zero, strides), eye)
+    theta = (torch.rand(L, n, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * torch.pi
+    coefs = butterfly_coefficients(theta, torch.ones(L, n), strides)
+    R = butterfly_apply(eye, coefs, strides).T  # columns are R e_k
+    torch.testing.assert_close(R @ R.T, eye, atol=1e-5, rtol=0)
+    h = torch.randn(3, dim)
+    torch.testing.assert_close(butterfly_inverse_apply(butterfly_apply(h, coefs, strides), coefs, strides), h,
+                               atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ bank
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bank_of_16_equals_each_sample_alone(variant):
+    dim, group_size, n_ad = 128, 64, 16
+    params = [_random_params(dim, variant, seed=100 + i) for i in range(n_ad)]
+    thetas = torch.stack([p[0] for p in params])  # [16, n_params]
+    alphas = torch.stack([p[1] for p in params])
+    c1, c2 = bank_tables(thetas, alphas, variant, group_size)
+    assert c1.shape == (n_ad + 1, dim)
+    ids = torch.tensor([3, 0, 15, -1, 7, 7, 1, 2, 4, 5, 6, 8, 9, 10, 11, -1])
+    h = torch.randn(len(ids), 5, dim)
+    out = apply_bank(h, c1, c2, ids, group_size)
+    for b, i in enumerate(ids.tolist()):
+        if i == -1:
+            want = h[b]
+        else:
+            want = apply(h[b], *coefficients(thetas[i], alphas[i], variant, group_size), group_size)
+        torch.testing.assert_close(out[b], want, atol=ATOL, rtol=0)
+    with pytest.raises(ConfigError, match="16"):
+        apply_bank(h, c1, c2, torch.full((len(ids),), 16), group_size)
+
+
+# ------------------------------------------------------------------ dtypes
+def test_bf16_activations_cast_at_boundary():
+    r = RoadRotation(64, "road_1", 64, init="random", generator=torch.Generator().manual_seed(0))
+    h = torch.randn(2, 3, 64).to(torch.bfloat16)
+    out = r(h)
+    assert out.dtype == torch.bfloat16
+    assert r.theta.dtype == torch.float32 and r.alpha.dtype == torch.float32
+    want = apply(h.float(), *r.coefficients(), 64).to(torch.bfloat16)
+    torch.testing.assert_close(out, want)
+    out.float().sum().backward()  # gradients flow back to the fp32 parameters
+    assert r.theta.grad.dtype == torch.float32
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(dim=64, group_size=3), "3"),
+        (dict(dim=64, group_size=7), "7"),
+        (dict(dim=96, group_size=64), "64"),
+        (dict(dim=64, group_size=12), "12"),
+        (dict(dim=64, group_size=128), "128"),
+        (dict(dim=64, variant="road_3"), "road_3"),
+        (dict(dim=64, blocks=[0, 32]), "32"),
+        (dict(dim=64, blocks=[-1]), "-1"),
+    ],
+)
+def test_bad_arguments_raise_config_error(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        RoadRotation(kwargs.pop("dim"), **kwargs)
+
+
+def test_check_layout_and_spec_errors_name_the_value():
+    with pytest.raises(ConfigError, match="50"):
+        check_layout(768, 50)
+    with pytest.raises(ConfigError, match="road_9"):
+        coefficients(torch.zeros(4), torch.ones(4), "road_9", 4)
+    with pytest.raises(ConfigError, match="7"):
+        RoadSpec(dim=8, group_size=2, blocks=[7, 1, 2, 3, 4])
+    with pytest.raises(ConfigError, match="0"):
+        butterfly_strides(8, 0)

@@ -42,6 +42,206 @@ def fail(message: str) -> "typer.Exit":
 # (each section imports its module lazily so `roadinterp --help` stays fast)
 
 
+def _ints(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise fail(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _strs(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+# ----------------------------------------------------------- tasks & zoo
+@app.command("tasks")
+def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the built-in and registered tasks."""
+    from roadinterp.tasks import list_tasks
+
+    rows = [{"name": t.name, "kind": t.kind, "variables": list(t.variables), "rivals": list(t.rivals),
+             "description": t.description} for t in list_tasks()]
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="roadinterp tasks")
+    for col in ("name", "kind", "variables", "rivals", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["kind"], ", ".join(r["variables"]) or "-", ", ".join(r["rivals"]) or "-",
+                      r["description"])
+    _console().print(table)
+
+
+zoo_app = typer.Typer(help="Small models trained offline from the tasks (cached).", invoke_without_command=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.callback()
+def zoo_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List zoo models: cached or not, held-out accuracy, size."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from roadinterp import zoo
+
+    rows = zoo.list_zoo()
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"roadinterp zoo (cache: {zoo.cache_dir()})")
+    for col in ("name", "task", "arch", "params", "cached", "accuracy", "train s"):
+        table.add_column(col)
+    for r in rows:
+        acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+        secs = "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}"
+        table.add_row(r["name"], r["task"], r["arch"], f"{r['n_params']:,}", "yes" if r["cached"] else "no", acc, secs)
+    _console().print(table)
+
+
+@zoo_app.command("train")
+def zoo_train(name: str = typer.Argument(..., help="Zoo model name (see `roadinterp zoo`)."),
+              seed: int = typer.Option(None, help="Override the entry's seed."),
+              force: bool = typer.Option(False, "--force", help="Retrain even if cached.")) -> None:
+    """Train (or retrain) one zoo model and cache it."""
+    from roadinterp import zoo
+
+    zoo.get_zoo_entry(name)
+    if zoo.is_cached(name) and not force and seed is None:
+        meta = zoo.zoo_meta(name)
+        typer.echo(f"{name} is cached (accuracy {meta.get('accuracy')}); pass --force to retrain")
+        return
+    zoo.train_zoo_model(name, seed=seed, progress=True)
+    meta = zoo.zoo_meta(name)
+    typer.echo(f"{name}: held-out accuracy {meta.get('accuracy'):.4f}, trained in {meta.get('train_seconds'):.1f}s")
+
+
+# ------------------------------------------------------------------ align
+@app.command("align")
+def align_cmd(
+    task: str = typer.Option(None, "--task", "-t", help="Task name (roadinterp tasks)."),
+    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir or hub id (default: the task's zoo model)."),
+    layers: str = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
+    component: str = typer.Option(None, "--component", help="Comma-separated pyvene components (default block_output)."),
+    positions: str = typer.Option(None, "--positions", help="Comma-separated positions: last, all, an index or a task-named position."),
+    family: str = typer.Option(None, "--family", help="Comma-separated families: neuron,road,butterfly,das,lowrank,boundless."),
+    size: str = typer.Option(None, "--size", help="Comma-separated sizes (coordinates per variable)."),
+    seeds: int = typer.Option(None, "--seeds", help="Seeds per cell."),
+    controls: bool = typer.Option(None, "--controls/--no-controls", help="Random-init model and rival-hypothesis controls."),
+    epochs: int = typer.Option(None, "--epochs", help="DII training epochs per cell."),
+    n_train: int = typer.Option(None, "--n-train", help="Training counterfactuals per cell."),
+    n_test: int = typer.Option(None, "--n-test", help="Held-out counterfactuals per cell."),
+    config_file: str = typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it)."),
+    out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip cells already finished in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --out."),
+    executor: str = typer.Option("local", "--executor", help="local or ray."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no progress)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory."),
+) -> None:
+    """Causal alignment search: train a DII per cell, score held-out IIA with controls."""
+    import json
+    from pathlib import Path
+
+    from roadinterp.search import SearchConfig, best_alignment, search, summarize
+
+    base: dict = {}
+    if config_file:
+        try:
+            base = json.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise fail(f"config file {config_file} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise fail(f"config file {config_file} is not valid JSON ({e})") from None
+        if not isinstance(base, dict):
+            raise fail(f"config file {config_file} must hold a JSON object")
+    flags = {
+        "task": task, "model": model, "layers": _ints(layers, "--layers"), "components": _strs(component),
+        "positions": _strs(positions), "families": _strs(family), "sizes": _ints(size, "--size"),
+        "seeds": seeds, "controls": controls, "epochs": epochs, "n_train": n_train, "n_test": n_test,
+    }
+    merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    cfg = SearchConfig.from_json(merged)
+    out = out or f"runs/{cfg.task}"
+
+    console = _console()
+    progress = None
+    if not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("[bold]align[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=console, transient=False)
+    bar = {}
+
+    def on_cell(cell, row, done, total):
+        if progress is not None:
+            if "id" not in bar:
+                bar["id"] = progress.add_task("", total=total, completed=done - 1)
+            progress.update(bar["id"], completed=done,
+                            description=f"{cell.family} L{cell.layer} size {cell.size} seed {cell.seed}: IIA {row['iia']:.3f}")
+
+    if progress is not None:
+        progress.start()
+    try:
+        table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
+                       ray_address=ray_address, on_cell=on_cell)
+    finally:
+        if progress is not None:
+            progress.stop()
+    summary = summarize(table)
+    best = best_alignment(table)
+    if report:
+        from roadinterp.viz.report import write_report
+
+        write_report(out, Path(out) / "report.html")
+    if as_json:
+        typer.echo(json.dumps({"out": out, "cells": table.to_dict(orient="records"),
+                               "summary": summary.to_dict(orient="records"), "best": best}, default=str))
+        return
+    _print_summary(console, summary, best, out)
+
+
+def _print_summary(console, summary, best, out) -> None:
+    from rich.table import Table
+
+    t = Table(title="alignment search (held-out IIA over seeds)")
+    cols = ["family", "layer", "component", "position", "size", "n_seeds", "iia_mean", "iia_std", "iia_min", "iia_max"]
+    cols += [c for c in ("iia_random_model_mean", "iia_rival_mean") if c in summary]
+    for c in cols:
+        t.add_column(c.replace("_model", "").replace("iia_", "").replace("mean", "mean") if c.startswith("iia_") else c)
+    for _, r in summary.iterrows():
+        t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    console.print(t)
+    if best:
+        ctrl = ""
+        if "iia_random_model_mean" in best:
+            ctrl = f"; random-init control {best['iia_random_model_mean']:.3f}"
+        if "iia_rival_mean" in best:
+            ctrl += f", rival hypothesis {best['iia_rival_mean']:.3f}"
+        console.print(
+            f"best alignment: {best['family']} at layer {best['layer']} {best['component']}@{best['position']} "
+            f"size {best['size']}: IIA {best['iia_mean']:.3f} ± {best['iia_std']:.3f} "
+            f"(range {best['iia_min']:.3f}-{best['iia_max']:.3f}, {int(best['n_seeds'])} seeds){ctrl}"
+        )
+    console.print(f"results: {out}/results.csv, report: {out}/report.html")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: RoadinterpError -> one line, exit 2."""
     args = sys.argv[1:] if argv is None else argv

@@ -128,6 +128,7 @@ class RoadIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.D
         self, embed_dim: int, *, variant: str = "road_1", group_size: int | None = None,
         blocks: Sequence[int] | None = None, init: str = "identity", seed: int | None = None, **kwargs,
     ) -> None:
+        kwargs.setdefault("keep_last_dim", True)  # [batch, units, d], not units flattened into d
         super().__init__(embed_dim=embed_dim, **kwargs)
         g = group_size or rot.largest_group_size(embed_dim)
         from roadinterp.road.module import RoadRotation
@@ -167,6 +168,7 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         group_size: int | None = None, n_layers: int | None = None, init: str = "random",
         seed: int | None = None, train_alpha: bool = False, **kwargs,
     ) -> None:
+        kwargs.setdefault("keep_last_dim", True)
         super().__init__(embed_dim=embed_dim, **kwargs)
         if family not in ("road", "butterfly"):
             raise ConfigError(f"RoadInterchange family must be 'road' or 'butterfly', got {family!r}")

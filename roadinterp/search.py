@@ -1,0 +1,305 @@
+"""Causal alignment search: train a DII for every cell of a grid, with controls.
+
+A *cell* is (family, layer, component, position, size, seed). For each cell we
+train a DII on the task's main hypothesis and score held-out IIA. With controls
+on, the same cell is also trained and scored
+
+* on a **randomly initialised copy** of the model (``iia_random_model``): an
+  alignment that a random network also admits says nothing about the trained one;
+* for the task's **rival hypothesis** (``iia_rival``): if a competing causal story
+  aligns as well, the site does not single out the claimed variables.
+
+Several seeds per cell give mean and spread; :func:`summarize` reports them and
+names the best alignment by *mean* IIA, never by the luckiest seed. Cells are
+independent, so executors can run them anywhere: ``local`` (this process) or
+``ray`` (one Ray task per cell). Finished cells go to a crash-safe
+:class:`~roadinterp.store.RunStore`; ``resume`` skips them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from roadinterp.errors import ConfigError
+from roadinterp.sites import Site, n_layers, parse_positions
+from roadinterp.store import RunStore, rows_to_frame
+from roadinterp.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class SearchConfig:
+    """A whole search. Saved as run.json; the CLI builds the same object."""
+
+    task: str = "hierarchical-equality"  # registered task name (roadinterp tasks)
+    model: str | None = None  # zoo:NAME, local HF dir or hub id; None = the task's zoo model
+    layers: list[int] | None = None  # None = every layer of the model
+    components: list[str] = field(default_factory=lambda: ["block_output"])  # pyvene components
+    positions: list = field(default_factory=lambda: ["last"])  # last | all | int | task-named
+    families: list[str] = field(default_factory=lambda: ["butterfly", "das"])  # intervention families
+    sizes: list[int] = field(default_factory=lambda: [8])  # rotated coordinates per variable
+    seeds: int = 3  # seeds per cell (0..seeds-1)
+    controls: bool = True  # also score random-init model and rival hypothesis
+    n_train: int = 8192  # training counterfactuals per cell
+    n_test: int = 2048  # held-out counterfactuals per cell
+    epochs: int = 4  # passes over the training counterfactuals
+    batch_size: int = 256  # DII minibatch
+    lr: float | None = None  # None = family default
+    mode: str = "mixed"  # each | all | mixed: which variables a counterfactual swaps
+
+    def __post_init__(self) -> None:
+        def _list(name, typ):
+            v = getattr(self, name)
+            if v is None:
+                return
+            if not isinstance(v, (list, tuple)) or not v:
+                raise ConfigError(f"{name} must be a non-empty list, got {v!r}")
+            for x in v:
+                if typ is not None and (not isinstance(x, typ) or isinstance(x, bool)):
+                    raise ConfigError(f"{name} must contain {typ.__name__}s, got {x!r} ({type(x).__name__})")
+            setattr(self, name, list(v))
+
+        if not isinstance(self.task, str):
+            raise ConfigError(f"task must be a string, got {self.task!r}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise ConfigError(f"model must be a string, got {self.model!r}")
+        _list("layers", int)
+        _list("components", str)
+        _list("positions", None)
+        _list("families", str)
+        _list("sizes", int)
+        self.positions = [parse_positions(p) if isinstance(p, str) else (tuple(p) if isinstance(p, list) else p)
+                          for p in self.positions]
+        if self.layers is not None and any(l < 0 for l in self.layers):
+            raise ConfigError(f"layers must be >= 0, got {self.layers}")
+        if any(s < 1 for s in self.sizes):
+            raise ConfigError(f"sizes must be >= 1, got {self.sizes}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ConfigError(f"seeds must be a positive int, got {self.seeds!r}")
+        if not isinstance(self.controls, bool):
+            raise ConfigError(f"controls must be true or false, got {self.controls!r}")
+        for fam in self.families:
+            DIIConfig(family=fam)  # unknown family -> error listing the known ones
+        self.dii(self.families[0], self.sizes[0], 0)  # validates the training fields
+
+    def dii(self, family: str, size: int, seed: int, hypothesis: str = "main") -> DIIConfig:
+        return DIIConfig(family=family, size=size, seed=seed, hypothesis=hypothesis, n_train=self.n_train,
+                         n_test=self.n_test, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                         mode=self.mode)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["positions"] = [list(p) if isinstance(p, tuple) else p for p in self.positions]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SearchConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a search config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"unknown search config fields {bad}; known: {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"bad search config: {e}") from None
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    layer: int
+    component: str
+    position: Any
+    size: int
+    seed: int
+
+    @property
+    def site(self) -> Site:
+        return Site(self.layer, self.component, self.position)
+
+    @property
+    def key(self) -> str:
+        pos = ",".join(map(str, self.position)) if isinstance(self.position, tuple) else str(self.position)
+        return f"{self.family}|{self.layer}|{self.component}|{pos}|{self.size}|{self.seed}"
+
+
+# ------------------------------------------------------------- resolution
+_MODELS: dict[str, Any] = {}
+
+
+def default_model(task_name: str) -> str:
+    from roadinterp import zoo
+
+    for entry in zoo.list_zoo():
+        if entry["task"] == task_name:
+            return f"zoo:{entry['name']}"
+    raise ConfigError(f"no zoo model is trained for task {task_name!r}; pass --model")
+
+
+def get_model(spec: str):
+    """Load (once per process) the model a search runs on."""
+    if spec not in _MODELS:
+        from roadinterp import zoo
+
+        _MODELS[spec] = zoo.load_model(spec, device="cpu")
+    return _MODELS[spec]
+
+
+def resolve(config: SearchConfig):
+    """(task, model_spec, model, cells); validates every cell before any training."""
+    from roadinterp.tasks import get_task
+
+    task = get_task(config.task)
+    spec = config.model or default_model(task.name)
+    model = get_model(spec)
+    layers = config.layers if config.layers is not None else list(range(n_layers(model)))
+    cells = [
+        Cell(f, l, c, p, s, seed)
+        for f, l, c, p, s, seed in itertools.product(
+            config.families, layers, config.components, config.positions, config.sizes, range(config.seeds)
+        )
+    ]
+    checked = set()
+    for cell in cells:
+        sig = (cell.layer, cell.component, cell.position, cell.size)
+        if sig not in checked:
+            check_cell(model, task, cell.site, config.dii(cell.family, cell.size, 0))
+            if isinstance(cell.position, str) and cell.position not in ("last", "all") and cell.position not in task.positions:
+                known = ["last", "all", *task.positions]
+                raise ConfigError(f"unknown position {cell.position!r} for task {task.name}; known: {', '.join(known)}")
+            checked.add(sig)
+    return task, spec, model, cells
+
+
+def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str) -> dict[str, Any]:
+    """Train and score one cell (and its controls). Pure: safe to run in any process."""
+    from roadinterp.tasks import get_task
+
+    config = SearchConfig.from_json(config_json)
+    task = get_task(config.task)
+    model = get_model(model_spec)
+    t0 = time.perf_counter()
+    dii = config.dii(cell.family, cell.size, cell.seed)
+    data = make_data(task, dii)
+    main = train_dii(model, task, cell.site, config=dii, data=data)
+    row = {"task": task.name, "model": model_spec, **main.row()}
+    row.pop("hypothesis", None)
+    row["iia_random_model"] = None
+    row["iia_rival"] = None
+    row["rival"] = None
+    if config.controls:
+        rnd = randomized_copy(model, seed=10_000 + cell.seed)
+        row["iia_random_model"] = train_dii(rnd, task, cell.site, config=dii, data=data).iia
+        if task.rivals:
+            rival = next(iter(task.rivals))
+            rdii = config.dii(cell.family, cell.size, cell.seed, hypothesis=rival)
+            row["iia_rival"] = train_dii(model, task, cell.site, config=rdii).iia
+            row["rival"] = rival
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+# -------------------------------------------------------------- executors
+def _run_local(config_json, cells, spec, on_row):
+    for cell in cells:
+        on_row(cell, run_cell(config_json, cell, spec))
+
+
+def _run_ray(config_json, cells, spec, on_row, address=None):
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray executor needs ray: pip install 'roadinterp[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": None}))
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(run_cell)
+        pending = {remote.remote(config_json, c, spec): c for c in cells}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                cell = pending.pop(ref)
+                on_row(cell, ray.get(ref))
+    except BaseException:
+        for ref in list(pending):
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def search(
+    config: SearchConfig | None = None, *, out: str | None = None, resume: bool = False,
+    overwrite: bool = False, executor: str = "local", ray_address: str | None = None,
+    on_cell: Callable[[Cell, dict, int, int], None] | None = None, **overrides,
+) -> pd.DataFrame:
+    """Run a search; return one row per cell. With ``out``, results are stored crash-safely.
+
+    ``overrides`` are SearchConfig fields: ``search(task="hierarchical-equality", families=["das"])``.
+    """
+    base = asdict(config) if config else {}
+    config = SearchConfig(**{**base, **overrides})
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    task, spec, model, cells = resolve(config)
+    config_json = config.to_json()
+    config_json["model"] = spec
+    store = RunStore(out, config_json, resume=resume, overwrite=overwrite) if out else None
+    rows: list[dict] = store.rows() if store else []
+    done = store.done_keys() if store else set()
+    todo = [c for c in cells if c.key not in done]
+    total, finished = len(cells), len(cells) - len(todo)
+
+    def on_row(cell: Cell, row: dict) -> None:
+        nonlocal finished
+        row["key"] = cell.key
+        if store:
+            store.add(cell.key, row)
+        rows.append(row)
+        finished += 1
+        if on_cell:
+            on_cell(cell, row, finished, total)
+
+    try:
+        if executor == "local":
+            _run_local(config_json, todo, spec, on_row)
+        else:
+            _run_ray(config_json, todo, spec, on_row, ray_address)
+    finally:
+        if store:
+            store.close()
+    return rows_to_frame(rows)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, spread and range over seeds per (family, layer, component, position, size)."""
+    if table.empty:
+        return table
+    keys = ["family", "layer", "component", "position", "size"]
+    agg = {"iia": ["mean", "std", "min", "max", "count"]}
+    for c in ("iia_random_model", "iia_rival"):
+        if c in table and table[c].notna().any():
+            agg[c] = ["mean", "max"]
+    s = table.groupby(keys, sort=False).agg(agg)
+    s.columns = ["_".join(c) for c in s.columns]
+    s = s.rename(columns={"iia_count": "n_seeds"}).reset_index()
+    s["iia_std"] = s["iia_std"].fillna(0.0)
+    return s.sort_values("iia_mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def best_alignment(table: pd.DataFrame) -> dict[str, Any] | None:
+    """The cell with the highest *mean* IIA over seeds (with its controls)."""
+    s = summarize(table)
+    return None if s.empty else s.iloc[0].to_dict()

@@ -1,0 +1,169 @@
+"""The run directory: a crash-safe record of an alignment search.
+
+    runs/NAME/run.json       the full search config (loads back into SearchConfig)
+    runs/NAME/results.db     SQLite, one committed transaction per finished cell
+    runs/NAME/results.csv    one row per finished cell, rewritten atomically after each
+    runs/NAME/report.html    written at the end (roadinterp.viz.report)
+
+SQLite in WAL mode makes each finished cell durable the moment its transaction
+commits: a Ctrl-C or SIGKILL loses only cells still running, and ``--resume``
+skips every cell whose key is already stored. Opening a directory that holds a
+*different* config is refused unless ``overwrite=True``, so one directory never
+mixes two experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from roadinterp.errors import RunDirError
+
+RESULT_COLUMNS = [
+    "task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
+    "iia_random_model", "iia_rival", "rival", "seconds",
+]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """Results of one search, keyed by cell key (a stable string)."""
+
+    def __init__(self, out: str | os.PathLike, config: dict[str, Any], *, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.dir = Path(out)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise RunDirError(f"cannot write to run directory {self.dir}: {e.strerror or e}; choose another --out") from None
+        self.run_json = self.dir / "run.json"
+        self.db_path = self.dir / "results.db"
+        self.csv_path = self.dir / "results.csv"
+        existing = self._read_config()
+        if existing is not None and existing != config:
+            if not overwrite:
+                diff = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
+                raise RunDirError(
+                    f"{self.dir} holds a run with a different config (differs in: {', '.join(diff)}); "
+                    "use another --out, or --overwrite to discard it"
+                )
+            self._wipe()
+        elif existing is not None and not resume and not overwrite and self._count() > 0:
+            raise RunDirError(
+                f"{self.dir} already has {self._count()} finished cells of this config; "
+                "pass --resume to continue it or --overwrite to start again"
+            )
+        elif existing is not None and overwrite:
+            self._wipe()
+        self._db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, row TEXT NOT NULL)")
+        # run.json last: a directory with run.json always has a usable database
+        _atomic_write(self.run_json, json.dumps(config, indent=2, sort_keys=True))
+
+    def _read_config(self) -> dict | None:
+        if not self.run_json.exists():
+            return None
+        try:
+            doc = json.loads(self.run_json.read_text())
+        except json.JSONDecodeError:
+            return None  # a half-written run.json cannot exist (atomic writes); treat as foreign
+        return doc if isinstance(doc, dict) else None
+
+    def _count(self) -> int:
+        if not self.db_path.exists():
+            return 0
+        con = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            return con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            con.close()
+
+    def _wipe(self) -> None:
+        for p in (self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"), self.csv_path,
+                  self.dir / "report.html"):
+            p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ cells
+    def done_keys(self) -> set[str]:
+        return {k for (k,) in self._db.execute("SELECT key FROM cells")}
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        """Record one finished cell durably, then refresh results.csv."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO cells (key, row) VALUES (?, ?)", (key, json.dumps(row)))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.write_csv()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(r) for (r,) in self._db.execute("SELECT row FROM cells ORDER BY rowid")]
+
+    def table(self) -> pd.DataFrame:
+        return rows_to_frame(self.rows())
+
+    def write_csv(self) -> None:
+        _atomic_write(self.csv_path, self.table().to_csv(index=False))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def rows_to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows))
+    for c in RESULT_COLUMNS:
+        if c not in df.columns:
+            df[c] = pd.Series(dtype=float)
+    extra = [c for c in df.columns if c not in RESULT_COLUMNS]
+    df = df[RESULT_COLUMNS + extra]
+    if len(df):
+        df = df.sort_values(["family", "layer", "component", "position", "size", "seed"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def open_run(out, config, **kw) -> RunStore:
+    return RunStore(out, config, **kw)
+
+
+def read_run(path: str | os.PathLike) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(config, table) of a finished or partial run directory (read-only)."""
+    d = Path(path)
+    if not (d / "run.json").exists():
+        raise RunDirError(f"{d} is not a run directory (no run.json)")
+    config = json.loads((d / "run.json").read_text())
+    db = d / "results.db"
+    rows = []
+    if db.exists():
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = [json.loads(r) for (r,) in con.execute("SELECT row FROM cells ORDER BY rowid")]
+        finally:
+            con.close()
+    return config, rows_to_frame(rows)

@@ -1,0 +1,218 @@
+"""Training loops: distributed interchange intervention (DII) and adapter fitting.
+
+**DII** (Geiger et al., DAS) asks whether a causal variable of a high-level model
+lives in a subspace of a network's hidden state. For a base input ``b`` and a
+source ``s``, we run the network on ``b`` but replace the variable's coordinates
+(in a learned basis ``R``) with those computed on ``s``:
+``h_b <- h_b + R^-1 M R (h_s - h_b)``. If the network then predicts what the
+causal model predicts under the same interchange (the *counterfactual label*),
+the alignment holds. ``R`` is learned by minimising cross-entropy to the
+counterfactual labels; the score is *interchange intervention accuracy* (IIA) on
+held-out counterfactuals built from entities/values never seen in training.
+
+Families differ only in ``R``: axis-aligned neurons, one RoAd layer, a RoAd
+butterfly, or pyvene's dense/low-rank/boundless rotations (see
+:mod:`roadinterp.interventions.registry`). No I/O and no plotting happen here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from roadinterp.errors import ConfigError
+from roadinterp.interventions import attach_dii, get_family, list_families, run_dii
+from roadinterp.sites import Site, validate_site
+
+DEFAULT_LR = {"neuron": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01, "boundless": 0.01}
+
+
+@dataclass
+class DIIConfig:
+    """Hyper-parameters of one DII training run (a *cell* of a search)."""
+
+    family: str = "butterfly"  # neuron | road | butterfly | das | lowrank | boundless (or registered)
+    size: int = 8  # rotated coordinates per causal variable
+    seed: int = 0  # seeds intervention init, data order and training data
+    hypothesis: str = "main"  # "main" or a rival hypothesis of the task
+    n_train: int = 8192  # training counterfactuals
+    n_test: int = 2048  # held-out counterfactuals (test split: disjoint entities/values)
+    epochs: int = 4  # passes over the training counterfactuals
+    batch_size: int = 256  # examples per step
+    lr: float | None = None  # None: the family's default (DEFAULT_LR)
+    mode: str = "mixed"  # which variables a counterfactual swaps: each | all | mixed
+    test_seed: int = 1_000_003  # fixed so every cell is scored on the same held-out set
+    variant: str = "road_1"  # RoAd variant for road/butterfly
+    threads: int | None = 1  # torch threads during the run (1 = reproducible across executors)
+
+    def __post_init__(self) -> None:
+        if self.family not in list_families():
+            get_family(self.family)  # raises UnknownNameError listing families
+        for name in ("size", "n_train", "n_test", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive int, got {v!r}")
+        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not self.lr >= 0):
+            raise ConfigError(f"lr must be a non-negative number, got {self.lr!r}")
+        if self.mode not in ("each", "all", "mixed"):
+            raise ConfigError(f"mode must be each, all or mixed, got {self.mode!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR.get(self.family, 0.01) if self.lr is None else float(self.lr)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one DII run. ``iia`` is held-out interchange intervention accuracy."""
+
+    iia: float
+    train_iia: float
+    site: Site
+    config: DIIConfig
+    variables: tuple[str, ...]
+    coords: list[list[int]]
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    interventions: list = field(default_factory=list, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "family": self.config.family, "layer": self.site.layer, "component": self.site.component,
+            "position": str(self.site.positions), "size": self.config.size, "seed": self.config.seed,
+            "hypothesis": self.config.hypothesis, "iia": self.iia, "train_iia": self.train_iia,
+            "seconds": self.seconds,
+        }
+
+
+def _variables(task, hypothesis: str) -> tuple[str, ...]:
+    if hypothesis == "main":
+        return tuple(task.variables)
+    if hypothesis not in task.rivals:
+        known = ["main", *task.rivals]
+        raise ConfigError(f"unknown hypothesis {hypothesis!r} for task {task.name}; known: {', '.join(known)}")
+    return tuple(task.rivals[hypothesis])
+
+
+def check_cell(model, task, site: Site, config: DIIConfig) -> int:
+    """Validate a cell before spending compute; return the site width."""
+    width = validate_site(model, site)
+    n_vars = len(_variables(task, config.hypothesis))
+    if n_vars == 0:
+        raise ConfigError(f"task {task.name} has no causal variables to align")
+    if config.size * n_vars > width:
+        raise ConfigError(
+            f"size {config.size} x {n_vars} variables = {config.size * n_vars} exceeds the site width {width} "
+            f"at {site.label()}; use a size <= {width // n_vars}"
+        )
+    return width
+
+
+def _pred(task, output) -> torch.Tensor:
+    return task.logits(output)
+
+
+@torch.no_grad()
+def evaluate_iia(pvm, task, site: Site, data, coords, *, batch_size: int = 1024) -> float:
+    """Fraction of counterfactuals whose intervened prediction equals the label."""
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        b = data.subset(slice(start, start + batch_size))
+        out = run_dii(pvm, site, b.base, b.sources, coords, named_positions=task.positions)
+        correct += int((_pred(task, out).argmax(-1) == b.labels).sum())
+    return correct / max(len(data), 1)
+
+
+def randomized_copy(model, seed: int = 0):
+    """A copy of ``model`` with freshly initialised weights (the random-init control)."""
+    torch.manual_seed(seed)
+    clone = copy.deepcopy(model)
+    for m in clone.modules():
+        if hasattr(m, "reset_parameters") and m is not clone:
+            m.reset_parameters()
+    if hasattr(clone, "_init_weights"):
+        clone.apply(clone._init_weights)
+    return clone.eval()
+
+
+def make_data(task, config: DIIConfig):
+    """(train, test) counterfactual batches for a config (deterministic)."""
+    train = task.counterfactuals(config.n_train, split="train", seed=config.seed,
+                                 hypothesis=config.hypothesis, mode=config.mode)
+    test = task.counterfactuals(config.n_test, split="test", seed=config.test_seed,
+                                hypothesis=config.hypothesis, mode=config.mode)
+    return train, test
+
+
+def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=None, **overrides) -> TrainResult:
+    """Train one DII cell and score it on held-out counterfactuals.
+
+    ``overrides`` are DIIConfig fields, e.g. ``train_dii(m, t, s, family="das", size=8, seed=0)``.
+    ``data`` may pass precomputed ``(train, test)`` batches to share across cells.
+    """
+    config = DIIConfig(**{**(asdict(config) if config else {}), **overrides})
+    width = check_cell(model, task, site, config)
+    variables = _variables(task, config.hypothesis)
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        torch.manual_seed(config.seed)
+        train, test = data if data is not None else make_data(task, config)
+        fam = get_family(config.family)
+        built = fam.build(width, [config.size] * len(variables), seed=config.seed, variant=config.variant)
+        pvm = attach_dii(model, site, built.interventions, shared=built.shared)
+        params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters() if p.requires_grad]
+        losses: list[float] = []
+        lr = config.learning_rate
+        if params and lr > 0:
+            opt = torch.optim.Adam(params, lr=lr)
+            gen = torch.Generator().manual_seed(config.seed)
+            n = len(train)
+            steps_per_epoch = math.ceil(n / config.batch_size)
+            total = steps_per_epoch * config.epochs
+            step = 0
+            for _ in range(config.epochs):
+                order = torch.randperm(n, generator=gen)
+                for start in range(0, n, config.batch_size):
+                    b = train.subset(order[start : start + config.batch_size])
+                    _anneal_boundless(built.interventions, step, total)
+                    out = run_dii(pvm, site, b.base, b.sources, built.coords, named_positions=task.positions)
+                    loss = torch.nn.functional.cross_entropy(_pred(task, out).float(), b.labels)
+                    loss = loss + _boundary_penalty(built.interventions)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    losses.append(float(loss))
+                    step += 1
+        for iv in built.interventions:
+            iv.eval()
+        iia = evaluate_iia(pvm, task, site, test, built.coords)
+        train_iia = evaluate_iia(pvm, task, site, train.subset(slice(0, min(len(train), config.n_test))), built.coords)
+    finally:
+        torch.set_num_threads(old_threads)
+    return TrainResult(
+        iia=iia, train_iia=train_iia, site=site, config=config, variables=variables, coords=built.coords,
+        seconds=time.perf_counter() - t0, losses=losses, interventions=built.interventions,
+    )
+
+
+def _anneal_boundless(interventions, step: int, total: int) -> None:
+    for iv in interventions:
+        if hasattr(iv, "set_temperature"):
+            frac = step / max(total - 1, 1)
+            iv.set_temperature(torch.tensor(50.0 * (0.1 / 50.0) ** frac))
+
+
+def _boundary_penalty(interventions) -> torch.Tensor | float:
+    pen = 0.0
+    for iv in interventions:
+        if hasattr(iv, "get_boundary_parameters"):
+            pen = pen + 1e-3 * iv.get_boundary_parameters().sum()
+    return pen

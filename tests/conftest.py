@@ -1,0 +1,42 @@
+"""Shared test setup: offline, deterministic, a private zoo cache per session."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_model(arch: str):
+    """A tiny random HF causal LM of the given architecture (no network)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=32)
+        return tf.GPT2LMHeadModel(cfg).eval()
+    if arch == "llama":
+        cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=4, vocab_size=50, max_position_embeddings=32)
+        return tf.LlamaForCausalLM(cfg).eval()
+    if arch == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=4, vocab_size=50, max_position_embeddings=32)
+        return tf.Qwen2ForCausalLM(cfg).eval()
+    raise ValueError(arch)
+
+
+def tiny_mlp():
+    from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
+
+    torch.manual_seed(0)
+    return MLPForClassification(MLPConfig(h_dim=16, n_layer=3, num_classes=2, pdrop=0.0)).eval()

@@ -1,0 +1,545 @@
+"""RoAd on ``nn.Linear`` outputs, PEFT style, with an adapter bank for mixed batches.
+
+``y = R (W x + b)``: the rotation acts on a Linear's output. :class:`RoadLinear`
+wraps one Linear (or GPT-2's ``Conv1D``) and holds an *adapter bank*: the theta/alpha
+of several adapters stacked ``[n_adapters, n_params]``. Each sample of a batch names
+its adapter by index (``-1`` = none); the layer turns the bank into coefficient
+tables ``[n_adapters + 1, d]`` (last row = identity) and gathers one ``[batch, d]``
+row pair per call, so 16 different adapters cost what one shared adapter costs.
+
+:func:`apply_road` swaps the targeted Linears for ``RoadLinear`` (a handle that is
+also a context manager); :func:`remove_road` puts the original modules back.
+:func:`merge` folds one adapter into the weights (``W' = R W``, zero overhead);
+:func:`to_peft` / :func:`from_peft` move adapters to and from ``peft.RoadConfig``
+models; the parameter layouts are the same, so nothing is permuted. peft is an
+optional (dev) dependency, imported only by those two functions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roadinterp.adapter import RoadAdapter
+from roadinterp.errors import ConfigError, RoadinterpError, ShapeError
+from roadinterp.road import rotation as rot
+from roadinterp.road.bank import bank_tables
+from roadinterp.road.merge import merge_into_linear, unmerge_from_linear
+
+__all__ = [
+    "RoadHandle", "RoadLinear", "apply_road", "from_peft", "linear_targets", "merge", "remove_road",
+    "road_layers", "to_peft", "unmerge",
+]
+
+
+def _conv1d_type():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        return ()
+    return Conv1D
+
+
+def _out_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, _conv1d_type()):
+        return module.nf
+    raise ConfigError(
+        f"RoAd on Linear outputs needs nn.Linear or transformers Conv1D, got {type(module).__name__}"
+    )
+
+
+def _swap_sign(dim: int, group_size: int) -> torch.Tensor:
+    """``rotate_half(h) = sign * swap_halves(h)``: -1 on the first half of each group.  # [d]"""
+    half = group_size // 2
+    first = (torch.arange(dim) % group_size) < half
+    return torch.where(first, -1.0, 1.0)
+
+
+def _swap_index(dim: int, group_size: int) -> torch.Tensor:
+    """Permutation that swaps the two halves of every group (its own inverse).  # [d]"""
+    return rot.pair_index(dim, group_size)
+
+
+class RoadLinear(nn.Module):
+    """A Linear whose output is rotated by one of several RoAd adapters, per sample.
+
+    ``theta``/``alpha``: ``[n_adapters, n_params]`` fp32 (peft layout, one row per
+    adapter, all with the same ``variant`` and ``group_size``). ``element_mask``
+    (optional ``[n_adapters, d]`` bool) restricts an adapter to its subspace.
+
+    Routing: :meth:`set_adapter_ids` sets per-sample ids for the next call(s)
+    (``-1`` = no adapter); with no ids set the layer applies ``active`` (an index or
+    ``None`` = off) to every sample. This is the ``BatchedAdapterLayer`` protocol of
+    :mod:`roadinterp.serve`: the gathered rows are computed once after
+    :meth:`reset_cache` and reused for every decode step.
+    """
+
+    def __init__(
+        self, base: nn.Module, theta: torch.Tensor, alpha: torch.Tensor, *, variant: str = "road_1",
+        group_size: int = 64, names: Sequence[str] | None = None, element_mask: torch.Tensor | None = None,
+        active: int | None = None,
+    ) -> None:
+        super().__init__()
+        dim = _out_features(base)
+        rot.check_layout(dim, group_size, variant)
+        if theta.dim() == 1:
+            theta, alpha = theta[None], alpha[None]
+        rot.check_param_shapes(theta, alpha, dim, variant)
+        if theta.shape != alpha.shape:
+            raise ShapeError(f"theta {tuple(theta.shape)} and alpha {tuple(alpha.shape)} must have the same shape")
+        self.base = base
+        self.dim, self.variant, self.group_size = dim, variant, group_size
+        self.names = list(names) if names is not None else [str(i) for i in range(theta.shape[0])]
+        if len(self.names) != theta.shape[0]:
+            raise ShapeError(f"{len(self.names)} names for a bank of {theta.shape[0]} adapters")
+        self.theta = nn.Parameter(theta.detach().float().clone(), requires_grad=False)  # [n, n_params]
+        self.alpha = nn.Parameter(alpha.detach().float().clone(), requires_grad=False)  # [n, n_params]
+        self.register_buffer("element_mask", None if element_mask is None else element_mask.bool(), persistent=False)
+        self.register_buffer("_swap", _swap_index(dim, group_size), persistent=False)  # [d]
+        self.register_buffer("_sign", _swap_sign(dim, group_size), persistent=False)  # [d]
+        self._is_conv1d = not isinstance(base, nn.Linear)
+        self.active = active
+        self.merged: int | None = None  # index of the adapter folded into base's weights
+        self._ids: torch.Tensor | None = None
+        self._tables = None  # (c1, c2 * sign) [n + 1, d], keyed on the params' versions
+        self._tables_key = None
+        self._rows = None  # per call: (c1, c2s) [batch, 1, d], or False = identity for everyone
+
+    # ------------------------------------------------------------ bank
+    @property
+    def n_adapters(self) -> int:
+        return self.theta.shape[0]
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ConfigError(f"unknown adapter {name!r}; this layer holds {', '.join(self.names)}") from None
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c1, c2s)`` ``[n_adapters + 1, d]`` fp32; the last row is the identity.
+
+        ``c2s = c2 * sign`` folds ``rotate_half``'s minus sign into the table, so the
+        forward is ``y * c1 + swap_halves(y) * c2s``. Cached until theta/alpha change.
+        """
+        grad = torch.is_grad_enabled() and (self.theta.requires_grad or self.alpha.requires_grad)
+        key = (self.theta._version, self.alpha._version, self.theta.device)
+        if grad or self._tables is None or self._tables_key != key:
+            c1, c2 = bank_tables(self.theta, self.alpha, self.variant, self.group_size)
+            if self.element_mask is not None:
+                full = torch.ones_like(self.element_mask[:1])
+                c1, c2 = rot.masked_coefficients(c1, c2, torch.cat([self.element_mask, full]))
+            tables = (c1, c2 * self._sign.to(c2.dtype))
+            if grad:
+                return tables
+            self._tables, self._tables_key = tables, key
+        return self._tables
+
+    # ---------------------------------------------------- BatchedAdapterLayer
+    def set_adapter_ids(self, ids: torch.Tensor | None) -> None:
+        """Per-sample adapter indices ``[batch]`` (-1 = none); ``None`` = back to ``active``."""
+        if ids is not None:
+            ids = torch.as_tensor(ids, dtype=torch.long, device=self.theta.device)
+            if ids.dim() != 1:
+                raise ShapeError(f"adapter_ids must be 1-D [batch], got shape {tuple(ids.shape)}")
+            if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= self.n_adapters):
+                raise ConfigError(
+                    f"adapter_ids must be in -1..{self.n_adapters - 1} (-1 = no adapter), got {ids.tolist()}"
+                )
+            if self.merged is not None:
+                raise ConfigError("per-sample adapter ids need an unmerged layer; call roadinterp.linear.unmerge first")
+        self._ids = ids
+        self._rows = None
+
+    def reset_cache(self) -> None:
+        self._rows = None
+
+    def _gather(self, batch: int):
+        """Rows for this call: ``(c1, c2s)`` ``[batch, 1, d]`` or False (identity)."""
+        ids = self._ids
+        if ids is None:
+            return None  # static routing: decided per call in forward (cheap, never stale)
+        if bool((ids < 0).all()):
+            return False
+        if batch != ids.shape[0]:
+            if ids.shape[0] == 0 or batch % ids.shape[0]:
+                raise ShapeError(f"batch of {batch} but {ids.shape[0]} adapter ids were set")
+            ids = ids.repeat_interleave(batch // ids.shape[0])  # e.g. num_return_sequences
+        c1, c2s = self.tables()
+        return c1[ids].unsqueeze(1), c2s[ids].unsqueeze(1)  # identity row sits at -1
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._is_conv1d:
+            y = self.base(x)
+        else:
+            y = F.linear(x, self.base.weight, self.base.bias)  # skip a module call: decode is overhead-bound
+        rows = self._rows
+        if rows is None or torch.is_grad_enabled():
+            rows = self._gather(y.shape[0])
+            if rows is None:  # no per-sample ids: the static ``active`` adapter (or nothing)
+                if self.active is None or self.merged is not None:
+                    return y
+                c1, c2s = self.tables()
+                rows = (c1[self.active], c2s[self.active])  # [d]
+            elif not torch.is_grad_enabled():
+                self._rows = rows
+        if rows is False:
+            return y
+        c1, c2s = rows
+        if c1.dim() == 3 and y.dim() != 3:
+            c1 = c1.reshape(c1.shape[0], *([1] * (y.dim() - 2)), c1.shape[-1])
+            c2s = c2s.reshape(c1.shape)
+        swapped = y.index_select(-1, self._swap)  # a copy: swap the halves of every group
+        if y.dtype != c1.dtype:  # e.g. bf16 activations: rotate in fp32, cast back
+            return torch.addcmul(y.to(c1.dtype) * c1, swapped.to(c1.dtype), c2s).to(y.dtype)
+        if torch.is_grad_enabled():
+            return torch.addcmul(y * c1, swapped, c2s)
+        return y.mul_(c1).addcmul_(swapped, c2s)  # y is our own fresh output: in place is safe
+
+    # ------------------------------------------------------------ merge
+    @torch.no_grad()
+    def merge(self, index: int) -> None:
+        """Fold adapter ``index`` into the base weights (``W' = R W``, ``b' = R b``)."""
+        if self.merged is not None:
+            raise ConfigError(f"adapter {self.names[self.merged]!r} is already merged; unmerge it first")
+        if not 0 <= index < self.n_adapters:
+            raise ConfigError(f"adapter index must be in 0..{self.n_adapters - 1}, got {index}")
+        c1, c2 = self._coefs(index)
+        _merge(self.base, c1, c2, self.group_size)
+        self.merged = index
+        self._rows = None
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged is None:
+            return
+        c1, c2 = self._coefs(self.merged)
+        i1, i2 = rot.inverse_coefficients(c1, c2, self.group_size)
+        if self._is_conv1d:
+            _merge(self.base, i1, i2, self.group_size)
+        else:
+            unmerge_from_linear(self.base, c1, c2, self.group_size)
+        self.merged = None
+        self._rows = None
+
+    def _coefs(self, index: int):
+        c1, c2 = rot.coefficients(self.theta[index], self.alpha[index], self.variant, self.group_size)
+        if self.element_mask is not None:
+            c1, c2 = rot.masked_coefficients(c1, c2, self.element_mask[index])
+        return c1, c2
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, variant={self.variant}, group_size={self.group_size}, "
+                f"adapters={self.names}, active={self.active}, merged={self.merged}")
+
+
+@torch.no_grad()
+def _merge(base: nn.Module, c1, c2, group_size: int) -> None:
+    if isinstance(base, nn.Linear):
+        merge_into_linear(base, c1, c2, group_size)
+        return
+    # Conv1D stores W^T ([in, out]); R acts on the out dimension, i.e. on every row
+    w = base.weight
+    w.copy_(rot.apply(w.float(), c1, c2, group_size).to(w.dtype))
+    if base.bias is not None:
+        base.bias.copy_(rot.apply(base.bias.float(), c1, c2, group_size).to(base.bias.dtype))
+
+
+# ---------------------------------------------------------------- targets
+def _is_linear(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Linear, _conv1d_type())) and not isinstance(m, RoadLinear)
+
+
+def linear_targets(model: nn.Module, target_modules: str | Iterable[str] = "all-linear") -> dict[str, int]:
+    """Module paths -> output width of the Linears a ``target_modules`` spec selects.
+
+    Same matching as peft: a string is a regex that must match the whole path
+    (``"all-linear"`` = every Linear/Conv1D except the output embedding); a list
+    matches a path exactly or as a ``.``-separated suffix (``"q_proj"``).
+    """
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = {}
+    for path, m in model.named_modules():
+        if not _is_linear(m) or not path:
+            continue
+        if target_modules == "all-linear":
+            ok = m is not out_emb
+        elif isinstance(target_modules, str):
+            ok = re.fullmatch(target_modules, path) is not None
+        else:
+            ok = any(path == t or path.endswith("." + t) for t in target_modules)
+        if ok:
+            found[path] = _out_features(m)
+    if not found:
+        raise ConfigError(f"target_modules {target_modules!r} matches no Linear layer of {type(model).__name__}")
+    return found
+
+
+def road_layers(model: nn.Module) -> dict[str, RoadLinear]:
+    """Every :class:`RoadLinear` in ``model`` by module path."""
+    return {p: m for p, m in model.named_modules() if isinstance(m, RoadLinear)}
+
+
+def _as_bank(adapters) -> dict[str, RoadAdapter]:
+    if isinstance(adapters, RoadAdapter):
+        return {"default": adapters}
+    if isinstance(adapters, Mapping):
+        bank = dict(adapters)
+    elif isinstance(adapters, (list, tuple)):
+        bank = {str(i): a for i, a in enumerate(adapters)}
+    else:
+        raise ConfigError(f"adapters must be a RoadAdapter, a dict name -> RoadAdapter or a list, got {type(adapters).__name__}")
+    if not bank:
+        raise ConfigError("the adapter bank is empty")
+    for name, a in bank.items():
+        if not isinstance(a, RoadAdapter):
+            raise ConfigError(f"adapter {name!r} is a {type(a).__name__}, not a RoadAdapter")
+    return bank
+
+
+class RoadHandle:
+    """What :func:`apply_road` returns: the layers it installed; ``with`` removes them."""
+
+    def __init__(self, model: nn.Module, layers: dict[str, RoadLinear], names: list[str]) -> None:
+        self.model, self.layers, self.names = model, layers, names
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise ConfigError(f"unknown adapter {name!r}; the bank holds {', '.join(self.names)}")
+        return self.names.index(name)
+
+    def ids(self, names: Sequence[str | int | None]) -> torch.Tensor:
+        """Adapter names (or ints, ``None``/-1 = none) -> index tensor ``[batch]``."""
+        return torch.tensor([-1 if n is None else n if isinstance(n, int) else self.index(n) for n in names])
+
+    def remove(self) -> None:
+        remove_road(self.model, self.layers)
+
+    def __enter__(self) -> "RoadHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def apply_road(
+    model: nn.Module, adapters, target_modules: str | Iterable[str] | None = None, *, active: str | int | None = None,
+) -> RoadHandle:
+    """Replace targeted Linears of ``model`` by :class:`RoadLinear` holding the bank.
+
+    ``adapters``: one :class:`RoadAdapter` (``placement="linear"``; it becomes the
+    active adapter) or a dict name -> adapter (bank order = dict order = adapter ids;
+    none active until ids are set, see :mod:`roadinterp.serve`). ``target_modules``
+    restricts the Linears (default: every target of every adapter); a layer that
+    an adapter does not target is the identity for that adapter. Usable as
+    ``with apply_road(model, bank) as h: ...`` (removed on exit).
+    """
+    single = isinstance(adapters, RoadAdapter)
+    bank = _as_bank(adapters)
+    names = list(bank)
+    for name, a in bank.items():
+        if a.placement != "linear":
+            raise ConfigError(
+                f"adapter {name!r} has placement={a.placement!r}; apply_road needs placement='linear' "
+                "(serve hidden-state adapters with roadinterp.serve)"
+            )
+    wanted = sorted({t for a in bank.values() for t in a.targets})
+    if target_modules is not None:
+        chosen = linear_targets(model, target_modules)
+        wanted = [t for t in wanted if t in chosen]
+        if not wanted:
+            raise ConfigError(f"target_modules {target_modules!r} selects none of the adapters' targets")
+    if road_layers(model):
+        raise ConfigError("model already has RoAd layers; call remove_road(model) first")
+    if isinstance(active, str):
+        active = names.index(active) if active in names else _unknown_adapter(active, names)
+    elif active is None and single:
+        active = 0
+    layers = {}
+    for path in wanted:
+        try:
+            base = model.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(f"model {type(model).__name__} has no module {path!r}") from None
+        dim = _out_features(base)
+        variant = group_size = None
+        thetas, alphas, masks = [], [], []
+        for name, a in bank.items():
+            if path not in a.targets:
+                continue
+            r = a.rotation(path)
+            if r.dim != dim:
+                raise ShapeError(f"adapter {name!r} is {r.dim} wide at {path!r} but the layer outputs {dim}")
+            if variant is None:
+                variant, group_size = r.variant, r.group_size
+            elif (r.variant, r.group_size) != (variant, group_size):
+                raise ConfigError(
+                    f"adapters in one bank must share variant and group_size at {path!r}: "
+                    f"{name!r} has ({r.variant}, {r.group_size}), others ({variant}, {group_size})"
+                )
+        for name, a in bank.items():
+            if path in a.targets:
+                r = a.rotation(path)
+                theta, alpha = r.theta.detach(), r.alpha.detach()
+                mask = r.spec.element_mask()
+            else:
+                theta, alpha = rot.identity_params(dim, variant)
+                mask = None
+            thetas.append(theta.float().cpu())
+            alphas.append(alpha.float().cpu())
+            masks.append(torch.ones(dim, dtype=torch.bool) if mask is None else mask)
+        mask = torch.stack(masks)
+        layer = RoadLinear(
+            base, torch.stack(thetas), torch.stack(alphas), variant=variant, group_size=group_size, names=names,
+            element_mask=None if bool(mask.all()) else mask, active=active,
+        ).to(base.weight.device)
+        _set_submodule(model, path, layer)
+        layers[path] = layer
+    return RoadHandle(model, layers, names)
+
+
+def _unknown_adapter(name, names):
+    raise ConfigError(f"unknown adapter {name!r}; the bank holds {', '.join(names)}")
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, module)
+
+
+def remove_road(model: nn.Module, layers: Mapping[str, RoadLinear] | None = None) -> None:
+    """Put the original Linear modules back (unmerging first). ``layers``: only these."""
+    layers = road_layers(model) if layers is None else layers
+    for path, layer in layers.items():
+        try:
+            current = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if current is not layer:  # someone else replaced it since; leave it alone
+            continue
+        layer.unmerge()
+        layer.set_adapter_ids(None)
+        _set_submodule(model, path, layer.base)
+
+
+def merge(model: nn.Module, name: str | int | None = None) -> None:
+    """Fold one adapter of the bank into every RoAd layer's weights (zero overhead after)."""
+    for layer in road_layers(model).values():
+        index = _resolve(layer, name)
+        layer.merge(index)
+
+
+def unmerge(model: nn.Module) -> None:
+    for layer in road_layers(model).values():
+        layer.unmerge()
+
+
+def _resolve(layer: RoadLinear, name) -> int:
+    if name is None:
+        if layer.active is not None:
+            return layer.active
+        if layer.n_adapters == 1:
+            return 0
+        raise ConfigError(f"the bank holds {layer.names}: say which adapter to merge")
+    return name if isinstance(name, int) else layer.index(name)
+
+
+# ---------------------------------------------------------------- peft interop
+def _peft():
+    try:
+        import peft
+    except ImportError:
+        raise RoadinterpError(
+            "peft is not installed; it is an optional dependency: pip install 'roadinterp[dev]' (or peft>=0.21.2)"
+        ) from None
+    if not hasattr(peft, "RoadConfig"):
+        raise RoadinterpError(f"peft {peft.__version__} has no RoadConfig; install peft>=0.21.2")
+    return peft
+
+
+def _peft_params(adapter: RoadAdapter, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """theta/alpha with blocks outside the subspace set to the identity (exact in peft)."""
+    r = adapter.rotation(path)
+    theta, alpha = r.theta.detach().float().clone(), r.alpha.detach().float().clone()
+    if adapter.blocks is not None:
+        keep = rot.block_param_mask(torch.tensor(adapter.blocks, dtype=torch.long), r.dim, r.variant, r.group_size)
+        theta[~keep], alpha[~keep] = 0.0, 1.0
+    return theta, alpha
+
+
+def to_peft(adapters, base_model: nn.Module):
+    """A ``peft.PeftModel`` with one ``RoadConfig`` adapter per roadinterp adapter.
+
+    Like ``peft.get_peft_model`` this wraps ``base_model`` in place. Adapters need
+    ``placement="linear"`` and one group size across their targets (peft has one per
+    config). Subspaces are written out as identity parameters outside the blocks.
+    """
+    peft = _peft()
+    bank = _as_bank(adapters)
+    if road_layers(base_model):
+        raise ConfigError("base_model has roadinterp RoAd layers; call remove_road(model) first")
+    pm = None
+    for name, a in bank.items():
+        if a.placement != "linear":
+            raise ConfigError(f"adapter {name!r} has placement={a.placement!r}; peft only has Linear RoAd")
+        sizes = {a.rotation(t).group_size for t in a.targets}
+        if len(sizes) != 1:
+            raise ConfigError(f"adapter {name!r} uses group sizes {sorted(sizes)}; a peft RoadConfig has one")
+        cfg = peft.RoadConfig(variant=a.variant, group_size=sizes.pop(), target_modules=list(a.targets))
+        if pm is None:
+            pm = peft.get_peft_model(base_model, cfg, adapter_name=name)
+        else:
+            pm.add_adapter(name, cfg)
+        model = pm.base_model.model
+        for path in a.targets:
+            layer = model.get_submodule(path)
+            theta, alpha = _peft_params(a, path)
+            with torch.no_grad():
+                layer.road_theta[name].copy_(theta)
+                layer.road_alpha[name].copy_(alpha)
+    pm.set_adapter(next(iter(bank)))
+    pm.eval()
+    return pm
+
+
+def from_peft(peft_model) -> dict[str, RoadAdapter]:
+    """Every RoAd adapter of a ``PeftModel`` as a ``placement="linear"`` :class:`RoadAdapter`."""
+    _peft()
+    from peft.tuners.road.layer import RoadLayer
+
+    model = peft_model.base_model.model if hasattr(peft_model, "base_model") else peft_model
+    layers = [(p, m) for p, m in model.named_modules() if isinstance(m, RoadLayer)]
+    names = [n for n, c in getattr(peft_model, "peft_config", {}).items() if str(c.peft_type).endswith("ROAD")]
+    if not names:
+        names = sorted({n for _, m in layers for n in m.road_theta})
+    if not names or not layers:
+        raise ConfigError(f"{type(peft_model).__name__} has no RoAd adapters")
+    out = {}
+    for name in names:
+        mine = [(p, m) for p, m in layers if name in m.road_theta]
+        variants = {m.variant[name] for _, m in mine}
+        if len(variants) != 1:
+            raise ConfigError(f"peft adapter {name!r} mixes variants {sorted(variants)}")
+        targets = {p: m.out_features for p, m in mine}
+        sizes = {m.group_size[name] for _, m in mine}
+        if len(sizes) != 1:
+            raise ConfigError(f"peft adapter {name!r} mixes group sizes {sorted(sizes)}")
+        a = RoadAdapter(targets, variant=variants.pop(), group_size=sizes.pop(), placement="linear",
+                        meta={"source": "peft", "peft_adapter": name})
+        for p, m in mine:
+            r = a.rotation(p)
+            if r.group_size != m.group_size[name]:  # cannot happen: peft checks out_features % group_size
+                raise ShapeError(f"{p}: group size {m.group_size[name]} does not fit width {m.out_features}")
+            with torch.no_grad():
+                r.theta.copy_(m.road_theta[name].detach().float())
+                r.alpha.copy_(m.road_alpha[name].detach().float())
+        out[name] = a
+    return out

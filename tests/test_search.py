@@ -1,0 +1,178 @@
+"""Alignment search: store, resume after SIGKILL, executors, controls, CLI errors."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from roadinterp.errors import ConfigError, RunDirError
+from roadinterp.search import SearchConfig, best_alignment, search, summarize
+from roadinterp.store import RunStore, read_run
+
+CLI = [sys.executable, "-m", "roadinterp.cli"]
+SMALL = ["--task", "hierarchical-equality", "--layers", "0,2", "--family", "neuron,road", "--size", "2",
+         "--seeds", "2", "--n-train", "256", "--n-test", "256", "--epochs", "1", "--no-controls", "--no-report"]
+SMALL_CFG = dict(task="hierarchical-equality", layers=[0, 2], families=["neuron", "road"], sizes=[2], seeds=2,
+                 n_train=256, n_test=256, epochs=1, controls=False)
+COMPARE = ["task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
+           "iia_random_model", "iia_rival"]
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+
+
+def _cmp(a: pd.DataFrame, b: pd.DataFrame):
+    a = a[COMPARE].sort_values(["family", "layer", "seed"]).reset_index(drop=True)
+    b = b[COMPARE].sort_values(["family", "layer", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_store_refuses_other_config_and_unwritable(tmp_path):
+    s = RunStore(tmp_path / "r", {"a": 1})
+    s.add("k1", {"family": "x", "layer": 0, "iia": 0.5})
+    s.close()
+    with pytest.raises(RunDirError, match="different config"):
+        RunStore(tmp_path / "r", {"a": 2})
+    with pytest.raises(RunDirError, match="--resume"):
+        RunStore(tmp_path / "r", {"a": 1})
+    s = RunStore(tmp_path / "r", {"a": 1}, resume=True)
+    assert s.done_keys() == {"k1"}
+    s.close()
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    if os.geteuid() != 0:  # root ignores permissions
+        with pytest.raises(RunDirError, match="cannot write"):
+            RunStore(tmp_path / "ro" / "r", {})
+    with pytest.raises(RunDirError, match="cannot write"):
+        RunStore("/proc/roadinterp-run", {})
+
+
+def test_config_validation_names_the_value():
+    with pytest.raises(ConfigError, match="seeds must be a positive int, got 'three'"):
+        SearchConfig(seeds="three")
+    with pytest.raises(ConfigError, match="layers must contain ints, got '0'"):
+        SearchConfig(layers=["0"])
+    with pytest.raises(ConfigError, match="unknown search config fields"):
+        SearchConfig.from_json({"famlies": ["das"]})
+    with pytest.raises(Exception, match="unknown family 'dense'"):
+        SearchConfig(families=["dense"])
+
+
+def test_search_local_with_controls_and_summary(tmp_path):
+    cfg = dict(SMALL_CFG, families=["road"], layers=[0], controls=True)
+    table = search(out=str(tmp_path / "run"), **cfg)
+    assert len(table) == 2
+    assert table["iia_random_model"].notna().all() and table["iia_rival"].notna().all()
+    assert (table["rival"] == "first-argument").all()
+    s = summarize(table)
+    assert s.loc[0, "n_seeds"] == 2
+    assert s.loc[0, "iia_mean"] == pytest.approx(table["iia"].mean())
+    assert s.loc[0, "iia_std"] == pytest.approx(table["iia"].std())
+    best = best_alignment(table)
+    assert best["family"] == "road" and best["layer"] == 0
+    config, stored = read_run(tmp_path / "run")
+    assert config["families"] == ["road"] and len(stored) == 2
+    csv = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert list(csv.columns[:14]) == ["task", "model", "family", "layer", "component", "position", "size",
+                                       "seed", "iia", "train_iia", "iia_random_model", "iia_rival", "rival",
+                                       "seconds"]
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
+    full = tmp_path / "full"
+    subprocess.run([*CLI, "align", *SMALL, "--out", str(full)], check=True, env=_env(), capture_output=True)
+    _, ref = read_run(full)
+    assert len(ref) == 8
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*CLI, "align", *SMALL, "--out", str(run)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = run / "results.db"
+    deadline = time.time() + 300
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+                n = con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+                con.close()
+            except sqlite3.Error:
+                n = 0
+            if n >= 2:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed; make it larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, partial = read_run(run)
+    assert 2 <= len(partial) < 8
+    # without --resume the directory is refused (finished work is not silently discarded)
+    r = subprocess.run([*CLI, "align", *SMALL, "--out", str(run)], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "--resume" in r.stderr
+    subprocess.run([*CLI, "align", *SMALL, "--out", str(run), "--resume"], check=True, env=_env(),
+                   capture_output=True)
+    _, resumed = read_run(run)
+    assert len(resumed) == 8
+    assert resumed["key"].is_unique
+    _cmp(resumed, ref)
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_table(tmp_path):
+    ray = pytest.importorskip("ray")  # ray is in the dev extra, installed by `make test`
+    local = search(out=str(tmp_path / "local"), **SMALL_CFG)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = search(out=str(tmp_path / "ray"), executor="ray", **SMALL_CFG)
+    finally:
+        ray.shutdown()
+    _cmp(local, remote)
+
+
+BAD = [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--family", "dense"], "unknown family 'dense'"),
+    (["--component", "mlp_out"], "unknown component 'mlp_out'"),
+    (["--layers", "9"], "layer 9 is out of range"),
+    (["--size", "20"], "exceeds the site width 16"),
+    (["--layers", "a"], "--layers must be comma-separated integers"),
+    (["--seeds", "0"], "seeds must be a positive int"),
+    (["--executor", "spark"], "executor must be one of"),
+]
+
+
+@pytest.mark.parametrize("args,msg", BAD)
+def test_bad_input_one_error_line_exit_2_nothing_trusted(tmp_path, args, msg):
+    out = tmp_path / "run"
+    base = ["--task", "hierarchical-equality", "--seeds", "1", "--n-train", "64", "--n-test", "64",
+            "--epochs", "1", "--no-report"]
+    r = subprocess.run([*CLI, "align", *base, *args, "--out", str(out)], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip() and "nnsight" not in l]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert msg in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not (out / "results.db").exists() and not (out / "run.json").exists()
+
+
+def test_config_file_with_wrong_types(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"task": "hierarchical-equality", "sizes": "8"}))
+    r = subprocess.run([*CLI, "align", "--config", str(cfg), "--out", str(tmp_path / "r")], env=_env(),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "sizes must be a non-empty list" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unwritable_out(tmp_path):
+    r = subprocess.run([*CLI, "align", "--task", "hierarchical-equality", "--out", "/proc/x/run"], env=_env(),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot write to run directory" in r.stderr and "Traceback" not in r.stderr

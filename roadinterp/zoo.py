@@ -1,0 +1,490 @@
+"""A zoo of small models trained offline on the built-in tasks, and ``load_model``.
+
+Every zoo entry names a task, an architecture with a tiny HF config, a training recipe
+and a seed. ``load_model("zoo:NAME")`` returns the cached model or trains it on first
+use (seconds to a few minutes on a laptop CPU), so tests, notebooks and experiments
+never need the network. Training is deterministic for a given seed and recipe.
+
+Cache layout (``$ROADINTERP_CACHE`` or ``~/.cache/roadinterp``)::
+
+    zoo/NAME/model.safetensors   weights (safetensors only, never pickle)
+    zoo/NAME/config.json         the HF config (with ``roadinterp_task``)
+    zoo/NAME/meta.json           task, seed, held-out accuracy, train_seconds, version, recipe
+
+A model directory is written to a temporary sibling and renamed into place, so a kill
+mid-write never leaves something that looks complete. ``load_model`` also accepts a
+local HF directory or a hub id (which fails with :class:`OfflineError` when offline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from roadinterp.errors import ConfigError, FileFormatError, OfflineError, unknown
+from roadinterp.tasks import get_task
+from roadinterp.tasks.base import Task, TokenTask
+
+Arch = Literal["mlp", "gpt2", "llama"]
+ARCHS: tuple[str, ...] = ("mlp", "gpt2", "llama")
+
+
+@dataclass
+class ZooEntry:
+    """A named model: which task it solves, how it is built and how it is trained."""
+
+    name: str  # zoo name, used as "zoo:NAME"
+    task: str  # registered task name the model is trained on (its factual data)
+    arch: str  # "mlp" (pyvene MLPForClassification), "gpt2" or "llama"
+    config: dict[str, Any]  # HF config kwargs for the architecture
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 100  # linear warm-up steps, then cosine decay to 10% of lr
+    train_size: int = 50_000  # factual training examples drawn once from the train split
+    eval_size: int = 4_000  # held-out (test split) examples for the reported accuracy
+    seed: int = 0
+    threads: int = 1  # torch CPU threads while training (tiny models run fastest on one)
+    description: str = ""
+    data: Callable[..., Any] | None = field(default=None, repr=False)  # (n, split, seed) -> (inputs, labels)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
+        for key in ("steps", "batch_size", "train_size", "eval_size"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"zoo name must be a plain non-empty name, got {self.name!r}")
+
+    def recipe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("data")
+        return d
+
+
+_ZOO: dict[str, ZooEntry] = {}
+
+
+def register_zoo_model(entry: ZooEntry, *, overwrite: bool = False) -> None:
+    """Add ``entry`` to the zoo (``load_model("zoo:" + entry.name)``)."""
+    if entry.name in _ZOO and not overwrite:
+        raise ConfigError(f"zoo model {entry.name!r} is already registered; pass overwrite=True to replace it")
+    get_task(entry.task)  # fail early on an unknown task
+    _ZOO[entry.name] = entry
+
+
+def get_zoo_entry(name: str) -> ZooEntry:
+    if name not in _ZOO:
+        raise unknown("zoo model", name, list(_ZOO))
+    return _ZOO[name]
+
+
+# ----- cache ------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Root of the roadinterp cache: ``$ROADINTERP_CACHE`` or ``~/.cache/roadinterp``."""
+    env = os.environ.get("ROADINTERP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "roadinterp"
+
+
+def zoo_path(name: str) -> Path:
+    return cache_dir() / "zoo" / name
+
+
+def _is_complete(path: Path) -> bool:
+    # meta.json is written last, and the directory only appears by rename.
+    return all((path / f).is_file() for f in ("model.safetensors", "config.json", "meta.json"))
+
+
+def is_cached(name: str) -> bool:
+    return _is_complete(zoo_path(get_zoo_entry(name).name))
+
+
+def zoo_meta(name: str) -> dict[str, Any]:
+    """meta.json of a cached zoo model (task, seed, accuracy, train_seconds, recipe...)."""
+    entry = get_zoo_entry(name)
+    path = zoo_path(entry.name)
+    if not _is_complete(path):
+        raise FileFormatError(f"zoo model {name!r} is not cached at {path}; load_model('zoo:{name}') trains it")
+    return json.loads((path / "meta.json").read_text())
+
+
+# ----- building ---------------------------------------------------------------------------
+def _config_class(arch: str):
+    if arch == "mlp":
+        from pyvene.models.mlp.modelings_mlp import MLPConfig
+
+        return MLPConfig
+    if arch == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config
+    from transformers import LlamaConfig
+
+    return LlamaConfig
+
+
+def _model_class(arch: str):
+    if arch == "mlp":
+        from pyvene.models.mlp.modelings_mlp import MLPForClassification
+
+        return MLPForClassification
+    if arch == "gpt2":
+        from transformers import GPT2LMHeadModel
+
+        return GPT2LMHeadModel
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM
+
+
+def build_model(entry: ZooEntry) -> torch.nn.Module:
+    """A freshly initialised (untrained) model for ``entry``; seed with torch.manual_seed first."""
+    config = _config_class(entry.arch)(**entry.config)
+    config.roadinterp_task = entry.task
+    config.roadinterp_zoo = entry.name
+    return _model_class(entry.arch)(config)
+
+
+def _data(entry: ZooEntry, task: Task, n: int, split: str, seed: int):
+    if entry.data is not None:
+        return entry.data(n, split=split, seed=seed)
+    return task.factual(n, split=split, seed=seed)
+
+
+def _loss(task: Task, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor):
+    out = model(**inputs, return_dict=True)
+    if isinstance(task, TokenTask):
+        # Full-vocabulary loss on the answer token, so greedy generation is right too.
+        logits = out.logits[:, -1, :]  # [n, vocab]
+        target = task.answer_token_ids(labels)
+    else:
+        logits, target = task.logits(out), labels
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, task: Task | str, inputs: dict[str, torch.Tensor],
+                      labels: torch.Tensor, *, batch_size: int = 1024) -> float:
+    """Fraction of rows where argmax of ``task.logits`` equals the label."""
+    task = get_task(task)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for i in range(0, len(labels), batch_size):
+            batch = {k: v[i:i + batch_size].to(device) for k, v in inputs.items()}
+            pred = task.logits(model(**batch, return_dict=True)).argmax(-1).cpu()
+            correct += int((pred == labels[i:i + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(labels)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
+
+
+def train_zoo_model(name: str, *, seed: int | None = None, steps: int | None = None,
+                    progress: bool = True, save: bool = True) -> torch.nn.Module:
+    """Train zoo model ``name`` on CPU (deterministic for a seed), cache it, return it in eval mode.
+
+    ``seed`` / ``steps`` override the entry's recipe (recorded in meta.json). With
+    ``save=True`` the result replaces the cached copy atomically.
+    """
+    entry = get_zoo_entry(name)
+    seed = entry.seed if seed is None else int(seed)
+    steps = entry.steps if steps is None else int(steps)
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    task = get_task(entry.task)
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(entry.threads, os.cpu_count() or 1)))
+    try:
+        return _train(entry, task, name, seed, steps, progress, save)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progress: bool,
+           save: bool) -> torch.nn.Module:
+    start = time.perf_counter()
+    inputs, labels = _data(entry, task, entry.train_size, "train", seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(entry)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": entry.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=entry.lr)
+    warm = max(1, min(entry.warmup, steps // 10))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * t)).item())
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    bar = _progress(steps, progress, f"train {name}")
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, len(labels), (entry.batch_size,), generator=gen)
+            loss = _loss(task, model, {k: v[idx] for k, v in inputs.items()}, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 50 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.update(1)
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    test_inputs, test_labels = _data(entry, task, entry.eval_size, "test", 10_000 + seed)
+    accuracy = evaluate_accuracy(model, task, test_inputs, test_labels)
+
+    if save:
+        from roadinterp import __version__
+
+        recipe = entry.recipe() | {"seed": seed, "steps": steps}
+        meta = {
+            "name": entry.name, "task": entry.task, "arch": entry.arch, "seed": seed,
+            "accuracy": accuracy, "accuracy_split": "test", "eval_size": entry.eval_size,
+            "train_seconds": round(train_seconds, 3), "n_params": n_params(model),
+            "roadinterp_version": __version__, "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(), "recipe": recipe,
+        }
+        _save_atomically(model, meta, zoo_path(entry.name))
+    return model
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _save_atomically(model: torch.nn.Module, meta: dict[str, Any], final: Path) -> None:
+    from safetensors.torch import save_model
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
+        (tmp / "config.json").write_text(model.config.to_json_string())
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_zoo_dir(entry: ZooEntry, path: Path) -> torch.nn.Module:
+    from safetensors.torch import load_model as load_safetensors
+
+    config = _config_class(entry.arch).from_json_file(str(path / "config.json"))
+    config.roadinterp_task = entry.task
+    config.roadinterp_zoo = entry.name
+    model = _model_class(entry.arch)(config)
+    try:
+        load_safetensors(model, str(path / "model.safetensors"))
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file is a user-facing problem
+        raise FileFormatError(f"cannot load zoo model {entry.name!r} from {path}: {err}; delete the "
+                              "directory to retrain it") from err
+    return model
+
+
+# ----- public loading ---------------------------------------------------------------------
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device; got {device!r}") from err
+
+
+def _looks_offline(err: BaseException) -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = f"{type(err).__name__} {err}".lower()
+        if any(s in text for s in ("connect", "offline", "timed out", "timeout", "name resolution",
+                                   "network", "unreachable")):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
+
+
+def _load_local_dir(path: Path) -> torch.nn.Module:
+    config_file = path / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type == "mlp":  # pyvene's MLP is not registered with the Auto classes
+            from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
+            from safetensors.torch import load_model as load_safetensors
+
+            weights = path / "model.safetensors"
+            if not weights.is_file():
+                raise FileFormatError(f"{path} has no model.safetensors (only safetensors weights are loaded)")
+            model = MLPForClassification(MLPConfig.from_json_file(str(config_file)))
+            load_safetensors(model, str(weights))
+            return model
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    except (ValueError, KeyError, OSError) as first:
+        try:
+            return AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        except (ValueError, KeyError, OSError) as err:
+            raise FileFormatError(f"cannot load a model from directory {path}: {first}; {err}") from err
+
+
+def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
+               progress: bool = True) -> torch.nn.Module:
+    """A model in eval mode on ``device`` from ``"zoo:NAME"``, a local directory or a hub id.
+
+    ``zoo:NAME`` loads the cached model, training it on first use. A local directory
+    loads with ``from_pretrained(local_files_only=True)`` (causal LM first, then
+    ``AutoModel``). Anything else is a hub id; if the hub is unreachable this raises
+    :class:`OfflineError`.
+    """
+    dev = _resolve_device(device)
+    text = os.fspath(spec)
+    if text.startswith("zoo:"):
+        name = text[len("zoo:"):]
+        entry = get_zoo_entry(name)
+        path = zoo_path(entry.name)
+        model = _load_zoo_dir(entry, path) if _is_complete(path) else train_zoo_model(name, progress=progress)
+    elif Path(text).expanduser().is_dir():
+        model = _load_local_dir(Path(text).expanduser())
+    elif text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") > 1:
+        raise ConfigError(f"model directory {text!r} does not exist; pass an existing directory, a zoo: name "
+                          f"(known zoo models: {', '.join(sorted(_ZOO))}) or a hub id")
+    else:
+        model = _load_hub(text)
+    return model.to(dev).eval()
+
+
+def _load_hub(model_id: str) -> torch.nn.Module:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    known = ", ".join(f"zoo:{n}" for n in sorted(_ZOO))
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_id)
+    except ValueError as first:  # not a causal LM architecture: try the bare model
+        try:
+            return AutoModel.from_pretrained(model_id)
+        except OSError as err:
+            if _looks_offline(err):
+                raise OfflineError(f"model hub unreachable for {model_id!r}; pass a local directory or a "
+                                   f"zoo: name; known zoo models: {known}") from err
+            raise ConfigError(f"cannot load model {model_id!r}: {first}") from err
+    except OSError as err:
+        if _looks_offline(err):
+            raise OfflineError(f"model hub unreachable for {model_id!r}; pass a local directory or a zoo: "
+                               f"name; known zoo models: {known}") from err
+        raise ConfigError(f"cannot load model {model_id!r}: {err}") from err
+
+
+def model_task(model: torch.nn.Module) -> str | None:
+    """The task a zoo model was trained for (``model.config.roadinterp_task``), if known."""
+    return getattr(getattr(model, "config", None), "roadinterp_task", None)
+
+
+def list_zoo() -> list[dict[str, Any]]:
+    """One row per zoo model: name, task, arch, n_params, cached, accuracy, train_seconds."""
+    rows = []
+    for entry in _ZOO.values():
+        with torch.device("meta"):
+            size = n_params(build_model(entry))
+        row: dict[str, Any] = {"name": entry.name, "task": entry.task, "arch": entry.arch, "n_params": size,
+                               "cached": False, "accuracy": None, "train_seconds": None,
+                               "description": entry.description}
+        path = zoo_path(entry.name)
+        if _is_complete(path):
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                row.update(cached=True, accuracy=meta.get("accuracy"), train_seconds=meta.get("train_seconds"))
+            except (OSError, ValueError):
+                pass
+        rows.append(row)
+    return rows
+
+
+# ----- built-in entries -------------------------------------------------------------------
+def _behaviour_base_data(n: int, *, split: str, seed: int):
+    from roadinterp.tasks import behaviour_data
+
+    return behaviour_data(n, behaviours=(), split=split, seed=seed)
+
+
+def _tiny_gpt2(vocab: int, positions: int, **kw: Any) -> dict[str, Any]:
+    cfg = dict(vocab_size=vocab, n_positions=positions, n_embd=64, n_layer=2, n_head=4,
+               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return cfg
+
+
+_BUILTIN = [
+    ZooEntry(
+        name="hierarchical-equality-mlp", task="hierarchical-equality", arch="mlp",
+        config=dict(h_dim=16, n_layer=3, num_classes=2, pdrop=0.0, include_emb=False, squeeze_output=True),
+        steps=4000, batch_size=512, lr=1e-2, warmup=100, train_size=100_000, eval_size=10_000,
+        description="pyvene MLP (3 blocks of 16) for hierarchical equality, the DAS setting",
+    ),
+    ZooEntry(
+        name="addition-carry-gpt2", task="addition-carry", arch="gpt2",
+        config=_tiny_gpt2(23, 8),
+        steps=3000, batch_size=256, lr=3e-3, weight_decay=0.01, train_size=8000,
+        description="2-layer GPT-2 (d=64) predicting the tens digit of a two-digit sum",
+    ),
+    ZooEntry(
+        name="interval-llama", task="interval", arch="llama",
+        config=dict(vocab_size=24, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8,
+                    bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False),
+        steps=2000, batch_size=256, lr=3e-3, weight_decay=0.01, train_size=20_000,
+        description="2-layer Llama (d=64) deciding X <= Z <= Y",
+    ),
+    ZooEntry(
+        name="behaviour-base-gpt2", task="behaviour-base", arch="gpt2",
+        config=_tiny_gpt2(23, 8),
+        steps=2000, batch_size=256, lr=3e-3, weight_decay=0.01, train_size=8000, data=_behaviour_base_data,
+        description="2-layer GPT-2 (d=64) computing (a0 + b0) mod 10; base model for the behaviour adapters",
+    ),
+]
+for _entry in _BUILTIN:
+    if _entry.name not in _ZOO:
+        register_zoo_model(_entry)
+del _entry

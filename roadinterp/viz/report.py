@@ -1,0 +1,287 @@
+"""Self-contained HTML reports: one page per alignment run or per set of adapters.
+
+A report is a single ``.html`` file you can mail, archive or open offline: plotly.js
+is inlined once in the page head, figures follow as ``<div>``s that reuse it, and
+styles are inline with system fonts only. The page makes no network request (no
+CDN, no web fonts, no images). Every piece of text that comes from a run (config
+values, task and model names, positions) is HTML-escaped.
+
+:func:`write_report` reads a run directory with :func:`roadinterp.store.read_run`, so
+it works on a finished, partial (some cells) or empty run; the ``align`` command
+calls it at the end of every run. :func:`write_adapter_report` shows the learned
+angles of trained adapters and, for a composed adapter, who owns which block.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.offline
+
+from roadinterp.viz import figures as F
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       margin: 24px auto; max-width: 1200px; padding: 0 16px; color: #1d1d1f; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em;
+     border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+.meta { color: #666; font-size: 0.9em; }
+table.data { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
+table.data th, table.data td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+table.data th { background: #f4f6fa; } table.data tr.best td { background: #fff6d6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.best-sentence { font-size: 1.05em; background: #f4f9f4; border-left: 4px solid #3a9a3a; padding: 8px 12px; }
+.warn { background: #fdf1f0; border-left: 4px solid #c0392b; padding: 6px 12px; }
+.empty { font-size: 1.1em; color: #8a6d00; background: #fffbe6; padding: 10px 12px; border-left: 4px solid #e0b000; }
+.figure { margin: 12px 0 24px; }
+details summary { cursor: pointer; }
+"""
+
+_CELL_KEYS = ["family", "layer", "component", "position", "size"]
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _label(v: Any) -> str:
+    return F._label(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[bool] | None = None,
+           row_class: Sequence[str] | None = None) -> str:
+    numeric = numeric or [False] * len(header)
+    out = ['<table class="data"><thead><tr>', *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{_e(row_class[i])}"' if row_class and row_class[i] else ""
+        out.append(f"<tr{cls}>")
+        out.extend(f'<td class="num">{_e(c)}</td>' if n else f"<td>{_e(c)}</td>" for c, n in zip(row, numeric))
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _figure_div(fig, title: str) -> str:
+    return f'<div class="figure" title="{_e(title)}">{F.to_html_fragment(fig, include_plotlyjs=False)}</div>'
+
+
+def _page(title: str, body: Sequence[str], *, with_plotly: bool) -> str:
+    head = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style>",
+    ]
+    if with_plotly:  # inlined once; every figure div below reuses it
+        head.append(f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>')
+    head.append("</head><body>")
+    return "\n".join([*head, *body, "</body></html>"])
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _stamp() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+# ----------------------------------------------------------------- run report
+def _expected_cells(config: Mapping[str, Any]) -> int | None:
+    try:
+        n = 1
+        for k in ("layers", "components", "positions", "families", "sizes"):
+            v = config.get(k)
+            if not isinstance(v, list) or not v:
+                return None
+            n *= len(v)
+        return n * int(config.get("seeds") or 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def best_sentence(best: Mapping[str, Any]) -> str:
+    """The best alignment (by mean IIA over seeds) with its spread and controls, as plain text."""
+    s = (f"Best alignment: {best['family']} at layer {_label(best['layer'])} {best['component']}"
+         f"@{_label(best['position'])}, size {_label(best['size'])}: IIA {best['iia_mean']:.3f} "
+         f"± {best['iia_std']:.3f} (range {best['iia_min']:.3f}–{best['iia_max']:.3f}, "
+         f"{int(best['n_seeds'])} seed{'s' if int(best['n_seeds']) != 1 else ''}).")
+    ctrl = []
+    if _finite(best.get("iia_random_model_mean")):
+        ctrl.append(f"random-init model {best['iia_random_model_mean']:.3f}")
+    if _finite(best.get("iia_rival_mean")):
+        ctrl.append(f"rival hypothesis {best['iia_rival_mean']:.3f}")
+    s += f" Controls: {', '.join(ctrl)}." if ctrl else " No controls were run for this cell."
+    return s
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _control_warnings(best: Mapping[str, Any], margin: float = 0.1) -> list[str]:
+    out = []
+    for col, what in (("iia_random_model_mean", "a randomly initialised model"), ("iia_rival_mean", "the rival hypothesis")):
+        v = best.get(col)
+        if _finite(v) and v >= best["iia_mean"] - margin:
+            out.append(f"{what} aligns almost as well ({v:.3f} vs {best['iia_mean']:.3f}): "
+                       "this alignment does not single out the claimed variables.")
+    return out
+
+
+def _summary_html(summary: pd.DataFrame) -> str:
+    has_rand = "iia_random_model_mean" in summary
+    has_rival = "iia_rival_mean" in summary
+    header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"]
+    if has_rand:
+        header.append("random-init mean (max)")
+    if has_rival:
+        header.append("rival mean (max)")
+    rows = []
+    for _, r in summary.iterrows():
+        row = [_label(r[k]) for k in _CELL_KEYS]
+        row += [f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}", f"{r['iia_min']:.3f}–{r['iia_max']:.3f}", int(r["n_seeds"])]
+        if has_rand:
+            row.append(f"{_num(r['iia_random_model_mean'])} ({_num(r['iia_random_model_max'])})")
+        if has_rival:
+            row.append(f"{_num(r['iia_rival_mean'])} ({_num(r['iia_rival_max'])})")
+        rows.append(row)
+    numeric = [False] * len(_CELL_KEYS) + [True] * (len(header) - len(_CELL_KEYS))
+    return _table(header, rows, numeric=numeric, row_class=["best"] + [""] * (len(rows) - 1))
+
+
+def _cells_html(table: pd.DataFrame) -> str:
+    cols = [c for c in table.columns if c != "key" and table[c].notna().any()]
+    rows = [[_label(v) if not isinstance(v, float) else _num(v) for v in r] for r in table[cols].itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in cols]
+    return _table(cols, rows, numeric=numeric)
+
+
+def run_figures(table: pd.DataFrame) -> list[tuple[str, Any]]:
+    """(title, plotly figure) pairs shown in a run report."""
+    figs = []
+    families = list(dict.fromkeys(table["family"].map(_label)))
+    for fam in families:
+        figs.append((f"{fam}: IIA by layer and position",
+                     F.iia_heatmap(table, "layer", "position", reduce="best", where={"family": fam},
+                                   title=f"{fam}: IIA by layer and position (best size and component per square)")))
+    figs.append(("IIA by size and family",
+                 F.iia_heatmap(table, "size", "family", reduce="best",
+                               title="IIA by size and family (best layer, component and position per square)")))
+    return figs
+
+
+def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike) -> Path:
+    """Write one self-contained HTML page for the (finished, partial or empty) run in ``run_dir``."""
+    from roadinterp.store import read_run
+
+    run_dir = Path(run_dir)
+    config, table = read_run(run_dir)
+    name = run_dir.resolve().name
+    title = f"roadinterp alignment run: {name}"
+    done = len(table)
+    expected = _expected_cells(config)
+    body = [f"<h1>{_e(title)}</h1>",
+            f'<p class="meta">task {_e(config.get("task", "?"))} · model {_e(config.get("model") or "task default")} · '
+            f"{done} finished cell{'s' if done != 1 else ''}"
+            + (f" of {expected}" if expected else "")
+            + f" · report written {_e(_stamp())}</p>"]
+    figs: list[tuple[str, Any]] = []
+    if table.empty:
+        body.append('<p class="empty">No finished cells yet: this run has not stored any result. '
+                    "The report is rewritten at the end of every run.</p>")
+    else:
+        from roadinterp.search import best_alignment, summarize
+
+        summary = summarize(table)
+        best = best_alignment(table)
+        body.append("<h2>Best alignment</h2>")
+        body.append(f'<p class="best-sentence">{_e(best_sentence(best))}</p>')
+        body.extend(f'<p class="warn">{_e(w)}</p>' for w in _control_warnings(best))
+        if expected and done < expected:
+            body.append(f'<p class="meta">Partial run: {done} of {expected} cells; '
+                        "means over fewer seeds than configured are less reliable.</p>")
+        body.append("<h2>Summary over seeds</h2>")
+        body.append('<p class="meta">One row per cell (family, layer, component, position, size), best mean first. '
+                    "Controls: IIA of the same cell on a randomly initialised model and for the task's rival "
+                    "hypothesis; a real alignment scores high on IIA and low on both.</p>")
+        body.append(_summary_html(summary))
+        body.append("<h2>IIA heat maps</h2>")
+        figs = run_figures(table)
+        body.extend(_figure_div(fig, t) for t, fig in figs)
+        body.append(f"<h2>All cells ({done})</h2>")
+        body.append(_cells_html(table))
+    body.append("<h2>Configuration (run.json)</h2>")
+    body.append(_table(["field", "value"], [[k, json.dumps(v)] for k, v in sorted(config.items())]))
+    return _write_atomic(Path(out_html), _page(title, body, with_plotly=bool(figs)))
+
+
+# ------------------------------------------------------------- adapter report
+def _n_blocks(adapter) -> int | None:
+    widths = list(getattr(adapter, "targets", {}).values())
+    return min(widths) // 2 if widths else None
+
+
+def write_adapter_report(adapters: Mapping[str, Any], out_html: str | os.PathLike,
+                         owners: Mapping[str, Sequence[int]] | None = None) -> Path:
+    """One page showing each adapter's angles and alphas; with ``owners`` also the block-ownership map.
+
+    ``adapters``: ``{name: RoadAdapter}`` (anything :func:`roadinterp.viz.angle_table` accepts).
+    ``owners``: ``{adapter_name: [block, ...]}`` of a composed adapter.
+    """
+    title = "roadinterp adapters"
+    body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">{len(adapters)} adapter(s) · report written {_e(_stamp())}</p>']
+    figs = []
+    if owners:
+        first = next(iter(adapters.values()), None)
+        n = _n_blocks(first) if first is not None else None
+        body.append("<h2>Block ownership</h2>")
+        fig = F.ownership(owners, n)
+        figs.append(fig)
+        body.append(_figure_div(fig, "block ownership"))
+    if not adapters:
+        body.append('<p class="empty">No adapters given.</p>')
+    for name, ad in adapters.items():
+        body.append(f"<h2>{_e(name)}</h2>")
+        facts = [["variant", getattr(ad, "variant", "")], ["placement", getattr(ad, "placement", "")]]
+        if hasattr(ad, "targets"):
+            facts.append(["targets", ", ".join(f"{k} ({w})" for k, w in ad.targets.items())])
+            blocks = getattr(ad, "blocks", None)
+            facts.append(["subspace", "all blocks" if blocks is None else f"{len(blocks)} blocks"])
+        if hasattr(ad, "n_trainable"):
+            facts.append(["trainable entries used", ad.n_trainable()])
+        for k, v in (getattr(ad, "meta", None) or {}).items():
+            facts.append([f"meta.{k}", json.dumps(v, default=str)])
+        body.append(_table(["", ""], facts))
+        for what, fig in (("angles", F.angles(ad)), ("angles (polar)", F.angles(ad, "polar")),
+                          ("alphas", F.alphas(ad)), ("angle heat map", F.angle_heatmap(ad))):
+            fig.update_layout(title=f"{name}: {fig.layout.title.text}")
+            figs.append(fig)
+            body.append(_figure_div(fig, f"{name} {what}"))
+    return _write_atomic(Path(out_html), _page(title, body, with_plotly=bool(figs)))

@@ -1,0 +1,221 @@
+"""Static (matplotlib) twins of the figures in :mod:`roadinterp.viz.figures`.
+
+Same names, same arguments, same data (both call the ``*_table``/``*_grid`` helpers
+of ``figures``); these return a ``matplotlib.figure.Figure`` for papers (.png/.pdf via
+:func:`save_static`). They build ``Figure`` objects directly, never through
+``pyplot``, so they leave no global state and need no display. Plotly's own static
+export (kaleido) downloads a browser, which is why the static path is matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from roadinterp.errors import ConfigError
+from roadinterp.viz import figures as F
+
+STATIC_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _grid_axes(n: int, *, ncols: int = 4, size=(3.2, 2.4), **kw):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols + 0.6, size[1] * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw).reshape(-1)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _title(obj, what: str) -> str:
+    return F._title(obj, what)
+
+
+def angles(obj: Any, kind: str = "histogram", *, bins: int = 40) -> Figure:
+    """Learned angles per target: one histogram (or polar scatter, radius alpha) per target."""
+    df = F.angle_table(obj)
+    targets = F._target_order(df)
+    if kind == "histogram":
+        fig, axes = _grid_axes(len(targets))
+        for ax, tgt in zip(axes, targets):
+            ax.hist(df.loc[df["target"] == tgt, "theta"].to_numpy(), bins=bins, color="#2a6fdb")
+            ax.set_title(str(tgt), fontsize=8)
+            ax.set_xlabel("theta (rad)")
+    elif kind == "polar":
+        fig, axes = _grid_axes(len(targets), subplot_kw={"projection": "polar"}, size=(3.0, 3.0))
+        for ax, tgt in zip(axes, targets):
+            d = df[df["target"] == tgt]
+            ax.scatter(d["theta"].to_numpy(), d["alpha"].fillna(1.0).to_numpy(), s=8, alpha=0.7)
+            ax.set_title(str(tgt), fontsize=8)
+    else:
+        raise ConfigError(f"angles kind must be 'histogram' or 'polar', got {kind!r}")
+    fig.suptitle(_title(obj, "learned angles" if kind == "histogram" else "learned angles (radius = alpha)"))
+    return fig
+
+
+def alphas(obj: Any, *, bins: int = 40) -> Figure:
+    """Learned alpha per target, one histogram per target."""
+    df = F.angle_table(obj)
+    targets = F._target_order(df)
+    fig, axes = _grid_axes(len(targets))
+    for ax, tgt in zip(axes, targets):
+        ax.hist(df.loc[df["target"] == tgt, "alpha"].to_numpy(), bins=bins, color="#d9822b")
+        ax.set_title(str(tgt), fontsize=8)
+        ax.set_xlabel("alpha")
+    fig.suptitle(_title(obj, "learned alphas"))
+    return fig
+
+
+def angle_heatmap(obj: Any) -> Figure:
+    """Blocks x targets image of theta (NaN, shown blank, outside the subspace)."""
+    grid = F.block_angle_grid(obj)
+    z = grid.to_numpy(dtype=float)
+    lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig = Figure(figsize=(max(4.0, 0.5 * z.shape[1] + 3), max(3.0, min(12.0, 0.12 * z.shape[0] + 2))),
+                 layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim,
+                   interpolation="nearest")
+    ax.set_xticks(range(z.shape[1]), [str(c) for c in grid.columns], rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("target")
+    ax.set_ylabel("block")
+    fig.colorbar(im, ax=ax, label="theta")
+    ax.set_title(_title(obj, "angle per 2D block"))
+    return fig
+
+
+def ownership(owners: Mapping[str, Iterable[int]], n_blocks: int | None = None) -> Figure:
+    """Adapter x block image: filled where the adapter owns the block."""
+    grid = F.ownership_grid(owners, n_blocks)
+    z = grid.to_numpy()
+    fig = Figure(figsize=(max(4.0, min(14.0, 0.08 * z.shape[1] + 3)), 1.2 + 0.4 * z.shape[0]), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(z, aspect="auto", cmap=ListedColormap(["#f2f2f2", "#2a6fdb"]), vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_yticks(range(z.shape[0]), list(grid.index))
+    ax.set_xlabel("block")
+    free = int((z.sum(axis=0) == 0).sum())
+    ax.set_title(f"block ownership ({z.shape[1]} blocks, {free} free)")
+    return fig
+
+
+def iia_heatmap(table: pd.DataFrame, x: str = "layer", y: str = "position", *, reduce: str = "mean",
+                where: Mapping[str, Any] | None = None, title: str | None = None) -> Figure:
+    """IIA on an (x, y) grid with control panels beside it (shared 0..1 colour scale)."""
+    grid = F.iia_grid(table, x, y, reduce=reduce, where=where)
+    panels = ["iia", *[c for c in F.CONTROLS if c in grid]]
+    titles = ["IIA (mean over seeds)" if reduce == "mean" else "IIA (best cell)",
+              *[F.CONTROLS[c] for c in panels[1:]]]
+    iia = grid["iia"]
+    w = max(3.0, 0.7 * len(iia.columns) + 1.5)
+    fig = Figure(figsize=(w * len(panels) + 1, max(2.5, 0.45 * len(iia.index) + 1.5)), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    im = None
+    for ax, p, panel_title in zip(axes, panels, titles):
+        z = grid[p].to_numpy(dtype=float)
+        im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                       interpolation="nearest")
+        for (i, j), v in np.ndenumerate(z):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > 0.6 else "white")
+        ax.set_xticks(range(len(iia.columns)), list(iia.columns))
+        ax.set_xlabel(x)
+        ax.set_title(panel_title, fontsize=9)
+    axes[0].set_yticks(range(len(iia.index)), list(iia.index))
+    axes[0].set_ylabel(y)
+    fig.colorbar(im, ax=list(axes), label="accuracy")
+    fig.suptitle(F._iia_title(x, y, where, title))
+    return fig
+
+
+def composition(results: pd.DataFrame) -> Figure:
+    """Grouped bars: accuracy per target task under each condition (mean over seeds, std whiskers)."""
+    s = F.composition_table(results)
+    targets = list(dict.fromkeys(s["target"].astype(str)))
+    conds = list(s["condition"].cat.categories)
+    fig = Figure(figsize=(max(4.0, 1.2 * len(targets) * len(conds) / 2 + 2), 3.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(conds))
+    for k, cond in enumerate(conds):
+        d = s[s["condition"] == cond].set_index(s.loc[s["condition"] == cond, "target"].astype(str))
+        d = d.reindex(targets)
+        xs = np.arange(len(targets)) + (k - (len(conds) - 1) / 2) * width
+        yerr = d["std"].to_numpy() if (d["n"] > 1).any() else None
+        ax.bar(xs, d["mean"].to_numpy(), width, yerr=yerr, label=str(cond), capsize=2)
+    ax.set_xticks(range(len(targets)), targets)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("task")
+    ax.set_ylabel("accuracy")
+    ax.legend(title="condition", fontsize=8)
+    ax.set_title("composition: accuracy per task and adapter set")
+    return fig
+
+
+def lambda_sweep(df: pd.DataFrame) -> Figure:
+    """Accuracies as adapter scales vary: lines (one lambda) or one image per metric (lambda_a x lambda_b)."""
+    keys, t = F.lambda_table(df)
+    metrics = [m for m in F.LAMBDA_METRICS if m in t.columns]
+    if keys == ["lambda"]:
+        fig = Figure(figsize=(5, 3.2), layout="constrained")
+        ax = fig.subplots()
+        for m in metrics:
+            ax.plot(t["lambda"].to_numpy(), t[m].to_numpy(), marker="o", label=m)
+        ax.set_xlabel("lambda")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title("lambda sweep")
+        return fig
+    fig = Figure(figsize=(3.6 * len(metrics) + 1, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    im = None
+    for ax, m in zip(axes, metrics):
+        p = t.pivot(index="lambda_b", columns="lambda_a", values=m)
+        im = ax.imshow(p.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(p.columns)), [str(v) for v in p.columns])
+        ax.set_yticks(range(len(p.index)), [str(v) for v in p.index])
+        ax.set_xlabel("lambda_a")
+        ax.set_ylabel("lambda_b")
+        ax.set_title(m, fontsize=9)
+    fig.colorbar(im, ax=list(axes), label="accuracy")
+    fig.suptitle("lambda sweep")
+    return fig
+
+
+def examples(table) -> Figure:
+    """Example inputs/outputs per condition as a matplotlib table."""
+    df = F.examples_table(table)
+    fig = Figure(figsize=(min(14.0, 2.2 * max(1, len(df.columns))), 0.8 + 0.3 * (len(df) + 1)), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    if len(df):
+        tab = ax.table(cellText=df.to_numpy().tolist(), colLabels=[str(c) for c in df.columns], loc="center",
+                       cellLoc="left")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+    ax.set_title("examples")
+    return fig
+
+
+def save_static(fig: Figure, path) -> Path:
+    """Save a matplotlib figure as .png, .pdf or .svg (chosen by suffix)."""
+    path = Path(path)
+    if path.suffix.lower() not in STATIC_SUFFIXES:
+        raise ConfigError(f"static figures are saved as {', '.join(STATIC_SUFFIXES)}; got {path.name!r}")
+    if not isinstance(fig, Figure):
+        raise ConfigError(
+            f"save_static needs a matplotlib Figure (from roadinterp.viz.static), got {type(fig).__name__}; "
+            "save plotly figures as .html"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    return path

@@ -1,0 +1,1 @@
+"""roadinterp benchmarks: each module exposes ``run(quick: bool = False) -> dict``."""

@@ -216,3 +216,69 @@ def _boundary_penalty(interventions) -> torch.Tensor | float:
         if hasattr(iv, "get_boundary_parameters"):
             pen = pen + 1e-3 * iv.get_boundary_parameters().sum()
     return pen
+
+
+# ------------------------------------------------------------------ adapter training
+def train_adapter(
+    model, sites, interventions, inputs, labels, *, task, routes=None, steps: int = 300,
+    batch_size: int = 256, lr: float = 0.05, seed: int = 0, threads: int | None = None,
+) -> list[float]:
+    """Fit sourceless interventions (one per site) to a task's labels; return the losses.
+
+    ``interventions`` are pyvene sourceless interventions (``RoadIntervention`` sharing a
+    ``RoadAdapter``'s rotations, LoReFT, ...), ``sites`` the :class:`Site` of each.
+    ``routes`` (optional, one block/row list per example) is passed as pyvene
+    ``subspaces`` at every site, so each example only moves its own subspace: the
+    joint training with per-example routing of the RoAd paper's composition experiment.
+    The loss is cross-entropy of ``task.logits`` against ``labels``; the model's own
+    weights are frozen. Deterministic for a seed (data order).
+    """
+    from roadinterp.interventions import attach_sourceless, run_sourceless
+    from roadinterp.sites import sequence_length
+    from roadinterp.tasks import get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    sites, interventions = list(sites), list(interventions)
+    if len(sites) != len(interventions):
+        raise ConfigError(f"{len(sites)} sites but {len(interventions)} interventions; give one per site")
+    for name in ("steps", "batch_size"):
+        v = locals()[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive int, got {v!r}")
+    n = len(labels)
+    if routes is not None and len(routes) != n:
+        raise ConfigError(f"routes has {len(routes)} rows but there are {n} examples")
+    seq = sequence_length(inputs)
+    n_units = [len(s.position_indices(seq, task.positions)) for s in sites]
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        pvm = attach_sourceless(model, sites, interventions, n_units=n_units)
+        params = list({id(p): p for iv in interventions for p in iv.parameters() if p.requires_grad}.values())
+        opt = torch.optim.Adam(params, lr=lr)
+        gen = torch.Generator().manual_seed(seed)
+        order, pos, losses = torch.randperm(n, generator=gen), 0, []
+        for iv in interventions:
+            iv.train()
+        for _ in range(steps):
+            if pos + batch_size > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + batch_size]
+            pos += batch_size
+            batch = {k: v[idx] for k, v in inputs.items()}
+            subspaces = None
+            if routes is not None:
+                rows = [list(routes[i]) for i in idx.tolist()]
+                subspaces = [rows] * len(sites)
+            out = run_sourceless(pvm, sites, batch, subspaces=subspaces, named_positions=task.positions)
+            loss = torch.nn.functional.cross_entropy(task.logits(out).float(), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        for iv in interventions:
+            iv.eval()
+    finally:
+        torch.set_num_threads(old_threads)
+    return losses

@@ -486,13 +486,24 @@ def to_peft(adapters, base_model: nn.Module):
     bank = _as_bank(adapters)
     if road_layers(base_model):
         raise ConfigError("base_model has roadinterp RoAd layers; call remove_road(model) first")
-    pm = None
-    for name, a in bank.items():
+    for name, a in bank.items():  # validate everything before peft touches the model
         if a.placement != "linear":
             raise ConfigError(f"adapter {name!r} has placement={a.placement!r}; peft only has Linear RoAd")
+        for t in a.targets:
+            try:
+                m = base_model.get_submodule(t)
+            except AttributeError:
+                raise ConfigError(f"adapter {name!r} targets {t!r}, which {type(base_model).__name__} does not have") from None
+            if not isinstance(m, nn.Linear):
+                raise ConfigError(
+                    f"peft RoAd supports only nn.Linear, but {t!r} is a {type(m).__name__} "
+                    "(e.g. GPT-2's Conv1D); keep such adapters in roadinterp"
+                )
+        if len({a.rotation(t).group_size for t in a.targets}) != 1:
+            raise ConfigError(f"adapter {name!r} uses several group sizes; a peft RoadConfig has one")
+    pm = None
+    for name, a in bank.items():
         sizes = {a.rotation(t).group_size for t in a.targets}
-        if len(sizes) != 1:
-            raise ConfigError(f"adapter {name!r} uses group sizes {sorted(sizes)}; a peft RoadConfig has one")
         cfg = peft.RoadConfig(variant=a.variant, group_size=sizes.pop(), target_modules=list(a.targets))
         if pm is None:
             pm = peft.get_peft_model(base_model, cfg, adapter_name=name)

@@ -32,6 +32,7 @@ class PedroIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.
         activation: str = "relu", seed: int | None = None, generator: PedroGenerator | None = None, **kwargs,
     ) -> None:
         super().__init__(embed_dim=embed_dim, **kwargs)
+        self.keep_last_dim = True  # pyvene hands us [batch, n_positions, d], not [batch, n_positions * d]
         if generator is not None:
             if generator.config.dim != embed_dim or generator.out_dim != embed_dim:
                 raise ConfigError(
@@ -53,11 +54,11 @@ class PedroIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         d = self.generator.config.dim
-        if base.shape[-1] != d:
+        if base.shape[-1] % d:
             raise ConfigError(f"PedroIntervention is {d} wide but the site is {base.shape[-1]} wide")
         h = base if base.dim() == 3 else base.reshape(base.shape[0], -1, d)  # [batch, n_positions, d]
         vectors = self.generator(h)  # [batch, d] fp32
-        return scale(base, vectors)
+        return scale(h, vectors).reshape(base.shape)
 
     def __str__(self) -> str:
         return f"PedroIntervention({self.generator.extra_repr()})"

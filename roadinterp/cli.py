@@ -151,6 +151,7 @@ def align_cmd(
     resume: bool = typer.Option(False, "--resume", help="Skip cells already finished in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --out."),
     executor: str = typer.Option("local", "--executor", help="local or ray."),
+    workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes."),
     ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no progress)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory."),
@@ -200,7 +201,7 @@ def align_cmd(
         progress.start()
     try:
         table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
-                       ray_address=ray_address, on_cell=on_cell)
+                       ray_address=ray_address, workers=workers, on_cell=on_cell)
     finally:
         if progress is not None:
             progress.stop()
@@ -220,26 +221,32 @@ def align_cmd(
 def _print_summary(console, summary, best, out) -> None:
     from rich.table import Table
 
-    t = Table(title="alignment search (held-out IIA over seeds)")
-    cols = ["family", "layer", "component", "position", "size", "n_seeds", "iia_mean", "iia_std", "iia_min", "iia_max"]
-    cols += [c for c in ("iia_random_model_mean", "iia_rival_mean") if c in summary]
-    for c in cols:
-        t.add_column(c.replace("_model", "").replace("iia_", "").replace("mean", "mean") if c.startswith("iia_") else c)
+    t = Table(title="alignment search: held-out IIA over seeds")
+    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "random-init", "rival"):
+        t.add_column(col, no_wrap=True)
+
+    def f(r, c):
+        v = r.get(c)
+        return "-" if v is None or v != v else f"{v:.3f}"
+
     for _, r in summary.iterrows():
-        t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+        t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
+                  str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
+                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "iia_random_model_mean"), f(r, "iia_rival_mean"))
     console.print(t)
     if best:
         ctrl = ""
-        if "iia_random_model_mean" in best:
-            ctrl = f"; random-init control {best['iia_random_model_mean']:.3f}"
-        if "iia_rival_mean" in best:
+        if best.get("iia_random_model_mean") is not None:
+            ctrl = f"; controls: random-init model {best['iia_random_model_mean']:.3f}"
+        if best.get("iia_rival_mean") is not None:
             ctrl += f", rival hypothesis {best['iia_rival_mean']:.3f}"
         console.print(
-            f"best alignment: {best['family']} at layer {best['layer']} {best['component']}@{best['position']} "
-            f"size {best['size']}: IIA {best['iia_mean']:.3f} ± {best['iia_std']:.3f} "
-            f"(range {best['iia_min']:.3f}-{best['iia_max']:.3f}, {int(best['n_seeds'])} seeds){ctrl}"
+            f"best alignment (by mean over seeds): {best['family']} at layer {best['layer']} "
+            f"{best['component']}@{best['position']} size {best['size']}: IIA {best['iia_mean']:.3f} ± "
+            f"{best['iia_std']:.3f} (range {best['iia_min']:.3f}-{best['iia_max']:.3f}, "
+            f"{int(best['n_seeds'])} seeds){ctrl}"
         )
-    console.print(f"results: {out}/results.csv, report: {out}/report.html")
+    console.print(f"results: {out}/results.csv  report: {out}/report.html")
 
 
 def main(argv: list[str] | None = None) -> None:

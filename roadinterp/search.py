@@ -208,9 +208,26 @@ def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str) -> dict[s
 
 
 # -------------------------------------------------------------- executors
-def _run_local(config_json, cells, spec, on_row):
-    for cell in cells:
-        on_row(cell, run_cell(config_json, cell, spec))
+def _run_local(config_json, cells, spec, on_row, workers: int = 1):
+    if workers <= 1 or len(cells) <= 1:
+        for cell in cells:
+            on_row(cell, run_cell(config_json, cell, spec))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn: workers start clean (no forked torch threads); each loads the cached model once
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, config_json, c, spec): c for c in cells}
+        try:
+            while futures:
+                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    on_row(futures.pop(fut), fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def _run_ray(config_json, cells, spec, on_row, address=None):
@@ -242,7 +259,7 @@ def _run_ray(config_json, cells, spec, on_row, address=None):
 
 def search(
     config: SearchConfig | None = None, *, out: str | None = None, resume: bool = False,
-    overwrite: bool = False, executor: str = "local", ray_address: str | None = None,
+    overwrite: bool = False, executor: str = "local", ray_address: str | None = None, workers: int = 1,
     on_cell: Callable[[Cell, dict, int, int], None] | None = None, **overrides,
 ) -> pd.DataFrame:
     """Run a search; return one row per cell. With ``out``, results are stored crash-safely.
@@ -251,6 +268,8 @@ def search(
     """
     base = asdict(config) if config else {}
     config = SearchConfig(**{**base, **overrides})
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive int, got {workers!r}")
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     task, spec, model, cells = resolve(config)
@@ -274,7 +293,7 @@ def search(
 
     try:
         if executor == "local":
-            _run_local(config_json, todo, spec, on_row)
+            _run_local(config_json, todo, spec, on_row, workers)
         else:
             _run_ray(config_json, todo, spec, on_row, ray_address)
     finally:

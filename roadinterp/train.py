@@ -49,6 +49,7 @@ class DIIConfig:
     test_seed: int = 1_000_003  # fixed so every cell is scored on the same held-out set
     variant: str = "road_1"  # RoAd variant for road/butterfly
     threads: int | None = 1  # torch threads during the run (1 = reproducible across executors)
+    depth: int | None = None  # butterfly factors (strides 1..d/2 repeated); None = family default (2)
 
     def __post_init__(self) -> None:
         if self.family not in list_families():
@@ -166,7 +167,8 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
         torch.manual_seed(config.seed)
         train, test = data if data is not None else make_data(task, config)
         fam = get_family(config.family)
-        built = fam.build(width, [config.size] * len(variables), seed=config.seed, variant=config.variant)
+        built = fam.build(width, [config.size] * len(variables), seed=config.seed, variant=config.variant,
+                          depth=config.depth)
         pvm = attach_dii(model, site, built.interventions, shared=built.shared)
         params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters() if p.requires_grad]
         losses: list[float] = []
@@ -189,7 +191,7 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                     step += 1
         for iv in built.interventions:
             iv.eval()

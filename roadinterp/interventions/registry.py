@@ -77,8 +77,11 @@ def _neuron(dim, sizes, seed=None, **_):
 
 
 def _road_like(family):
-    def build(dim, sizes, seed=None, variant="road_1", init="random", n_layers=None, **_):
-        iv = RoadInterchange(dim, family=family, variant=variant, init=init, seed=seed, n_layers=n_layers)
+    def build(dim, sizes, seed=None, variant="road_1", init="random", n_layers=None, depth=None, **_):
+        if depth is None:  # one butterfly factor cannot reach DAS-quality bases (docs/results.md)
+            depth = 2 if family == "butterfly" else 1
+        iv = RoadInterchange(dim, family=family, variant=variant, init=init, seed=seed, n_layers=n_layers,
+                             depth=depth)
         return FamilyBuild([iv] * len(sizes), assign_axes(dim, sizes, iv.group_size), True)
 
     return build
@@ -110,7 +113,7 @@ def _boundless(dim, sizes, seed=None, **_):
 for _f in (
     Family("neuron", _neuron, "axis-aligned neurons (pyvene VanillaIntervention)", rotated=False),
     Family("road", _road_like("road"), "one RoAd layer, one rotated axis per pair per variable"),
-    Family("butterfly", _road_like("butterfly"), "RoAd butterfly: log2(d) layers, strides 1..d/2"),
+    Family("butterfly", _road_like("butterfly"), "RoAd butterfly: 2 factors of log2(d) layers, strides 1..d/2"),
     Family("das", _das, "full orthogonal rotation (pyvene RotatedSpaceIntervention)"),
     Family("lowrank", _lowrank, "low-rank orthonormal basis (pyvene LowRankRotatedSpaceIntervention)"),
     Family("boundless", _boundless, "learned boundary (pyvene BoundlessRotatedSpaceIntervention)"),

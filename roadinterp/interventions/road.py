@@ -165,8 +165,8 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
 
     def __init__(
         self, embed_dim: int, *, family: str = "road", variant: str = "road_1",
-        group_size: int | None = None, n_layers: int | None = None, init: str = "random",
-        seed: int | None = None, train_alpha: bool = False, **kwargs,
+        group_size: int | None = None, n_layers: int | None = None, depth: int = 1,
+        init: str = "random", seed: int | None = None, train_alpha: bool = False, **kwargs,
     ) -> None:
         kwargs.setdefault("keep_last_dim", True)
         super().__init__(embed_dim=embed_dim, **kwargs)
@@ -179,7 +179,7 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         else:
             if group_size is not None:
                 raise ConfigError("butterfly sets its own group sizes (strides); do not pass group_size")
-            self.strides = butterfly_strides(embed_dim, n_layers)
+            self.strides = butterfly_strides(embed_dim, n_layers, depth)
         for s in self.strides:
             rot.check_layout(embed_dim, 2 * s, variant)
         thetas, alphas = zip(*(rot.init_params(embed_dim, variant, init=init, generator=gen) for _ in self.strides))

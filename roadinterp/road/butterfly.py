@@ -21,12 +21,16 @@ from roadinterp.errors import ConfigError
 from roadinterp.road.rotation import apply, coefficients, inverse_coefficients
 
 
-def butterfly_strides(dim: int, n_layers: int | None = None) -> list[int]:
+def butterfly_strides(dim: int, n_layers: int | None = None, depth: int = 1) -> list[int]:
     """The widest ``n_layers`` strides, in application order (narrowest first).
 
     ``n_layers=None`` uses every power of two that ``dim`` allows (``log2`` of the
-    largest power of two dividing ``dim``).
+    largest power of two dividing ``dim``). ``depth`` stacks that many butterflies
+    (BOFT's ``m`` factors): ``[1, 2, ..., d/2] * depth``, so the widest stride still
+    sits last, next to the mask.
     """
+    if not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"butterfly depth must be a positive int, got {depth!r}")
     max_layers = 0
     while dim % (2 ** (max_layers + 1)) == 0:
         max_layers += 1
@@ -40,7 +44,7 @@ def butterfly_strides(dim: int, n_layers: int | None = None) -> list[int]:
         )
     widest = dim // 2
     strides = [widest // (2 ** k) for k in range(n_layers)]  # d/2, d/4, ...
-    return sorted(strides)  # apply narrowest first so d/2 sits next to the mask
+    return sorted(strides) * depth  # apply narrowest first so d/2 sits next to the mask
 
 
 def butterfly_coefficients(

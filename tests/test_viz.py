@@ -23,7 +23,7 @@ def make_adapter(variant="road_1", blocks=None, targets=SITES, seed=0):
     torch.manual_seed(seed)
     a = RoadAdapter(targets, variant=variant, group_size=8, blocks=blocks)
     with torch.no_grad():
-        for _, r in a.items():
+        for r in a.rotations.values():  # ModuleDict of RoadRotation
             torch.nn.init.uniform_(r.theta, -math.pi, math.pi)
             torch.nn.init.uniform_(r.alpha, 0.5, 1.5)
     return a
@@ -37,15 +37,15 @@ def results_table(seed=0):
             for pos in ("last", 0):
                 for size in (2, 4):
                     for s in range(3):
-                        rows.append(dict(family=fam, layer=layer, component="block_output", position=pos, size=size,
-                                         seed=s, iia=rng.random(), iia_random_model=0.3 * rng.random(),
-                                         iia_rival=0.5 * rng.random()))
+                        rows.append({"family": fam, "layer": layer, "component": "block_output", "position": pos, "size": size,
+                                         "seed": s, "iia": rng.random(), "iia_random_model": 0.3 * rng.random(),
+                                         "iia_rival": 0.5 * rng.random()})
     return pd.DataFrame(rows)
 
 
 def composition_results():
     rng = np.random.default_rng(1)
-    return pd.DataFrame([dict(condition=c, target=t, accuracy=rng.random(), seed=s)
+    return pd.DataFrame([{"condition": c, "target": t, "accuracy": rng.random(), "seed": s}
                          for c in ("A+B", "base", "A", "B") for t in ("task-a", "task-b") for s in range(3)])
 
 
@@ -254,8 +254,8 @@ def test_composition_bars_are_mean_accuracy():
 
 # ------------------------------------------------------------------ lambda sweep
 def test_lambda_sweep_grid_and_line():
-    grid = pd.DataFrame([dict(lambda_a=a, lambda_b=b, accuracy_a=a / 2, accuracy_b=b / 2, accuracy_combined=a * b / 4,
-                              seed=s) for a in (0.0, 1.0, 2.0) for b in (0.0, 1.0) for s in range(2)])
+    grid = pd.DataFrame([{"lambda_a": a, "lambda_b": b, "accuracy_a": a / 2, "accuracy_b": b / 2, "accuracy_combined": a * b / 4,
+                              "seed": s} for a in (0.0, 1.0, 2.0) for b in (0.0, 1.0) for s in range(2)])
     fig = F.lambda_sweep(grid)
     assert [t.name for t in fig.data] == ["accuracy_a", "accuracy_b", "accuracy_combined"]
     z = np.asarray(fig.data[2].z)  # rows lambda_b, columns lambda_a
@@ -274,7 +274,7 @@ def test_lambda_sweep_grid_and_line():
 
 # ------------------------------------------------------------------ examples
 def test_examples_table_plotly_and_static():
-    rows = [dict(condition="A", input="3 < 5 & 2", output="yes"), dict(condition="A+B", input="7", output=None)]
+    rows = [{"condition": "A", "input": "3 < 5 & 2", "output": "yes"}, {"condition": "A+B", "input": "7", "output": None}]
     fig = F.examples(rows)
     assert list(fig.data[0].header.values) == ["condition", "input", "output"]
     cells = fig.data[0].cells.values
@@ -327,14 +327,14 @@ def test_plot_angles_adapter_dir_and_run_dir(tmp_path):
 def _fake_run(path, n_cells, model="zoo:<b>m</b>"):
     from roadinterp.store import RunStore
 
-    cfg = dict(task="hierarchical-equality", model=model, layers=[0, 1], components=["block_output"],
-               positions=["last"], families=["road"], sizes=[2], seeds=2)
+    cfg = {"task": "hierarchical-equality", "model": model, "layers": [0, 1], "components": ["block_output"],
+               "positions": ["last"], "families": ["road"], "sizes": [2], "seeds": 2}
     st = RunStore(path, cfg)
     rng = np.random.default_rng(0)
     for k in range(n_cells):
-        st.add(f"c{k}", dict(task="hierarchical-equality", model="m", family="road", layer=k // 2,
-                             component="block_output", position="last", size=2, seed=k % 2, iia=float(rng.random()),
-                             train_iia=0.9, iia_random_model=0.1, iia_rival=0.2, rival="r", seconds=1.0))
+        st.add(f"c{k}", {"task": "hierarchical-equality", "model": "m", "family": "road", "layer": k // 2,
+                             "component": "block_output", "position": "last", "size": 2, "seed": k % 2, "iia": float(rng.random()),
+                             "train_iia": 0.9, "iia_random_model": 0.1, "iia_rival": 0.2, "rival": "r", "seconds": 1.0})
     st.close()
     return path
 

@@ -224,6 +224,11 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike) -> Pat
         body.append("<h2>Best alignment</h2>")
         body.append(f'<p class="best-sentence">{_e(best_sentence(best))}</p>')
         body.extend(f'<p class="warn">{_e(w)}</p>' for w in _control_warnings(best))
+        want = config.get("seeds")
+        if isinstance(want, int) and int(best["n_seeds"]) < want:
+            have = int(best["n_seeds"])
+            msg = f"The best cell has {have} of {want} seeds so far; its spread is not yet known."
+            body.append(f'<p class="warn">{_e(msg)}</p>')
         if expected and done < expected:
             body.append(f'<p class="meta">Partial run: {done} of {expected} cells; '
                         "means over fewer seeds than configured are less reliable.</p>")

@@ -186,6 +186,16 @@ def test_ownership_marks_exactly_the_owned_blocks():
         F.ownership({"A": [12]}, 10)
 
 
+def test_ownership_of_a_composed_adapter_reads_meta_owners():
+    a = RoadAdapter({"0:block_output:last": 16}, group_size=8, blocks=[0, 1, 6],
+                    meta={"owners": {"A": [0, 1], "B": [6]}})
+    z = np.asarray(F.ownership(a).data[0].z)
+    assert z.shape == (2, 8) and set(np.flatnonzero(z[1])) == {6}
+    np.testing.assert_array_equal(np.ma.getdata(S.ownership(a).axes[0].images[0].get_array()), z)
+    with pytest.raises(ConfigError, match="owners"):
+        F.ownership(make_adapter())
+
+
 # ------------------------------------------------------------------ IIA heatmaps
 @pytest.mark.parametrize(("x", "y"), [("layer", "position"), ("size", "family")])
 def test_iia_heatmap_z_is_groupby_mean_with_controls(x, y):

@@ -142,7 +142,18 @@ def block_angle_grid(obj: Any) -> pd.DataFrame:
 
 
 def ownership_grid(owners: Mapping[str, Iterable[int]], n_blocks: int | None = None) -> pd.DataFrame:
-    """``[adapter, block]`` 0/1 frame: 1 where the adapter owns the block."""
+    """``[adapter, block]`` 0/1 frame: 1 where the adapter owns the block.
+
+    ``owners``: ``{adapter_name: [block, ...]}``, or a composed ``RoadAdapter`` whose
+    ``meta["owners"]`` holds that map (then ``n_blocks`` defaults to its width / 2).
+    """
+    if hasattr(owners, "targets") and hasattr(owners, "meta"):
+        adapter = owners
+        owners = (adapter.meta or {}).get("owners")
+        if not owners:
+            raise ConfigError("this adapter has no meta['owners'] (not composed); pass {adapter_name: blocks}")
+        if n_blocks is None:
+            n_blocks = min(adapter.targets.values()) // 2
     owned = {str(k): [int(b) for b in v] for k, v in owners.items()}
     if not owned:
         raise ConfigError("ownership needs at least one adapter in owners")

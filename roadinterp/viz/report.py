@@ -263,6 +263,9 @@ def write_adapter_report(adapters: Mapping[str, Any], out_html: str | os.PathLik
     title = "roadinterp adapters"
     body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">{len(adapters)} adapter(s) · report written {_e(_stamp())}</p>']
     figs = []
+    if owners is None:  # a composed adapter carries its ownership map
+        owners = next((ad.meta["owners"] for ad in adapters.values() if (getattr(ad, "meta", None) or {}).get("owners")),
+                      None)
     if owners:
         first = next(iter(adapters.values()), None)
         n = _n_blocks(first) if first is not None else None

@@ -447,7 +447,8 @@ class _Runtime:
 
     def __init__(self, adapters: list[PedroAdapter]) -> None:
         self.adapters = adapters
-        self.ids: int | torch.Tensor | None = 0  # int: every sample uses that adapter; None: off
+        self.ids: torch.Tensor | None = None  # [batch] per-sample adapter (-1 = none); None: use `active`
+        self.active: int | None = None  # adapter every sample uses when no ids are set (None = off)
         self.in_call = False  # inside a top-level forward (so prefill/decode is known)
         self.prefill = True
         self.mask: torch.Tensor | None = None  # [batch, seq] padding mask captured at prefill
@@ -461,14 +462,17 @@ class _Runtime:
         self.ready: set[str] = set()  # blocks whose vectors were computed for the current prompt
         self.mask = None
 
+    def set_active(self, active: int | None) -> None:
+        n = len(self.adapters)
+        if active is not None and (isinstance(active, bool) or not isinstance(active, int) or not -1 <= active < n):
+            raise ConfigError(f"active adapter must be None or an int in -1..{n - 1} (-1 = none), got {active!r}")
+        self.active = None if active == -1 else active
+        self.reset_cache()
+
     def set_adapter_ids(self, ids) -> None:
         n = len(self.adapters)
         if ids is None:
             self.ids = None
-        elif isinstance(ids, int) and not isinstance(ids, bool):
-            if not -1 <= ids < n:
-                raise ConfigError(f"adapter id must be in -1..{n - 1} (-1 = no adapter), got {ids}")
-            self.ids = ids
         else:
             t = torch.as_tensor(ids).long()
             if t.dim() != 1:
@@ -495,11 +499,11 @@ class _Runtime:
         """Scale vectors ``[batch, out]`` for block ``key`` from its input ``h: [batch, seq, d]``."""
         ids, batch = self.ids, h.shape[0]
         mask = self.mask if self.mask is not None and self.mask.shape == h.shape[:2] else None
-        if ids is None or (isinstance(ids, int) and ids < 0):
-            return None
-        if isinstance(ids, int):
+        if ids is None:
+            if self.active is None:
+                return None
             self.evaluations += 1
-            return self.adapters[ids].generator(key)(h, mask)
+            return self.adapters[self.active].generator(key)(h, mask)
         ids = ids.to(h.device)
         if ids.shape[0] != batch:
             raise ShapeError(f"adapter_ids has {ids.shape[0]} entries but the batch has {batch} samples")
@@ -578,9 +582,10 @@ class PedroHandle:
     """What :func:`apply_pedro` returns: the adapters it serves and how to undo it.
 
     Use as a context manager (``with apply_pedro(...) as h:``) or call :meth:`remove`.
-    ``set_adapter_ids(k)`` (int) gives every sample adapter ``k`` (the default is 0,
-    for training); a ``[batch]`` tensor picks one per sample (-1 = none); ``None``
-    turns PEDRO off.
+    Routing, as for :class:`~roadinterp.linear.RoadLinear`: ``set_adapter_ids(ids)``
+    with a ``[batch]`` tensor picks one adapter per sample (-1 = none); ``None`` ends
+    per-sample routing and every sample uses the *active* adapter
+    (:meth:`set_active`; ``None`` = PEDRO off).
     """
 
     def __init__(self, model: nn.Module, adapters: list[PedroAdapter], runtime: _Runtime, originals: dict[str, nn.Module], hooks):
@@ -589,6 +594,14 @@ class PedroHandle:
 
     def set_adapter_ids(self, ids) -> None:
         self._runtime.set_adapter_ids(ids)
+
+    def set_active(self, active: int | None) -> None:
+        """Adapter used by every sample when no per-sample ids are set (None or -1 = off)."""
+        self._runtime.set_active(active)
+
+    @property
+    def active(self) -> int | None:
+        return self._runtime.active
 
     def reset_cache(self) -> None:
         self._runtime.reset_cache()
@@ -619,7 +632,7 @@ class PedroHandle:
 
 def apply_pedro(
     model: nn.Module, adapters: PedroConfig | PedroAdapter | Sequence[PedroAdapter], *,
-    target_modules: Sequence[str] | None = None, seed: int | None = None,
+    target_modules: Sequence[str] | None = None, seed: int | None = None, active: int | None | str = "auto",
 ) -> PedroHandle:
     """Put PEDRO on the Linear outputs of ``model`` (in place; undo with ``handle.remove()``).
 
@@ -629,7 +642,10 @@ def apply_pedro(
     :class:`PedroAdapter`, or several adapters with the same layout to serve in mixed
     batches. Generator ``i`` pools the input of decoder block ``i`` at prefill (a
     forward with no or an empty KV cache); decoding steps reuse its vectors.
+    ``active``: the adapter every sample uses when no per-sample ids are set; by
+    default adapter 0 for a single config/adapter (ready to train) and none for a list.
     """
+    single = isinstance(adapters, (PedroConfig, PedroAdapter))
     if isinstance(adapters, PedroConfig):
         adapters = [PedroAdapter.for_model(model, adapters, target_modules=target_modules, seed=seed)]
     elif isinstance(adapters, PedroAdapter):
@@ -658,6 +674,7 @@ def apply_pedro(
         raise ConfigError("this model already has PEDRO applied; remove() the first handle before applying again")
 
     runtime = _Runtime(adapters)
+    runtime.set_active((0 if single else None) if active == "auto" else active)
     originals: dict[str, nn.Module] = {}
     hooks = []
     segments: dict[str, list[tuple[int, int, int, int]]] = {}

@@ -113,7 +113,7 @@ def test_pedro_scales_only_targets():
     wrapped.register_forward_hook(lambda m, a, o: seen.update(on=o.detach()) if "on" not in seen else None)
     with torch.no_grad():
         model(x)
-        h.set_adapter_ids(None)
+        h.set_active(None)
         out_off = wrapped(model.transformer.h[0].ln_1(model.transformer.wte(x) + model.transformer.wpe(torch.arange(6))))
     h.remove()
     # layer-0 input is the same with or without PEDRO, so the k third must match exactly
@@ -195,15 +195,17 @@ def test_mixed_batch_equals_per_sample(arch, pooling):
     x = ids(batch=6)
     choice = torch.tensor([2, -1, 0, 1, 0, -1])
     h = apply_pedro(model, adapters)
+    assert h.active is None
     with torch.no_grad():
         h.reset_cache()
         h.set_adapter_ids(choice)
         mixed = model(x).logits
+        h.set_adapter_ids(None)
         rows = []
         for i, a in enumerate(choice.tolist()):
-            h.set_adapter_ids(a)  # every sample adapter a (or none for -1): the unbatched path
+            h.set_active(a)  # every sample adapter a (or none for -1): the unbatched path
             rows.append(model(x[i:i + 1]).logits)
-        h.set_adapter_ids(None)
+        h.set_active(None)
         plain = model(x).logits
     h.remove()
     torch.testing.assert_close(mixed, torch.cat(rows), atol=1e-5, rtol=0)
@@ -228,6 +230,24 @@ def test_mixed_generation_equals_per_sample():
 
 def test_serving_protocol():
     model = tiny("gpt2")
+    adapters = [perturb(PedroAdapter.for_model(model, PedroConfig(D, 2), seed=i), i) for i in range(2)]
+    x = ids(batch=3)
+    choice = torch.tensor([1, -1, 0])
+    try:
+        from roadinterp import serve
+    except ImportError:
+        serve = None
+    if serve is not None:
+        with torch.no_grad(), apply_pedro(model, adapters) as h:
+            mixed = serve.forward(model, x, choice).logits
+            h.set_adapter_ids(choice)
+            direct = model(x).logits
+            h.set_adapter_ids(None)
+            gen = serve.generate(model, x, adapter_ids=choice, max_new_tokens=3)
+            h.set_adapter_ids(choice)
+            gen_direct = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False,
+                                        pad_token_id=0)
+        assert torch.equal(mixed, direct) and torch.equal(gen, gen_direct)
     h = apply_pedro(model, PedroConfig(D, 2))
     layers = [m for m in model.modules() if hasattr(m, "set_adapter_ids") and hasattr(m, "reset_cache")]
     assert layers

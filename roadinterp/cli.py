@@ -58,7 +58,10 @@ def _strs(text: str | None) -> list[str] | None:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False)
+    console = Console(stderr=False)
+    if not console.is_terminal:  # pipes and logs: wide enough that the result table is not truncated
+        console = Console(stderr=False, width=130)
+    return console
 
 
 # ----------------------------------------------------------- tasks & zoo
@@ -218,6 +221,36 @@ def align_cmd(
     _print_summary(console, summary, best, out)
 
 
+# ------------------------------------------------------------ plot & report
+plot_app = typer.Typer(help="Figures of learned angles (plotly .html or matplotlib .png/.pdf).")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("angles")
+def plot_angles_cmd(
+    path: str = typer.Argument(..., help="A saved adapter directory or a run directory."),
+    out: str = typer.Option(..., "--out", "-o", help="Output file: .html (interactive), .png or .pdf (static)."),
+    kind: str = typer.Option("histogram", "--kind", help="histogram or polar."),
+) -> None:
+    """Plot the distribution of learned angles."""
+    from roadinterp.viz import plot_angles
+
+    typer.echo(str(plot_angles(path, out, kind=kind)))
+
+
+@app.command("report")
+def report_cmd(
+    run: str = typer.Argument(..., help="Run directory written by `roadinterp align`."),
+    out: str = typer.Option(None, "--out", "-o", help="Output .html (default RUN/report.html)."),
+) -> None:
+    """Write one self-contained HTML page (no network requests) for an align run."""
+    from pathlib import Path
+
+    from roadinterp.viz.report import write_report
+
+    typer.echo(str(write_report(run, Path(out) if out else Path(run) / "report.html")))
+
+
 def _print_summary(console, summary, best, out) -> None:
     from rich.table import Table
 
@@ -254,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        rc = app(args=args, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except RoadinterpError as e:

@@ -23,9 +23,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -310,7 +311,7 @@ def _load_zoo_dir(entry: ZooEntry, path: Path) -> torch.nn.Module:
     model = _model_class(entry.arch)(config)
     try:
         load_safetensors(model, str(path / "model.safetensors"))
-    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file is a user-facing problem
+    except Exception as err:  # a corrupt or foreign file is a user-facing problem
         raise FileFormatError(f"cannot load zoo model {entry.name!r} from {path}: {err}; delete the "
                               "directory to retrain it") from err
     return model
@@ -450,8 +451,8 @@ def _behaviour_base_data(n: int, *, split: str, seed: int):
 
 
 def _tiny_gpt2(vocab: int, positions: int, **kw: Any) -> dict[str, Any]:
-    cfg = dict(vocab_size=vocab, n_positions=positions, n_embd=64, n_layer=2, n_head=4,
-               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = {"vocab_size": vocab, "n_positions": positions, "n_embd": 64, "n_layer": 2, "n_head": 4,
+           "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 0, "eos_token_id": 0}
     cfg.update(kw)
     return cfg
 
@@ -459,7 +460,8 @@ def _tiny_gpt2(vocab: int, positions: int, **kw: Any) -> dict[str, Any]:
 _BUILTIN = [
     ZooEntry(
         name="hierarchical-equality-mlp", task="hierarchical-equality", arch="mlp",
-        config=dict(h_dim=16, n_layer=3, num_classes=2, pdrop=0.0, include_emb=False, squeeze_output=True),
+        config={"h_dim": 16, "n_layer": 3, "num_classes": 2, "pdrop": 0.0, "include_emb": False,
+                "squeeze_output": True},
         steps=4000, batch_size=512, lr=1e-2, warmup=100, train_size=100_000, eval_size=10_000,
         description="pyvene MLP (3 blocks of 16) for hierarchical equality, the DAS setting",
     ),
@@ -471,16 +473,16 @@ _BUILTIN = [
     ),
     ZooEntry(
         name="interval-llama", task="interval", arch="llama",
-        config=dict(vocab_size=24, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8,
-                    bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False),
+        config={"vocab_size": 24, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 8,
+                "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "tie_word_embeddings": False},
         steps=2000, batch_size=256, lr=3e-3, weight_decay=0.01, train_size=20_000,
         description="2-layer Llama (d=64) deciding X <= Z <= Y",
     ),
     ZooEntry(
         name="behaviour-base-gpt2", task="behaviour-base", arch="gpt2",
         config=_tiny_gpt2(23, 8),
-        steps=2000, batch_size=256, lr=3e-3, weight_decay=0.01, train_size=8000, data=_behaviour_base_data,
+        steps=4000, batch_size=128, lr=3e-3, weight_decay=0.01, train_size=8000, data=_behaviour_base_data,
         description="2-layer GPT-2 (d=64) computing (a0 + b0) mod 10; base model for the behaviour adapters",
     ),
 ]

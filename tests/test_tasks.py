@@ -4,17 +4,18 @@ disjoint splits, determinism, registry errors."""
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from roadinterp.errors import ConfigError, UnknownNameError  # noqa: E402
-from roadinterp.tasks import (  # noqa: E402
+from roadinterp.errors import ConfigError, UnknownNameError
+from roadinterp.tasks import (
     CounterfactualBatch,
     Task,
     behaviour_data,
@@ -22,7 +23,7 @@ from roadinterp.tasks import (  # noqa: E402
     list_tasks,
     register_task,
 )
-from roadinterp.tasks.base import do  # noqa: E402
+from roadinterp.tasks.base import do
 
 ALIGNMENT_TASKS = ["hierarchical-equality", "addition-carry", "interval"]
 
@@ -295,11 +296,11 @@ def test_register_task_roundtrip():
         name = "test-parity"
         description = "parity of two bits"
         variables = ("a",)
-        rivals = {"b-only": ("b",)}
-        vocab = ["<bos>", "0", "1"]
-        answer_tokens = ["0", "1"]
+        rivals: ClassVar[dict[str, tuple[str, ...]]] = {"b-only": ("b",)}
+        vocab: ClassVar[list[str]] = ["<bos>", "0", "1"]
+        answer_tokens: ClassVar[list[str]] = ["0", "1"]
         n_classes = 2
-        positions = {"last": 2}
+        positions: ClassVar[dict[str, int]] = {"last": 2}
 
         def _sample(self, n, rng, split):
             return {"a": rng.integers(0, 2, n), "b": rng.integers(0, 2, n)}

@@ -7,12 +7,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from roadinterp import zoo  # noqa: E402
-from roadinterp.errors import ConfigError, OfflineError, UnknownNameError  # noqa: E402
-from roadinterp.tasks import get_task  # noqa: E402
+from roadinterp import zoo
+from roadinterp.errors import ConfigError, OfflineError, UnknownNameError
+from roadinterp.tasks import get_task
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_interrupted_write_leaves_no_model(tmp_cache, monkeypatch):
 def test_zoo_model_runs_its_task(tmp_cache):
     model = zoo.train_zoo_model("addition-carry-gpt2", steps=2, progress=False, save=False)
     task = get_task(zoo.model_task(model))
-    inputs, labels = task.factual(8, seed=0)
+    inputs, _ = task.factual(8, seed=0)
     with torch.no_grad():
         logits = task.logits(model(**inputs))
     assert logits.shape == (8, task.n_classes)

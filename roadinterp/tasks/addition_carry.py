@@ -15,6 +15,8 @@ ignores the carry (output = tens mod 10): a false hypothesis, a negative control
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -26,11 +28,11 @@ class AdditionCarry(TokenTask):
     name = "addition-carry"
     description = "tens digit of a two-digit sum; variables carry, tens (rivals: ones, tens-only)"
     variables = ("carry", "tens")
-    rivals = {"ones": ("ones",), "tens-only": ("tens",)}
-    vocab = _arith.VOCAB
-    answer_tokens = _arith.DIGITS
+    rivals: ClassVar[dict[str, tuple[str, ...]]] = {"ones": ("ones",), "tens-only": ("tens",)}
+    vocab: ClassVar[list[str]] = _arith.VOCAB
+    answer_tokens: ClassVar[list[str]] = _arith.DIGITS
     n_classes = 10
-    positions = dict(_arith.POSITIONS)
+    positions: ClassVar[dict[str, int]] = dict(_arith.POSITIONS)
 
     def _sample(self, n: int, rng: np.random.Generator, split: str) -> Raw:
         return _arith.sample_pairs(n, rng, split)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class CounterfactualBatch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, idx: Any) -> "CounterfactualBatch":
+    def subset(self, idx: Any) -> CounterfactualBatch:
         """Rows ``idx`` (slice, index list/array/tensor or bool mask) of every field."""
         if isinstance(idx, slice):
             idx = torch.arange(len(self))[idx]
@@ -118,9 +118,9 @@ class Task:
     description: str = ""
     kind: Literal["vector", "tokens"] = "vector"
     variables: tuple[str, ...] = ()
-    rivals: dict[str, tuple[str, ...]] = {}
+    rivals: ClassVar[dict[str, tuple[str, ...]]] = {}
     n_classes: int = 2
-    positions: dict[str, int] = {"last": 0}
+    positions: ClassVar[dict[str, int]] = {"last": 0}
 
     # ----- hooks for subclasses ---------------------------------------------------------
     def _sample(self, n: int, rng: np.random.Generator, split: str) -> Raw:
@@ -269,8 +269,8 @@ class TokenTask(Task):
     position, restricted to ``answer_tokens`` (label ``i`` = ``answer_tokens[i]``)."""
 
     kind: Literal["vector", "tokens"] = "tokens"
-    vocab: list[str] = []
-    answer_tokens: list[str] = []
+    vocab: ClassVar[list[str]] = []
+    answer_tokens: ClassVar[list[str]] = []
 
     @property
     def token_id(self) -> dict[str, int]:

@@ -15,6 +15,8 @@ letter of (a0 - b0) mod 10), the yardstick for composing an ``op`` adapter with 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -52,11 +54,11 @@ class BehaviourTask(TokenTask):
     """The target of a fixed set of behaviours applied to the base task."""
 
     variables = ()
-    rivals = {}
-    vocab = _arith.VOCAB
-    answer_tokens = [*_arith.DIGITS, *_arith.LETTERS]
+    rivals: ClassVar[dict[str, tuple[str, ...]]] = {}
+    vocab: ClassVar[list[str]] = _arith.VOCAB
+    answer_tokens: ClassVar[list[str]] = [*_arith.DIGITS, *_arith.LETTERS]
     n_classes = 20
-    positions = dict(_arith.POSITIONS)
+    positions: ClassVar[dict[str, int]] = dict(_arith.POSITIONS)
 
     def __init__(self, name: str, behaviours: tuple[str, ...], description: str) -> None:
         self.name = name

@@ -13,6 +13,8 @@ w by the source's w and recomputes everything downstream.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -25,7 +27,7 @@ ENTITY_DIM = 4
 class HierarchicalEquality(Task):
     kind = "vector"
     n_classes = 2
-    positions = {"last": 0}
+    positions: ClassVar[dict[str, int]] = {"last": 0}
 
     def __init__(self, *, name: str = "hierarchical-equality", pool_size: int = 100, pool_seed: int = 0,
                  rival_match: float = 0.5):

@@ -9,6 +9,8 @@ Train and test hold disjoint (X, Y) pairs (20% test); labels are balanced.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -22,11 +24,11 @@ class Interval(TokenTask):
     name = "interval"
     description = "is X <= Z <= Y for numbers 0..19; variables left, right (rival: mid)"
     variables = ("left", "right")
-    rivals = {"mid": ("mid",)}
-    vocab = ["<bos>", "?", "no", "yes", *[str(i) for i in range(N_NUMBERS)]]
-    answer_tokens = ["no", "yes"]
+    rivals: ClassVar[dict[str, tuple[str, ...]]] = {"mid": ("mid",)}
+    vocab: ClassVar[list[str]] = ["<bos>", "?", "no", "yes", *[str(i) for i in range(N_NUMBERS)]]
+    answer_tokens: ClassVar[list[str]] = ["no", "yes"]
     n_classes = 2
-    positions = {"bos": 0, "x": 1, "y": 2, "z": 3, "last": 4}
+    positions: ClassVar[dict[str, int]] = {"bos": 0, "x": 1, "y": 2, "z": 3, "last": 4}
 
     def __init__(self) -> None:
         perm = np.random.default_rng(7).permutation(N_NUMBERS * N_NUMBERS)

@@ -1,0 +1,400 @@
+"""Train many DII candidates in one batched forward (seeds of a search cell).
+
+An alignment search trains the same cell several times with different seeds. For
+small models almost all of a DII step is fixed cost (pyvene's hook machinery,
+Python, optimizer bookkeeping), not arithmetic, so K seeds trained one after the
+other cost ~K times one seed. Here the K candidates share one frozen model and one
+forward: the minibatch is the concatenation of each candidate's *own* minibatch
+(exactly the rows ``train_dii`` would draw for that seed), and a
+:class:`BatchedRoadInterchange` holds every candidate's angles ``[K, L, n_params]``
+and picks each row's candidate from a per-row index (one gather, no loop over
+candidates). The loss is the sum of the candidates' mean cross-entropies, so each
+candidate's gradient only sees its own rows, and because Adam is element-wise the
+updates stay independent: every candidate ends where ``train_dii`` would have
+(up to float summation order). Families: ``road``, ``butterfly`` (angles batched)
+and ``neuron`` (no parameters, only the evaluation is batched); other families fall
+back to one ``train_dii`` per config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, replace
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from roadinterp._pyvene import pv
+from roadinterp.errors import ConfigError, ShapeError
+from roadinterp.interventions import attach_dii, get_family, run_dii
+from roadinterp.interventions.road import RoadInterchange, subspace_mask
+from roadinterp.road import rotation as rot
+from roadinterp.sites import Site
+from roadinterp.tasks.base import CounterfactualBatch
+from roadinterp.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
+
+BATCHED_FAMILIES: tuple[str, ...] = ("neuron", "road", "butterfly")
+# fields that may differ between candidates of one batch (family only among road-like
+# families whose interventions have the same strides, see _check_batchable)
+_FREE_FIELDS = {"seed", "family", "depth"}
+
+
+# ------------------------------------------------------------------ intervention
+class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
+    """K ``RoadInterchange`` candidates in one intervention: ``theta`` is ``[K, L, n_params]``.
+
+    Row ``r`` of the batch uses candidate ``rows[r]`` (set with :meth:`rows` around
+    the forward): ``DII(b, s) = b + R_k^-1 M R_k (s - b)``, the same maths as
+    ``RoadInterchange``. Build it from existing candidates with
+    :meth:`from_interchanges`; get candidate ``k`` back with :meth:`candidate`.
+    """
+
+    def __init__(
+        self, embed_dim: int, n_candidates: int, *, strides: Sequence[int], variant: str = "road_1",
+        family: str = "butterfly", train_alpha: bool = False, **kwargs,
+    ) -> None:
+        kwargs.setdefault("keep_last_dim", True)
+        super().__init__(embed_dim=embed_dim, **kwargs)
+        if n_candidates < 1:
+            raise ConfigError(f"n_candidates must be >= 1, got {n_candidates}")
+        self.dim, self.n_candidates, self.variant, self.family = embed_dim, n_candidates, variant, family
+        self.strides = list(strides)
+        for s in self.strides:
+            rot.check_layout(embed_dim, 2 * s, variant)
+        n = rot.n_params(embed_dim, variant)
+        L = len(self.strides)
+        self.theta = nn.Parameter(torch.zeros(n_candidates, L, n))  # [K, L, n_params] fp32
+        self.alpha = nn.Parameter(torch.ones(n_candidates, L, n), requires_grad=train_alpha)
+        self._rows: torch.Tensor | None = None
+        self._blocks: tuple[int, int] | None = None  # (K, B) when rows are equal contiguous blocks
+
+    @classmethod
+    def from_interchanges(cls, ivs: Sequence[RoadInterchange]) -> "BatchedRoadInterchange":
+        """Stack candidates (copies of their angles; the originals are not touched)."""
+        ivs = list(ivs)
+        if not ivs:
+            raise ConfigError("from_interchanges needs at least one RoadInterchange")
+        first = ivs[0]
+        for iv in ivs[1:]:
+            if (iv.dim, iv.strides, iv.variant) != (first.dim, first.strides, first.variant):
+                raise ConfigError(
+                    f"candidates must share width, strides and variant to be batched: "
+                    f"{iv} vs {first}"
+                )
+        out = cls(first.dim, len(ivs), strides=first.strides, variant=first.variant, family=first.family,
+                  train_alpha=first.alpha.requires_grad)
+        with torch.no_grad():
+            out.theta.copy_(torch.stack([iv.theta.detach() for iv in ivs]))
+            out.alpha.copy_(torch.stack([iv.alpha.detach() for iv in ivs]))
+        return out
+
+    def candidate(self, k: int) -> RoadInterchange:
+        """Candidate ``k`` as a standalone ``RoadInterchange`` (a copy of its angles)."""
+        iv = RoadInterchange(self.dim, family=self.family, variant=self.variant, init="identity",
+                             train_alpha=self.alpha.requires_grad, depth=1)
+        # butterfly_strides cannot express every stride list (depth, n_layers): set them directly
+        iv.strides = list(self.strides)
+        with torch.no_grad():
+            iv.theta = nn.Parameter(self.theta[k].detach().clone())
+            iv.alpha = nn.Parameter(self.alpha[k].detach().clone(), requires_grad=self.alpha.requires_grad)
+        return iv
+
+    # ----- per-row routing
+    def set_rows(self, rows: torch.Tensor | Sequence[int] | None) -> None:
+        """Candidate index of every row of the next forwards (``None`` clears).
+
+        When the rows come in equal contiguous blocks (``0,0,..,1,1,..``: what the
+        trainer builds) the forward broadcasts ``[K, 1, d]`` coefficients over a
+        ``[K, B, ...]`` view instead of gathering ``[K*B, d]``: same numbers, no copy.
+        """
+        self._rows, self._blocks = None, None
+        if rows is None:
+            return
+        r = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        if r.numel() and (r.min() < 0 or r.max() >= self.n_candidates):
+            raise ConfigError(f"candidate ids must be in 0..{self.n_candidates - 1}, got {r.min()}..{r.max()}")
+        self._rows = r
+        K = self.n_candidates
+        if r.numel() and r.numel() % K == 0:
+            B = r.numel() // K
+            if torch.equal(r, torch.arange(K).repeat_interleave(B)):
+                self._blocks = (K, B)
+
+    @contextlib.contextmanager
+    def rows(self, rows) -> Iterator["BatchedRoadInterchange"]:
+        """``with iv.rows(ids): pvm(...)`` -- routing is cleared afterwards, even on error."""
+        self.set_rows(rows)
+        try:
+            yield self
+        finally:
+            self._rows, self._blocks = None, None
+
+    # ----- maths
+    def _coef_table(self) -> torch.Tensor:
+        """Forward and inverse coefficients of every candidate and layer.  # [K, 4, L, d]"""
+        c1s, c2s, i1s, i2s = [], [], [], []
+        for l, s in enumerate(self.strides):
+            c1, c2 = rot.coefficients(self.theta[:, l], self.alpha[:, l], self.variant, 2 * s)  # [K, d]
+            i1, i2 = rot.inverse_coefficients(c1, c2, 2 * s)
+            c1s.append(c1), c2s.append(c2), i1s.append(i1), i2s.append(i2)
+        return torch.stack([torch.stack(c1s, 1), torch.stack(c2s, 1), torch.stack(i1s, 1), torch.stack(i2s, 1)], 1)
+
+    def forward(self, base, source, subspaces=None, **kwargs):
+        n, d = base.shape[0], self.dim
+        if base.shape[-1] != d:
+            raise ConfigError(f"BatchedRoadInterchange is {d} wide but the site is {base.shape[-1]} wide")
+        rows = self._rows
+        if rows is None and self.n_candidates != 1:
+            raise ConfigError(
+                f"BatchedRoadInterchange holds {self.n_candidates} candidates: wrap the forward in "
+                "`with iv.rows(candidate_ids):` to say which candidate each row uses"
+            )
+        if rows is not None and rows.shape[0] != n:
+            raise ShapeError(f"{rows.shape[0]} candidate ids were set but the batch has {n} rows")
+        mask = _row_mask(subspaces, n, d, base.device)
+        if mask is None:
+            raise ConfigError("BatchedRoadInterchange needs subspaces: the rotated coordinates of each variable")
+        table = self._coef_table()  # [K, 4, L, d]
+        mid = [1] * (base.dim() - 2)  # unit/position dims between rows and d
+        if rows is None or self._blocks is not None:
+            # rows in equal contiguous blocks: view the batch as [K, B, ...], broadcast [K, 1, ..., d]
+            K, B = self._blocks or (1, n)
+            lead = (K, B)
+            table = table.reshape(K, 4, len(self.strides), 1, *mid, d)
+        else:
+            lead = (n,)
+            table = table[rows.to(base.device)].reshape(n, 4, len(self.strides), *mid, d)  # the one gather
+        c1, c2, i1, i2 = table.unbind(1)  # each [K or n, L, (1,) ..., d]
+        diff = (source - base).float().reshape(*lead, *base.shape[1:])  # [K, B, units, d] or [n, units, d]
+        for l, s in enumerate(self.strides):  # R (s - b)
+            diff = diff * c1[:, l] + rot.rotate_half_grouped(diff, 2 * s) * c2[:, l]
+        m = mask.to(diff.dtype)
+        m = m.reshape(1, 1, *mid, d) if m.shape[0] == 1 else m.reshape(*lead, *mid, d)
+        delta = diff * m
+        for l in reversed(range(len(self.strides))):  # R^-1 M R (s - b)
+            s = self.strides[l]
+            delta = delta * i1[:, l] + rot.rotate_half_grouped(delta, 2 * s) * i2[:, l]
+        return (base.float() + delta.reshape(base.shape)).to(base.dtype)
+
+    def __str__(self) -> str:
+        return (f"BatchedRoadInterchange(family={self.family}, dim={self.dim}, candidates={self.n_candidates}, "
+                f"strides={self.strides})")
+
+
+def _row_mask(subspaces, n: int, d: int, device) -> torch.Tensor | None:
+    """Like ``subspace_mask``, but ``[1, d]`` when every row lists the same coordinates.
+
+    ``run_dii`` passes one list object repeated for every row (``list.count`` compares
+    by identity first, in C); converting n copies of it to a tensor costs more than the
+    whole interchange at small widths.
+    """
+    if isinstance(subspaces, list) and subspaces and subspaces.count(subspaces[0]) == len(subspaces):
+        if len(subspaces) != n:
+            raise ConfigError(f"subspaces has {len(subspaces)} rows but the batch has {n} examples")
+        return subspace_mask([subspaces[0]], 1, d, device)
+    return subspace_mask(subspaces, n, d, device)
+
+
+# ------------------------------------------------------------------ data helpers
+def concat_batches(parts: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
+    """Rows of ``parts`` one after the other (``raw`` is dropped)."""
+    first = parts[0]
+    return CounterfactualBatch(
+        base={k: torch.cat([p.base[k] for p in parts]) for k in first.base},
+        sources=[{k: torch.cat([p.sources[i][k] for p in parts]) for k in s} for i, s in enumerate(first.sources)],
+        intervened=torch.cat([p.intervened for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        base_labels=torch.cat([p.base_labels for p in parts]),
+        variables=first.variables,
+    )
+
+
+def _strip(batch: CounterfactualBatch) -> CounterfactualBatch:
+    """Same batch without ``raw`` (numpy copies on every subset are pure overhead here)."""
+    return replace(batch, raw=None)
+
+
+def _route(iv, rows):
+    return iv.rows(rows) if isinstance(iv, BatchedRoadInterchange) else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_iia_batched(pvm, iv, task, site: Site, datasets: Sequence[CounterfactualBatch], coords, *,
+                         batch_size: int = 1024, max_rows: int = 8192) -> list[float]:
+    """IIA of candidate ``k`` on ``datasets[k]``, all candidates in the same forwards.
+
+    Each forward takes up to ``batch_size`` rows of every dataset (fewer when that
+    would exceed ``max_rows`` in total).
+    """
+    K = len(datasets)
+    chunk = max(1, min(batch_size, max_rows // K))
+    correct = [0] * K
+    longest = max(len(ds) for ds in datasets)
+    for start in range(0, longest, chunk):
+        parts = [ds.subset(slice(start, start + chunk)) for ds in datasets]
+        sizes = [len(p) for p in parts]
+        keep = [k for k in range(K) if sizes[k]]
+        b = concat_batches([parts[k] for k in keep])
+        rows = torch.repeat_interleave(torch.tensor(keep), torch.tensor([sizes[k] for k in keep]))
+        with _route(iv, rows):
+            out = run_dii(pvm, site, b.base, b.sources, coords, named_positions=task.positions)
+        hit = (task.logits(out).argmax(-1) == b.labels).long()
+        per = torch.zeros(K, dtype=torch.long).index_add_(0, rows, hit)
+        for k in keep:
+            correct[k] += int(per[k])
+    return [correct[k] / max(len(datasets[k]), 1) for k in range(K)]
+
+
+# ------------------------------------------------------------------ grouping
+def supports_batched(family: str) -> bool:
+    return family in BATCHED_FAMILIES
+
+
+def _structure(config: DIIConfig, width: int, n_vars: int):
+    """What must be equal for two configs to share one batch (None: not batchable)."""
+    if not supports_batched(config.family):
+        return None
+    rest = {k: v for k, v in asdict(config).items() if k not in _FREE_FIELDS}
+    if config.family == "neuron":
+        return ("neuron", tuple(sorted(rest.items())))
+    iv = get_family(config.family).build(width, [config.size] * n_vars, seed=0, variant=config.variant,
+                                         depth=config.depth).interventions[0]
+    rest["lr"] = config.learning_rate
+    return ("road", tuple(iv.strides), tuple(sorted(rest.items())))
+
+
+def batch_groups(configs: Sequence[DIIConfig], width: int, n_vars: int) -> list[list[int]]:
+    """Indices of ``configs`` grouped into batches ``train_dii_batched`` accepts, in order.
+
+    Unbatchable configs (families other than neuron/road/butterfly) form groups of one.
+    """
+    groups: dict = {}
+    out: list[list[int]] = []
+    for i, c in enumerate(configs):
+        key = _structure(c, width, n_vars)
+        if key is None:
+            out.append([i])
+        elif key in groups:
+            groups[key].append(i)
+        else:
+            groups[key] = [i]
+            out.append(groups[key])
+    return out
+
+
+def _check_batchable(configs: Sequence[DIIConfig], width: int, n_vars: int) -> None:
+    keys = {_structure(c, width, n_vars) for c in configs}
+    if None in keys or len(keys) != 1:
+        fams = sorted({c.family for c in configs})
+        raise ConfigError(
+            f"configs cannot share one batch (families {fams}): they may differ only in seed (and road/butterfly "
+            f"with the same strides); families {', '.join(BATCHED_FAMILIES)} only. "
+            "Use roadinterp.batched.batch_groups to split them"
+        )
+
+
+# ------------------------------------------------------------------ training
+def train_dii_batched(
+    model, task, site: Site, configs: Sequence[DIIConfig], *, data: Sequence | None = None,
+    fallback: bool = True,
+) -> list[TrainResult]:
+    """Train every config of ``configs`` in shared forwards; one TrainResult per config, in order.
+
+    Equivalent to ``[train_dii(model, task, site, config=c) for c in configs]`` (same
+    data, data order and initialisation per seed; IIA equal up to float summation
+    order), but K candidates cost about one forward/backward per step. ``data``
+    optionally gives ``(train, test)`` per config. Configs that cannot be batched
+    together are grouped with :func:`batch_groups`; with ``fallback`` unbatchable
+    families (das, lowrank, boundless, ...) run one ``train_dii`` each, otherwise
+    they raise ConfigError. ``TrainResult.seconds`` is the group's wall time / K.
+    """
+    configs = [c if isinstance(c, DIIConfig) else DIIConfig(**c) for c in configs]
+    if not configs:
+        return []
+    if data is not None and len(data) != len(configs):
+        raise ConfigError(f"data has {len(data)} entries but there are {len(configs)} configs")
+    width = check_cell(model, task, site, configs[0])
+    n_vars = len(_variables(task, configs[0].hypothesis))
+    results: list[TrainResult | None] = [None] * len(configs)
+    for group in batch_groups(configs, width, n_vars):
+        cs = [configs[i] for i in group]
+        ds = [data[i] for i in group] if data is not None else None
+        if not supports_batched(cs[0].family):
+            if not fallback:
+                _check_batchable(cs, width, n_vars)
+            out = [train_dii(model, task, site, config=cs[0], data=ds[0] if ds else None)]
+        else:
+            out = _train_group(model, task, site, cs, ds, width)
+        for i, r in zip(group, out):
+            results[i] = r
+    return results  # type: ignore[return-value]
+
+
+def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width: int) -> list[TrainResult]:
+    for c in configs:
+        check_cell(model, task, site, c)
+    first = configs[0]
+    _check_batchable(configs, width, len(_variables(task, first.hypothesis)))
+    variables = _variables(task, first.hypothesis)
+    K = len(configs)
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    try:
+        if data is None:
+            data = [make_data(task, c) for c in configs]
+        trains = [_strip(d[0]) for d in data]
+        test = _strip(data[0][1])
+        builds = []
+        for c in configs:
+            torch.manual_seed(c.seed)  # as train_dii does before building
+            builds.append(get_family(c.family).build(width, [c.size] * len(variables), seed=c.seed,
+                                                     variant=c.variant, depth=c.depth))
+        coords = builds[0].coords
+        if first.family == "neuron":
+            iv = builds[0].interventions[0]
+        else:
+            iv = BatchedRoadInterchange.from_interchanges([b.interventions[0] for b in builds])
+        pvm = attach_dii(model, site, [iv] * len(variables), shared=True)
+        params = [p for p in iv.parameters() if p.requires_grad]
+        losses: list[list[float]] = [[] for _ in range(K)]
+        lr = first.learning_rate
+        if params and lr > 0:
+            opt = torch.optim.Adam(params, lr=lr)
+            gens = [torch.Generator().manual_seed(c.seed) for c in configs]
+            n = len(trains[0])
+            for _ in range(first.epochs):
+                orders = [torch.randperm(n, generator=g) for g in gens]
+                for start in range(0, n, first.batch_size):
+                    parts = [tr.subset(o[start : start + first.batch_size]) for tr, o in zip(trains, orders)]
+                    b = concat_batches(parts)
+                    B = len(parts[0])
+                    rows = torch.arange(K).repeat_interleave(B)
+                    with iv.rows(rows):
+                        out = run_dii(pvm, site, b.base, b.sources, coords, named_positions=task.positions)
+                    ce = torch.nn.functional.cross_entropy(task.logits(out).float(), b.labels, reduction="none")
+                    per = ce.view(K, B).mean(1)  # [K]: each candidate's own mean loss
+                    opt.zero_grad(set_to_none=True)
+                    per.sum().backward()  # candidates' gradients do not mix
+                    opt.step()
+                    for k, v in enumerate(per.detach().tolist()):
+                        losses[k].append(v)
+        iv.eval()
+        iias = evaluate_iia_batched(pvm, iv, task, site, [test] * K, coords)
+        n_tr = min(len(trains[0]), first.n_test)
+        train_iias = evaluate_iia_batched(pvm, iv, task, site, [tr.subset(slice(0, n_tr)) for tr in trains], coords)
+    finally:
+        torch.set_num_threads(old_threads)
+    seconds = (time.perf_counter() - t0) / K
+    out = []
+    for k, c in enumerate(configs):
+        cand = iv.candidate(k) if isinstance(iv, BatchedRoadInterchange) else builds[k].interventions[0]
+        out.append(TrainResult(
+            iia=iias[k], train_iia=train_iias[k], site=site, config=c, variables=variables, coords=coords,
+            seconds=seconds, losses=losses[k], interventions=[cand] * len(variables),
+        ))
+    return out

@@ -468,7 +468,7 @@ _BUILTIN = [
     ZooEntry(
         name="addition-carry-gpt2", task="addition-carry", arch="gpt2",
         config=_tiny_gpt2(23, 8),
-        steps=3000, batch_size=256, lr=3e-3, weight_decay=0.01, train_size=8000,
+        steps=5000, batch_size=128, lr=3e-3, weight_decay=0.01, train_size=8000,
         description="2-layer GPT-2 (d=64) predicting the tens digit of a two-digit sum",
     ),
     ZooEntry(

@@ -32,15 +32,23 @@ from roadinterp.interventions import (  # noqa: E402
     list_families,
     register_family,
 )
+from roadinterp.compose import compose  # noqa: E402
+from roadinterp.interventions.pedro import PedroIntervention  # noqa: E402
 from roadinterp.io import load, save  # noqa: E402
+from roadinterp.linear import apply_road, from_peft, remove_road, to_peft  # noqa: E402
+from roadinterp.pedro import PedroAdapter, PedroConfig, apply_pedro  # noqa: E402
 from roadinterp.road import RoadRotation, RoadSpec  # noqa: E402
 from roadinterp.search import SearchConfig, best_alignment, search, summarize  # noqa: E402
 from roadinterp.sites import Site, register_architecture  # noqa: E402
 from roadinterp.tasks import get_task, list_tasks, register_task  # noqa: E402
 from roadinterp.train import DIIConfig, TrainResult, train_dii  # noqa: E402
+from roadinterp.serve import generate  # noqa: E402
 from roadinterp.zoo import load_model  # noqa: E402
+from roadinterp import viz  # noqa: E402
 
 __all__ = [
+    "PedroAdapter", "PedroConfig", "PedroIntervention", "apply_pedro", "apply_road", "compose", "from_peft",
+    "generate", "remove_road", "to_peft", "viz",
     "ConfigError", "DIIConfig", "FileFormatError", "OfflineError", "OverlapError", "RoadAdapter",
     "RoadInterchange", "RoadIntervention", "RoadRotation", "RoadSpec", "RoadinterpError", "RunDirError",
     "SearchConfig", "ShapeError", "Site", "SiteError", "TrainResult", "UnknownNameError", "__version__",

@@ -221,6 +221,137 @@ def align_cmd(
     _print_summary(console, summary, best, out)
 
 
+# ------------------------------------------------------------ train & compose
+def _blocks(text: str | None) -> list[int] | None:
+    """'0-15,32,40-47' -> [0..15, 32, 40..47]."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise fail(f"--blocks must look like 0-15,32,40-47, got {text!r}") from None
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    task: str = typer.Option(..., "--task", "-t", help="Task whose labels the adapter is fitted to."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory to save the adapter (safetensors + JSON)."),
+    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir or hub id (default: the task's zoo model)."),
+    layers: str = typer.Option("0", "--layers", help="Comma-separated layers."),
+    component: str = typer.Option("block_output", "--component", help="pyvene component."),
+    positions: str = typer.Option("all", "--positions", help="last | all | index | task-named position."),
+    variant: str = typer.Option("road_2", "--variant", help="road_1, road_2 or road_4."),
+    blocks: str = typer.Option(None, "--blocks", help="Subspace as block ranges, e.g. 0-15 (default: all)."),
+    steps: int = typer.Option(300, "--steps", help="Optimiser steps."),
+    lr: float = typer.Option(0.05, "--lr", help="Learning rate."),
+    n_train: int = typer.Option(4096, "--n-train", help="Training examples."),
+    seed: int = typer.Option(0, "--seed", help="Seed (init, data, order)."),
+) -> None:
+    """Fit a RoAd adapter (sourceless intervention) to a task's labels and save it."""
+    from roadinterp import io
+    from roadinterp.adapter import RoadAdapter
+    from roadinterp.compose import adapter_interventions, evaluate
+    from roadinterp.search import default_model, get_model
+    from roadinterp.sites import Site, parse_positions, validate_site
+    from roadinterp.tasks import get_task
+    from roadinterp.train import train_adapter
+
+    t = get_task(task)
+    spec = model or default_model(t.name if t.variables else "behaviour-base")
+    m = get_model(spec)
+    pos = parse_positions(positions)
+    sites = [Site(layer, component, pos) for layer in _ints(layers, "--layers")]
+    targets = {s.key(): validate_site(m, s) for s in sites}
+    adapter = RoadAdapter(targets, variant=variant, group_size=64, blocks=_blocks(blocks),
+                          meta={"task": t.name, "model": spec, "seed": seed})
+    ivs = adapter_interventions(adapter)
+    x, y = t.factual(n_train, split="train", seed=seed)
+    losses = train_adapter(m, sites, [ivs[s.key()] for s in sites], x, y, task=t, steps=steps, lr=lr, seed=seed)
+    xt, yt = t.factual(1024, split="test", seed=seed + 1)
+    acc = evaluate(m, adapter, xt, yt, t, sites)
+    base = evaluate(m, None, xt, yt, t)
+    adapter.meta.update({"test_accuracy": acc, "base_accuracy": base, "final_loss": losses[-1] if losses else None})
+    io.save(adapter, out)
+    typer.echo(f"saved {out}: held-out accuracy {acc:.3f} (base model {base:.3f}), "
+               f"{adapter.n_trainable():,} trainable parameters")
+
+
+@app.command("compose")
+def compose_cmd(
+    adapters: list[str] = typer.Argument(..., help="Saved adapter directories (names = directory names)."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the composed adapter."),
+    weights: str = typer.Option(None, "--weights", help="Per-adapter lambda, e.g. op=1,format=0.5."),
+    resolve: str = typer.Option("error", "--resolve", help="Overlapping blocks: error, first or mean."),
+) -> None:
+    """Compose adapters trained on disjoint 2D blocks into one (exact)."""
+    from pathlib import Path
+
+    from roadinterp import io
+    from roadinterp.compose import compose
+
+    loaded = {Path(a).name: io.load(a) for a in adapters}
+    w = None
+    if weights:
+        w = {}
+        for part in weights.split(","):
+            name, _, val = part.partition("=")
+            try:
+                w[name.strip()] = float(val)
+            except ValueError:
+                raise fail(f"--weights must look like name=1.0,other=0.5, got {weights!r}") from None
+        unknown_names = sorted(set(w) - set(loaded))
+        if unknown_names:
+            raise fail(f"--weights names {unknown_names} are not among the adapters {sorted(loaded)}")
+    composed = compose(loaded, weights=w, resolve=resolve)
+    io.save(composed, out)
+    owners = composed.meta.get("owners", {})
+    typer.echo(f"saved {out}: " + ", ".join(f"{k} owns {len(v)} blocks" for k, v in owners.items()))
+
+
+# --------------------------------------------------------------------- bench
+BENCHES = {"batching": "benchmarks.bench_batching", "dii": "benchmarks.bench_dii", "search": "benchmarks.bench_search"}
+
+
+@app.command("bench")
+def bench_cmd(
+    name: str = typer.Argument(..., help="batching, dii or search."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds; for smoke tests)."),
+) -> None:
+    """Benchmarks measured as ratios against a baseline in the same run (see docs/performance.md)."""
+    import importlib
+    import json
+
+    from roadinterp.errors import unknown
+
+    if name not in BENCHES:
+        raise unknown("benchmark", name, list(BENCHES))
+    try:
+        mod = importlib.import_module(BENCHES[name])
+    except ModuleNotFoundError as e:
+        raise fail(f"benchmark {name} is not available ({e}); run from a roadinterp checkout") from None
+    result = mod.run(quick=quick)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"roadinterp bench {name}")
+    t.add_column("ratio")
+    t.add_column("value")
+    for k, v in result.get("ratios", {}).items():
+        t.add_row(k, "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+    _console().print(t)
+
+
 # ------------------------------------------------------------ plot & report
 plot_app = typer.Typer(help="Figures of learned angles (plotly .html or matplotlib .png/.pdf).")
 app.add_typer(plot_app, name="plot")

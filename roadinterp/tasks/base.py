@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from roadinterp.errors import ConfigError, unknown
+from roadinterp.errors import ConfigError, UnknownNameError, unknown
 
 Split = Literal["train", "test"]
 Mode = Literal["each", "all", "mixed"]
@@ -34,6 +34,11 @@ MODES: tuple[str, ...] = ("each", "all", "mixed")
 Raw = dict[str, np.ndarray]
 # Per-row interventions handed to _evaluate: variable -> (mask [n] bool, values [n]).
 Do = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _unknown_variable(task: str, hypothesis: str, name: object, known: tuple[str, ...]) -> UnknownNameError:
+    return UnknownNameError(f"unknown variable {name!r} of task {task!r}, hypothesis {hypothesis!r}; "
+                            f"known variables: {', '.join(known)}")
 
 
 def do(interventions: Do | None, name: str, natural: np.ndarray) -> np.ndarray:
@@ -144,7 +149,8 @@ class Task:
         if hypothesis == "main":
             return tuple(self.variables)
         if hypothesis not in self.rivals:
-            raise unknown("hypothesis", hypothesis, ["main", *self.rivals])
+            known = ", ".join(["main", *self.rivals])
+            raise UnknownNameError(f"unknown hypothesis {hypothesis!r} for task {self.name!r}; known hypotheses: {known}")
         return tuple(self.rivals[hypothesis])
 
     def causal_model(
@@ -164,7 +170,7 @@ class Task:
         dos: Do = {}
         for var, spec in (interventions or {}).items():
             if var not in allowed:
-                raise unknown(f"variable of hypothesis {hypothesis!r}", var, allowed)
+                raise _unknown_variable(self.name, hypothesis, var, allowed)
             if isinstance(spec, tuple):
                 mask, value = spec
             else:
@@ -212,7 +218,7 @@ class Task:
             raise ConfigError("variables must name at least one variable")
         for v in variables:
             if v not in allowed:
-                raise unknown(f"variable of hypothesis {hypothesis!r}", v, allowed)
+                raise _unknown_variable(self.name, hypothesis, v, allowed)
         if len(set(variables)) != len(variables):
             raise ConfigError(f"variables must be distinct, got {variables}")
 

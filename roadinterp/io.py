@@ -31,7 +31,6 @@ FORMAT = "roadinterp"
 VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, zip (torch.save)
 
 
 class Saveable(Protocol):
@@ -75,11 +74,21 @@ def save(obj: Saveable, path: str | os.PathLike) -> Path:
 
 
 def _looks_pickled(p: Path) -> bool:
+    """A pickle (protocol 2-5 starts b"\x80" + protocol byte) or a torch.save zip, and not safetensors.
+
+    safetensors starts with an 8-byte little-endian header length followed by ``{``,
+    and that length's first byte can itself be 0x80, so check for safetensors first.
+    """
     try:
-        head = p.read_bytes()[:4]
+        with open(p, "rb") as f:
+            head = f.read(9)
     except OSError:
         return False
-    return any(head.startswith(m) for m in _PICKLE_MAGIC)
+    if len(head) == 9 and head[8:9] == b"{":
+        return False
+    if head.startswith(b"\x80") and len(head) > 1 and 2 <= head[1] <= 5:
+        return True
+    return head.startswith(b"PK\x03\x04")
 
 
 def read_state(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
@@ -126,6 +127,12 @@ class Cell:
         return Site(self.layer, self.component, self.position)
 
     @property
+    def slug(self) -> str:
+        """File-system-safe form of the key."""
+        return "-".join(str(p) for p in (self.family, f"L{self.layer}", self.component, self.position,
+                                         f"s{self.size}", f"seed{self.seed}")).replace("/", "_").replace(" ", "")
+
+    @property
     def key(self) -> str:
         pos = ",".join(map(str, self.position)) if isinstance(self.position, tuple) else str(self.position)
         return f"{self.family}|{self.layer}|{self.component}|{pos}|{self.size}|{self.seed}"
@@ -179,8 +186,13 @@ def resolve(config: SearchConfig):
     return task, spec, model, cells
 
 
-def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str) -> dict[str, Any]:
-    """Train and score one cell (and its controls). Pure: safe to run in any process."""
+def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str, save_dir: str | None = None) -> dict[str, Any]:
+    """Train and score one cell (and its controls). Safe to run in any process.
+
+    With ``save_dir``, a learned RoAd basis (families road/butterfly) is saved to
+    ``save_dir/cells/<family>-L<layer>-<component>-<position>-s<size>-seed<seed>/`` for
+    the angle figures; the results row is the only thing the store trusts.
+    """
     from roadinterp.tasks import get_task
 
     config = SearchConfig.from_json(config_json)
@@ -191,6 +203,12 @@ def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str) -> dict[s
     data = make_data(task, dii)
     main = train_dii(model, task, cell.site, config=dii, data=data)
     row = {"task": task.name, "model": model_spec, **main.row()}
+    if save_dir is not None:
+        from roadinterp import io
+
+        saveable = [iv for iv in main.interventions if hasattr(iv, "to_state")]
+        if saveable:
+            io.save(saveable[0], Path(save_dir) / "cells" / cell.slug)
     row.pop("hypothesis", None)
     row["iia_random_model"] = None
     row["iia_rival"] = None
@@ -208,17 +226,17 @@ def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str) -> dict[s
 
 
 # -------------------------------------------------------------- executors
-def _run_local(config_json, cells, spec, on_row, workers: int = 1):
+def _run_local(config_json, cells, spec, on_row, workers: int = 1, save_dir=None):
     if workers <= 1 or len(cells) <= 1:
         for cell in cells:
-            on_row(cell, run_cell(config_json, cell, spec))
+            on_row(cell, run_cell(config_json, cell, spec, save_dir))
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_cell, config_json, c, spec): c for c in cells}
+        futures = {pool.submit(run_cell, config_json, c, spec, save_dir): c for c in cells}
         try:
             while futures:
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
@@ -230,7 +248,7 @@ def _run_local(config_json, cells, spec, on_row, workers: int = 1):
             raise
 
 
-def _run_ray(config_json, cells, spec, on_row, address=None):
+def _run_ray(config_json, cells, spec, on_row, address=None, save_dir=None):
     try:
         import ray
     except ImportError:
@@ -242,7 +260,7 @@ def _run_ray(config_json, cells, spec, on_row, address=None):
         started = True
     try:
         remote = ray.remote(num_cpus=1)(run_cell)
-        pending = {remote.remote(config_json, c, spec): c for c in cells}
+        pending = {remote.remote(config_json, c, spec, save_dir): c for c in cells}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -293,9 +311,9 @@ def search(
 
     try:
         if executor == "local":
-            _run_local(config_json, todo, spec, on_row, workers)
+            _run_local(config_json, todo, spec, on_row, workers, out)
         else:
-            _run_ray(config_json, todo, spec, on_row, ray_address)
+            _run_ray(config_json, todo, spec, on_row, ray_address, out)
     finally:
         if store:
             store.close()

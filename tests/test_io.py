@@ -106,3 +106,14 @@ def test_save_is_atomic_on_failure(tmp_path):
         rio.save(Bad(), tmp_path / "ad")
     assert not (tmp_path / "ad").exists()
     assert not [p for p in tmp_path.iterdir()]
+
+
+def test_pickle_detection_does_not_flag_safetensors(tmp_path):
+    # a safetensors header length whose first byte is 0x80 once looked like a pickle
+    p = tmp_path / "w"
+    p.write_bytes(b"\x80\x00\x00\x00\x00\x00\x00\x00{" + b" " * 127)
+    assert not rio._looks_pickled(p)
+    p.write_bytes(pickle.dumps([1, 2], protocol=4))
+    assert rio._looks_pickled(p)
+    torch.save({"a": torch.ones(2)}, tmp_path / "t.pt")
+    assert rio._looks_pickled(tmp_path / "t.pt")

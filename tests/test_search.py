@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from roadinterp.errors import ConfigError, RunDirError
 from roadinterp.search import SearchConfig, best_alignment, search, summarize
@@ -80,6 +81,18 @@ def test_search_local_with_controls_and_summary(tmp_path):
     assert best["family"] == "road" and best["layer"] == 0
     config, stored = read_run(tmp_path / "run")
     assert config["families"] == ["road"] and len(stored) == 2
+    # the learned RoAd bases are saved per cell, load back exactly and feed the angle figures
+    from roadinterp import io
+    from roadinterp.interventions import RoadInterchange
+    from roadinterp.viz import plot_angles
+
+    saved = sorted((tmp_path / "run" / "cells").iterdir())
+    assert [p.name for p in saved] == ["road-L0-block_output-last-s2-seed0", "road-L0-block_output-last-s2-seed1"]
+    iv = io.load(saved[0])
+    assert isinstance(iv, RoadInterchange) and iv.theta.abs().sum() > 0
+    again = io.load(saved[0])
+    assert torch.equal(iv.matrix(), again.matrix())
+    assert plot_angles(tmp_path / "run", tmp_path / "angles.html").stat().st_size > 1000
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
     assert list(csv.columns[:14]) == ["task", "model", "family", "layer", "component", "position", "size",
                                        "seed", "iia", "train_iia", "iia_random_model", "iia_rival", "rival",

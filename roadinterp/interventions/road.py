@@ -24,8 +24,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from roadinterp import io
 from roadinterp._pyvene import pv
-from roadinterp.errors import ConfigError, OverlapError
+from roadinterp.errors import ConfigError, FileFormatError, OverlapError, ShapeError
 from roadinterp.road import rotation as rot
 from roadinterp.road.butterfly import (
     butterfly_apply,
@@ -155,6 +156,7 @@ class RoadIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.D
         return f"RoadIntervention({self.rotation.extra_repr()})"
 
 
+@io.register_kind
 class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
     """DII in a RoAd (``road``) or RoAd-butterfly (``butterfly``) rotated basis.
 
@@ -217,6 +219,33 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     def matrix(self) -> torch.Tensor:
         """Dense ``[d, d]`` R (for tests and figures)."""
         return self.rotate(torch.eye(self.dim)).T
+
+    # ---------------------------------------------------------------- io
+    KIND = "road_interchange"
+
+    def to_state(self):
+        config = {"dim": self.dim, "family": self.family, "variant": self.variant, "strides": self.strides}
+        return config, {"theta": self.theta.detach(), "alpha": self.alpha.detach()}
+
+    @classmethod
+    def from_state(cls, config, tensors):
+        where = "road_interchange config"
+        dim = io.expect(config, "dim", int, where)
+        strides = io.expect(config, "strides", list, where)
+        if not strides or not all(isinstance(s, int) and s > 0 and dim % (2 * s) == 0 for s in strides):
+            raise FileFormatError(f"{where}: 'strides' must be positive ints s with 2s dividing {dim}, got {strides}")
+        new = cls(dim, family=io.expect(config, "family", str, where), variant=io.expect(config, "variant", str, where),
+                  init="identity", group_size=2 * strides[0] if config["family"] == "road" else None)
+        new.strides = list(strides)
+        for name in ("theta", "alpha"):
+            t = tensors.get(name)
+            if t is None:
+                raise FileFormatError(f"weights have no tensor {name!r}")
+            want = (len(strides), rot.n_params(dim, new.variant))
+            if tuple(t.shape) != want:
+                raise ShapeError(f"{name} has shape {tuple(t.shape)} but this interchange needs {want}")
+            setattr(new, name, nn.Parameter(t.clone(), requires_grad=name == "theta"))
+        return new
 
     def __str__(self) -> str:
         return f"RoadInterchange(family={self.family}, dim={self.dim}, strides={self.strides})"

@@ -1,0 +1,90 @@
+"""``roadinterp bench search``: alignment-search throughput, batched seeds vs one cell at a time.
+
+For each task, K seeds of one cell (family butterfly) are trained twice in the same
+process, interleaved (benchmarks.common): one ``train_dii`` per seed (what the
+search does cell by cell) and one ``train_dii_batched`` call (the K candidates share
+every forward). Both get the same precomputed counterfactual data, so the numbers
+compare training + held-out scoring only. Reported: cells per minute of each, their
+ratio, and the largest IIA difference between the two over the K seeds (they should
+be equal up to float summation order).
+
+Tasks: hierarchical equality on ``zoo:hierarchical-equality-mlp`` (width 16, the DAS
+setting) and the interval task on ``zoo:interval-llama`` (a token task, width 64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import interleaved, machine, ratio, summary
+from roadinterp.batched import train_dii_batched
+from roadinterp.sites import Site
+from roadinterp.tasks import get_task
+from roadinterp.train import DIIConfig, make_data, train_dii
+
+TASKS = [
+    dict(name="hierarchical-equality", model="zoo:hierarchical-equality-mlp", site=Site(1, "block_output", "last"),
+         size=8),
+    dict(name="interval", model="zoo:interval-llama", site=Site(1, "block_output", "last"), size=8),
+]
+FULL = dict(seeds=5, family="butterfly", n_train=2048, n_test=1024, epochs=2, batch_size=256, reps=2, warmup=0)
+QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0)
+
+
+def _one_task(spec: dict, cfg: dict) -> dict:
+    from roadinterp.zoo import load_model
+
+    model = load_model(spec["model"], device="cpu")
+    task = get_task(spec["name"])
+    site = spec["site"]
+    configs = [DIIConfig(family=cfg["family"], size=spec["size"], seed=s, n_train=cfg["n_train"],
+                         n_test=cfg["n_test"], epochs=cfg["epochs"], batch_size=cfg["batch_size"])
+               for s in range(cfg["seeds"])]
+    data = [make_data(task, c) for c in configs]
+    last: dict[str, list] = {}
+
+    def sequential():
+        last["sequential"] = [train_dii(model, task, site, config=c, data=d) for c, d in zip(configs, data)]
+
+    def batched():
+        last["batched"] = train_dii_batched(model, task, site, configs, data=data)
+
+    times = interleaved({"sequential": sequential, "batched": batched}, reps=cfg["reps"], warmup=cfg["warmup"])
+    k = len(configs)
+    timed = summary(times, k * 60.0)  # per_s of (60 k) = cells per minute
+    seq_iia = [r.iia for r in last["sequential"]]
+    bat_iia = [r.iia for r in last["batched"]]
+    cpm = {name: timed[name]["per_s"] for name in timed}
+    return {
+        "model": spec["model"], "site": site.label(), "size": spec["size"],
+        "cells_per_min": cpm, "seconds_per_group": {n: timed[n]["median_s"] for n in timed},
+        "batched_vs_sequential": ratio(cpm["batched"], cpm["sequential"]),
+        "iia_sequential": seq_iia, "iia_batched": bat_iia,
+        "max_iia_diff": max(abs(a - b) for a, b in zip(seq_iia, bat_iia)),
+    }
+
+
+def run(quick: bool = False) -> dict:
+    """Cells per minute, batched vs sequential, per task; IIA of both; the ratio."""
+    cfg = QUICK if quick else FULL
+    old = torch.get_num_threads()
+    try:
+        tasks = {spec["name"]: _one_task(spec, cfg) for spec in TASKS}
+    finally:
+        torch.set_num_threads(old)
+    ratios = {"batched_vs_sequential": min(t["batched_vs_sequential"] for t in tasks.values())}
+    for name, t in tasks.items():
+        ratios[f"batched_vs_sequential_{name}"] = t["batched_vs_sequential"]
+    return {
+        "benchmark": "search", "quick": quick, "config": dict(cfg), "tasks": tasks, "ratios": ratios,
+        "max_iia_diff": max(t["max_iia_diff"] for t in tasks.values()),
+        "targets": {"batched_vs_sequential": ">= 3", "max_iia_diff": "<= 0.02"},
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_search [--quick]
+    import json
+    import sys
+
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -1,0 +1,34 @@
+"""The DII and search benchmarks run in quick mode and return their keys (no timing claims)."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_dii_quick_returns_its_keys():
+    from benchmarks.bench_dii import FAMILIES, run
+
+    out = run(quick=True)
+    json.dumps(out)  # what `roadinterp bench dii --json` prints
+    assert out["benchmark"] == "dii" and out["quick"] is True
+    for key in ("alone_s", "model_s", "skipped", "ratios", "config", "machine", "targets"):
+        assert key in out
+    assert set(out["alone_s"]) == {"16", "32"} and set(out["model_s"]) == {"16"}
+    for fam in FAMILIES:
+        assert out["alone_s"]["32"][fam] > 0
+    assert {"das_vs_butterfly_32", "lowrank_vs_butterfly_32", "butterfly_vs_neuron_model_16"} <= set(out["ratios"])
+
+
+@pytest.mark.slow
+def test_bench_search_quick_returns_its_keys():
+    from benchmarks.bench_search import run
+
+    out = run(quick=True)
+    json.dumps(out)
+    assert out["benchmark"] == "search"
+    assert "batched_vs_sequential" in out["ratios"] and out["ratios"]["batched_vs_sequential"] > 0
+    for t in out["tasks"].values():
+        assert set(t["cells_per_min"]) == {"sequential", "batched"}
+        assert len(t["iia_sequential"]) == len(t["iia_batched"]) == out["config"]["seeds"]
+        assert t["max_iia_diff"] <= 0.02

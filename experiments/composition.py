@@ -60,9 +60,9 @@ def parse(argv=None):
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="markdown file; its Composition section is replaced")
     a = p.parse_args(argv)
     a.seeds = a.seeds or (2 if a.quick else 3)
-    a.steps = a.steps or (15 if a.quick else 250)
-    a.n_train = a.n_train or (512 if a.quick else 4000)
-    a.n_test = a.n_test or (100 if a.quick else 1000)
+    a.steps = a.steps or (5 if a.quick else 250)
+    a.n_train = a.n_train or (256 if a.quick else 4000)
+    a.n_test = a.n_test or (64 if a.quick else 1000)
     return a
 
 

@@ -205,8 +205,49 @@ def _run(cfg: dict, quick: bool, families) -> dict:
     }
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_dii [--quick]
+def plot(result: dict, path: str) -> None:
+    """Log-log step time against width per family (alone: solid, in GPT-2: dashed).
+
+    Skipped configurations are drawn as hollow markers at their estimate.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, fam in enumerate(result["families"]):
+        color = f"C{i}"
+        for table, style, tag in ((result["alone_s"], "-", "alone"), (result["model_s"], "--", "GPT-2")):
+            pts = sorted((int(w), t[fam]) for w, t in table.items() if fam in t)
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", color=color, label=f"{fam} ({tag})")
+        est = sorted((int(k.split("/")[2]), v["estimated_s"]) for k, v in result["skipped"].items()
+                     if k.startswith(f"alone/{fam}/") and v.get("estimated_s"))
+        if est:
+            ax.plot(*zip(*est), linestyle="none", marker="o", mfc="none", color=color)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width d")
+    ax.set_ylabel("seconds per fwd+bwd step (batch %d)" % result["config"]["batch"])
+    ax.set_title("DII step cost by width (hollow: estimated, skipped)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_dii [--quick] [--plot PNG] [--from JSON]
     import json
     import sys
 
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+    args = sys.argv[1:]
+    if "--from" in args:  # re-plot a saved result without re-running
+        with open(args[args.index("--from") + 1]) as f:
+            res = json.load(f)
+    else:
+        res = run(quick="--quick" in args)
+        print(json.dumps(res, indent=2))
+    if "--plot" in args:
+        plot(res, args[args.index("--plot") + 1])

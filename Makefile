@@ -18,7 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -186,69 +186,127 @@ def resolve(config: SearchConfig):
     return task, spec, model, cells
 
 
-def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str, save_dir: str | None = None) -> dict[str, Any]:
-    """Train and score one cell (and its controls). Safe to run in any process.
+RANDOM_MODEL_SEED = 10_000
 
-    With ``save_dir``, a learned RoAd basis (families road/butterfly) is saved to
-    ``save_dir/cells/<family>-L<layer>-<component>-<position>-s<size>-seed<seed>/`` for
-    the angle figures; the results row is the only thing the store trusts.
+
+def get_random_model(spec: str):
+    """The random-init control: one freshly initialised copy of the model per search
+    (seed ``RANDOM_MODEL_SEED``), so a cell's seeds differ only in DII init and data, as
+    in the main run, and can share a batched forward."""
+    key = f"{spec}#random{RANDOM_MODEL_SEED}"
+    if key not in _MODELS:
+        _MODELS[key] = randomized_copy(get_model(spec), seed=RANDOM_MODEL_SEED)
+    return _MODELS[key]
+
+
+def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched: bool):
+    if batched and len(configs) > 1:
+        from roadinterp.batched import train_dii_batched
+
+        return train_dii_batched(model, task, site, configs, data=data)
+    return [train_dii(model, task, site, config=c, data=d) for c, d in zip(configs, data)]
+
+
+def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: str, save_dir: str | None = None,
+              batched: bool = False) -> list[dict[str, Any]]:
+    """Train and score cells that differ only in seed (and their controls); one row each.
+
+    Safe to run in any process. With ``batched`` the seeds of the RoAd families share
+    one forward per step (:mod:`roadinterp.batched`; IIA equal to one-at-a-time within
+    float summation order). With ``save_dir``, each learned RoAd basis is saved to
+    ``save_dir/cells/<slug>/`` for the angle figures; the store's rows are the results.
     """
     from roadinterp.tasks import get_task
 
     config = SearchConfig.from_json(config_json)
     task = get_task(config.task)
     model = get_model(model_spec)
+    site = cells[0].site
+    if any(c.site != site or (c.family, c.size) != (cells[0].family, cells[0].size) for c in cells):
+        raise ConfigError("run_cells needs cells that differ only in seed")
     t0 = time.perf_counter()
-    dii = config.dii(cell.family, cell.size, cell.seed)
-    data = make_data(task, dii)
-    main = train_dii(model, task, cell.site, config=dii, data=data)
-    row = {"task": task.name, "model": model_spec, **main.row()}
-    if save_dir is not None:
-        from roadinterp import io
+    configs = [config.dii(c.family, c.size, c.seed) for c in cells]
+    data = [make_data(task, d) for d in configs]
+    mains = _train_many(model, task, site, configs, data, batched)
+    rows = []
+    for cell, main in zip(cells, mains):
+        row = {"task": task.name, "model": model_spec, **main.row()}
+        row.pop("hypothesis", None)
+        row.update(iia_random_model=None, iia_rival=None, rival=None)
+        rows.append(row)
+        if save_dir is not None:
+            from roadinterp import io
 
-        saveable = [iv for iv in main.interventions if hasattr(iv, "to_state")]
-        if saveable:
-            io.save(saveable[0], Path(save_dir) / "cells" / cell.slug)
-    row.pop("hypothesis", None)
-    row["iia_random_model"] = None
-    row["iia_rival"] = None
-    row["rival"] = None
+            saveable = [iv for iv in main.interventions if hasattr(iv, "to_state")]
+            if saveable:
+                io.save(saveable[0], Path(save_dir) / "cells" / cell.slug)
     if config.controls:
-        rnd = randomized_copy(model, seed=10_000 + cell.seed)
-        row["iia_random_model"] = train_dii(rnd, task, cell.site, config=dii, data=data).iia
+        rnd = _train_many(get_random_model(model_spec), task, site, configs, data, batched)
+        for row, r in zip(rows, rnd):
+            row["iia_random_model"] = r.iia
         if task.rivals:
             rival = next(iter(task.rivals))
-            rdii = config.dii(cell.family, cell.size, cell.seed, hypothesis=rival)
-            row["iia_rival"] = train_dii(model, task, cell.site, config=rdii).iia
-            row["rival"] = rival
-    row["seconds"] = time.perf_counter() - t0
-    return row
+            rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
+            rdata = [make_data(task, d) for d in rconfigs]
+            for row, r in zip(rows, _train_many(model, task, site, rconfigs, rdata, batched)):
+                row["iia_rival"], row["rival"] = r.iia, rival
+    per_cell = (time.perf_counter() - t0) / len(cells)
+    for row in rows:
+        row["seconds"] = per_cell
+    return rows
+
+
+def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str, save_dir: str | None = None) -> dict[str, Any]:
+    """One cell with its controls (see :func:`run_cells`)."""
+    return run_cells(config_json, [cell], model_spec, save_dir)[0]
+
+
+def group_cells(cells: Sequence[Cell], batched: bool) -> list[list[Cell]]:
+    """Units of work: one cell each, or with ``batched`` all seeds of a batchable cell together."""
+    if not batched:
+        return [[c] for c in cells]
+    from roadinterp.batched import supports_batched
+
+    groups: dict[tuple, list[Cell]] = {}
+    out: list[list[Cell]] = []
+    for c in cells:
+        if not supports_batched(c.family):
+            out.append([c])
+            continue
+        key = (c.family, c.layer, c.component, c.position, c.size)
+        if key not in groups:
+            groups[key] = []
+            out.append(groups[key])
+        groups[key].append(c)
+    return out
 
 
 # -------------------------------------------------------------- executors
-def _run_local(config_json, cells, spec, on_row, workers: int = 1, save_dir=None):
-    if workers <= 1 or len(cells) <= 1:
-        for cell in cells:
-            on_row(cell, run_cell(config_json, cell, spec, save_dir))
+def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False):
+    if workers <= 1 or len(groups) <= 1:
+        for group in groups:
+            for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched)):
+                on_row(cell, row)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_cell, config_json, c, spec, save_dir): c for c in cells}
+        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched): g for g in groups}
         try:
             while futures:
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    on_row(futures.pop(fut), fut.result())
+                    for cell, row in zip(futures.pop(fut), fut.result()):
+                        on_row(cell, row)
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
 
 
-def _run_ray(config_json, cells, spec, on_row, address=None, save_dir=None):
+def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False):
     try:
         import ray
     except ImportError:
@@ -259,13 +317,13 @@ def _run_ray(config_json, cells, spec, on_row, address=None, save_dir=None):
                  **({} if address else {"num_cpus": None}))
         started = True
     try:
-        remote = ray.remote(num_cpus=1)(run_cell)
-        pending = {remote.remote(config_json, c, spec, save_dir): c for c in cells}
+        remote = ray.remote(num_cpus=1)(run_cells)
+        pending = {remote.remote(config_json, g, spec, save_dir, batched): g for g in groups}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                cell = pending.pop(ref)
-                on_row(cell, ray.get(ref))
+                for cell, row in zip(pending.pop(ref), ray.get(ref)):
+                    on_row(cell, row)
     except BaseException:
         for ref in list(pending):
             ray.cancel(ref, force=True)
@@ -278,11 +336,13 @@ def _run_ray(config_json, cells, spec, on_row, address=None, save_dir=None):
 def search(
     config: SearchConfig | None = None, *, out: str | None = None, resume: bool = False,
     overwrite: bool = False, executor: str = "local", ray_address: str | None = None, workers: int = 1,
-    on_cell: Callable[[Cell, dict, int, int], None] | None = None, **overrides,
+    batched: bool = False, on_cell: Callable[[Cell, dict, int, int], None] | None = None, **overrides,
 ) -> pd.DataFrame:
     """Run a search; return one row per cell. With ``out``, results are stored crash-safely.
 
     ``overrides`` are SearchConfig fields: ``search(task="hierarchical-equality", families=["das"])``.
+    ``batched`` trains the seeds of each RoAd-family cell in one batched forward; ``workers``
+    runs units of work in parallel processes (local executor).
     """
     base = asdict(config) if config else {}
     config = SearchConfig(**{**base, **overrides})
@@ -311,9 +371,9 @@ def search(
 
     try:
         if executor == "local":
-            _run_local(config_json, todo, spec, on_row, workers, out)
+            _run_local(config_json, group_cells(todo, batched), spec, on_row, workers, out, batched)
         else:
-            _run_ray(config_json, todo, spec, on_row, ray_address, out)
+            _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched)
     finally:
         if store:
             store.close()

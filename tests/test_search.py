@@ -189,3 +189,14 @@ def test_unwritable_out(tmp_path):
     r = subprocess.run([*CLI, "align", "--task", "hierarchical-equality", "--out", "/proc/x/run"], env=_env(),
                        capture_output=True, text=True)
     assert r.returncode == 2 and "cannot write to run directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_batched_search_matches_one_cell_at_a_time(tmp_path):
+    cfg = dict(SMALL_CFG, families=["butterfly", "neuron"], layers=[0], seeds=3, controls=True)
+    seq = search(**cfg)
+    bat = search(batched=True, **cfg)
+    a = seq.sort_values(["family", "seed"]).reset_index(drop=True)
+    b = bat.sort_values(["family", "seed"]).reset_index(drop=True)
+    assert list(a["key"]) == list(b["key"]) if "key" in a else True
+    for col in ("iia", "iia_random_model", "iia_rival"):
+        assert (a[col] - b[col]).abs().max() <= 0.02, (col, a[col].tolist(), b[col].tolist())

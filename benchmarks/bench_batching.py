@@ -56,8 +56,22 @@ def _peft_lora(model, names, targets, r):
     return pm.eval()
 
 
-def run(quick: bool = False) -> dict:
-    """Run the benchmark; return throughputs (tokens/s), ratios and the setup."""
+def run(quick: bool = False, threads: int | None = 1) -> dict:
+    """Run the benchmark; return throughputs (tokens/s), ratios and the setup.
+
+    ``threads=1`` (default): on a shared 2-core machine two torch threads stall in
+    small reductions (see bench_dii), which swamps the per-op costs measured here.
+    """
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(quick: bool) -> dict:
     cfg = QUICK if quick else FULL
     batch, prompt, new = cfg["batch"], cfg["prompt"], cfg["new"]
     base = _model(cfg)

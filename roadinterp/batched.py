@@ -19,7 +19,6 @@ back to one ``train_dii`` per config.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import asdict, replace
 from typing import Iterator, Sequence

@@ -27,7 +27,7 @@ from torch import nn
 from roadinterp.adapter import RoadAdapter
 from roadinterp.errors import ConfigError, RoadinterpError, ShapeError
 from roadinterp.road import rotation as rot
-from roadinterp.road.bank import bank_tables
+from roadinterp.road.bank import bank_tables, check_adapter_ids
 from roadinterp.road.merge import merge_into_linear, unmerge_from_linear
 
 __all__ = [
@@ -131,10 +131,7 @@ class RoadLinear(nn.Module):
         grad = torch.is_grad_enabled() and (self.theta.requires_grad or self.alpha.requires_grad)
         key = (self.theta._version, self.alpha._version, self.theta.device)
         if grad or self._tables is None or self._tables_key != key:
-            c1, c2 = bank_tables(self.theta, self.alpha, self.variant, self.group_size)
-            if self.element_mask is not None:
-                full = torch.ones_like(self.element_mask[:1])
-                c1, c2 = rot.masked_coefficients(c1, c2, torch.cat([self.element_mask, full]))
+            c1, c2 = bank_tables(self.theta, self.alpha, self.variant, self.group_size, self.element_mask)
             tables = (c1, c2 * self._sign.to(c2.dtype))
             if grad:
                 return tables
@@ -145,13 +142,7 @@ class RoadLinear(nn.Module):
     def set_adapter_ids(self, ids: torch.Tensor | None) -> None:
         """Per-sample adapter indices ``[batch]`` (-1 = none); ``None`` = back to ``active``."""
         if ids is not None:
-            ids = torch.as_tensor(ids, dtype=torch.long, device=self.theta.device)
-            if ids.dim() != 1:
-                raise ShapeError(f"adapter_ids must be 1-D [batch], got shape {tuple(ids.shape)}")
-            if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= self.n_adapters):
-                raise ConfigError(
-                    f"adapter_ids must be in -1..{self.n_adapters - 1} (-1 = no adapter), got {ids.tolist()}"
-                )
+            ids = check_adapter_ids(ids, self.n_adapters, self.theta.device)
             if self.merged is not None:
                 raise ConfigError("per-sample adapter ids need an unmerged layer; call roadinterp.linear.unmerge first")
         self._ids = ids

@@ -26,7 +26,7 @@ into banks and evaluated with one batched matmul per block, no loop over adapter
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import torch

@@ -34,7 +34,7 @@ from torch import nn
 from roadinterp.adapter import RoadAdapter
 from roadinterp.errors import ConfigError, ShapeError, SiteError
 from roadinterp.road import rotation as rot
-from roadinterp.road.bank import bank_tables
+from roadinterp.road.bank import bank_tables, check_adapter_ids
 from roadinterp.sites import Site, validate_site
 
 __all__ = ["BatchedAdapterLayer", "RoadSiteBank", "batched_layers", "forward", "generate", "serving"]
@@ -100,23 +100,13 @@ class RoadSiteBank(nn.Module):
         return self.theta.shape[0]
 
     def tables(self):
-        if self._tables is None:
-            c1, c2 = bank_tables(self.theta, self.alpha, self.variant, self.group_size)  # [n + 1, d]
-            if self.element_mask is not None:
-                full = torch.ones_like(self.element_mask[:1])
-                c1, c2 = rot.masked_coefficients(c1, c2, torch.cat([self.element_mask, full]))
-            self._tables = (c1, c2)
+        if self._tables is None:  # [n + 1, d]
+            self._tables = bank_tables(self.theta, self.alpha, self.variant, self.group_size, self.element_mask)
         return self._tables
 
     def set_adapter_ids(self, ids: torch.Tensor | None) -> None:
         if ids is not None:
-            ids = torch.as_tensor(ids, dtype=torch.long, device=self.theta.device)
-            if ids.dim() != 1:
-                raise ShapeError(f"adapter_ids must be 1-D [batch], got shape {tuple(ids.shape)}")
-            if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= self.n_adapters):
-                raise ConfigError(
-                    f"adapter_ids must be in -1..{self.n_adapters - 1} (-1 = no adapter), got {ids.tolist()}"
-                )
+            ids = check_adapter_ids(ids, self.n_adapters, self.theta.device)
         self._ids, self._rows = ids, None
 
     def reset_cache(self) -> None:

@@ -10,7 +10,6 @@ from roadinterp.batched import (
     train_dii_batched,
 )
 from roadinterp.errors import ConfigError, ShapeError
-from roadinterp.interventions import get_family
 from roadinterp.interventions.road import RoadInterchange
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task

@@ -12,30 +12,39 @@ from __future__ import annotations
 import torch
 
 from roadinterp.errors import ConfigError, ShapeError
-from roadinterp.road.rotation import apply, coefficients
+from roadinterp.road.rotation import apply, coefficients, masked_coefficients
 
 
 def bank_tables(
-    thetas: torch.Tensor, alphas: torch.Tensor, variant: str, group_size: int
+    thetas: torch.Tensor, alphas: torch.Tensor, variant: str, group_size: int,
+    element_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coefficient tables with an identity row appended at the end.
 
     ``thetas``/``alphas``: ``[n_adapters, n_params]`` -> ``c1``, ``c2``: ``[n_adapters + 1, d]``.
-    Index ``-1`` therefore selects the identity row.
+    Index ``-1`` therefore selects the identity row. ``element_mask`` (``[n_adapters, d]``
+    bool) makes each adapter the identity outside its subspace.
     """
     c1, c2 = coefficients(thetas, alphas, variant, group_size)
+    if element_mask is not None:
+        c1, c2 = masked_coefficients(c1, c2, element_mask)
     ones = torch.ones_like(c1[:1])
     return torch.cat([c1, ones]), torch.cat([c2, torch.zeros_like(ones)])
 
 
+def check_adapter_ids(ids, n_adapters: int, device=None) -> torch.Tensor:
+    """Validate per-sample adapter ids (``-1`` = no adapter); return a LongTensor ``[batch]``."""
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device)
+    if ids.dim() != 1:
+        raise ShapeError(f"adapter_ids must be 1-D [batch], got shape {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= n_adapters):
+        raise ConfigError(f"adapter_ids must be in -1..{n_adapters - 1} (-1 = no adapter), got {ids.tolist()}")
+    return ids
+
+
 def gather_rows(c1: torch.Tensor, c2: torch.Tensor, adapter_ids: torch.Tensor):
     """Per-sample coefficients ``[batch, d]`` for ``adapter_ids`` (``-1`` = identity row)."""
-    n = c1.shape[0] - 1
-    ids = torch.as_tensor(adapter_ids, device=c1.device).long()
-    if ids.dim() != 1:
-        raise ShapeError(f"adapter_ids must be a 1-D list of ints, got shape {tuple(ids.shape)}")
-    if ids.numel() and (ids.min() < -1 or ids.max() >= n):
-        raise ConfigError(f"adapter_ids must be in -1..{n - 1} (-1 = no adapter), got {ids.tolist()}")
+    ids = check_adapter_ids(adapter_ids, c1.shape[0] - 1, c1.device)
     return c1[ids], c2[ids]
 
 

@@ -282,6 +282,18 @@ def group_cells(cells: Sequence[Cell], batched: bool) -> list[list[Cell]]:
 
 
 # -------------------------------------------------------------- executors
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux, a worker gets SIGKILL when the search process dies, so a
+    killed run leaves no orphaned trainers behind (finished cells are already stored)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False):
     if workers <= 1 or len(groups) <= 1:
         for group in groups:
@@ -292,7 +304,8 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
         futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched): g for g in groups}
         try:
             while futures:

@@ -30,6 +30,23 @@ def _env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _started_after(pid: int, t: float) -> bool:
+    """Did process ``pid`` start after wall time ``t``? (/proc: boot time + start ticks)"""
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))
+        return btime + start_ticks / os.sysconf("SC_CLK_TCK") >= t - 1
+    except (OSError, IndexError, ValueError, StopIteration):
+        return False
+
+
 def _cmp(a: pd.DataFrame, b: pd.DataFrame):
     a = a[COMPARE].sort_values(["family", "layer", "seed"]).reset_index(drop=True)
     b = b[COMPARE].sort_values(["family", "layer", "seed"]).reset_index(drop=True)
@@ -107,6 +124,7 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
     assert len(ref) == 8
 
     run = tmp_path / "killed"
+    started = time.time()
     proc = subprocess.Popen([*CLI, "align", *SMALL, "--out", str(run)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = run / "results.db"
@@ -126,6 +144,10 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
     assert proc.poll() is None, "run finished before it could be killed; make it larger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # its worker processes die with it (no orphaned trainers left running)
+    time.sleep(1.0)
+    orphans = subprocess.run(["pgrep", "-f", "spawn_main"], capture_output=True, text=True).stdout.split()
+    assert not [p for p in orphans if _ppid(int(p)) == 1 and _started_after(int(p), started)], orphans
     _, partial = read_run(run)
     assert 2 <= len(partial) < 8
     # without --resume the directory is refused (finished work is not silently discarded)

@@ -133,3 +133,40 @@ class RoadAdapter(nn.Module):
     def extra_repr(self) -> str:
         nb = "all" if self.blocks is None else len(self.blocks)
         return f"placement={self.placement}, variant={self.variant}, targets={len(self.targets)}, blocks={nb}"
+
+
+def stack_bank(bank: Mapping[str, "RoadAdapter"], target: str, width: int):
+    """Stack the adapters of a bank at one target for a batched layer.
+
+    Returns ``(variant, group_size, thetas [n, n_params], alphas [n, n_params],
+    element_mask [n, d] or None)``; an adapter without this target contributes the
+    identity. All adapters at a target must share width, variant and group size.
+    """
+    variant = group_size = None
+    for name, a in bank.items():
+        if target not in a.targets:
+            continue
+        r = a.rotation(target)
+        if r.dim != width:
+            raise ShapeError(f"adapter {name!r} is {r.dim} wide at {target!r} but the model is {width} wide there")
+        if variant is None:
+            variant, group_size = r.variant, r.group_size
+        elif (r.variant, r.group_size) != (variant, group_size):
+            raise ConfigError(
+                f"adapters in one bank must share variant and group_size at {target!r}: "
+                f"{name!r} has ({r.variant}, {r.group_size}), others ({variant}, {group_size})"
+            )
+    if variant is None:
+        raise ConfigError(f"no adapter of the bank targets {target!r}")
+    thetas, alphas, masks = [], [], []
+    for a in bank.values():
+        if target in a.targets:
+            r = a.rotation(target)
+            theta, alpha, mask = r.theta.detach(), r.alpha.detach(), r.spec.element_mask()
+        else:
+            (theta, alpha), mask = rot.identity_params(width, variant), None
+        thetas.append(theta.float().cpu())
+        alphas.append(alpha.float().cpu())
+        masks.append(torch.ones(width, dtype=torch.bool) if mask is None else mask)
+    mask = torch.stack(masks)
+    return variant, group_size, torch.stack(thetas), torch.stack(alphas), None if bool(mask.all()) else mask

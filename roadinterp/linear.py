@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapter import RoadAdapter, stack_bank
 from roadinterp.errors import ConfigError, RoadinterpError, ShapeError
 from roadinterp.road import rotation as rot
 from roadinterp.road.bank import bank_tables, check_adapter_ids
@@ -360,36 +360,10 @@ def apply_road(
         except AttributeError:
             raise ConfigError(f"model {type(model).__name__} has no module {path!r}") from None
         dim = _out_features(base)
-        variant = group_size = None
-        thetas, alphas, masks = [], [], []
-        for name, a in bank.items():
-            if path not in a.targets:
-                continue
-            r = a.rotation(path)
-            if r.dim != dim:
-                raise ShapeError(f"adapter {name!r} is {r.dim} wide at {path!r} but the layer outputs {dim}")
-            if variant is None:
-                variant, group_size = r.variant, r.group_size
-            elif (r.variant, r.group_size) != (variant, group_size):
-                raise ConfigError(
-                    f"adapters in one bank must share variant and group_size at {path!r}: "
-                    f"{name!r} has ({r.variant}, {r.group_size}), others ({variant}, {group_size})"
-                )
-        for name, a in bank.items():
-            if path in a.targets:
-                r = a.rotation(path)
-                theta, alpha = r.theta.detach(), r.alpha.detach()
-                mask = r.spec.element_mask()
-            else:
-                theta, alpha = rot.identity_params(dim, variant)
-                mask = None
-            thetas.append(theta.float().cpu())
-            alphas.append(alpha.float().cpu())
-            masks.append(torch.ones(dim, dtype=torch.bool) if mask is None else mask)
-        mask = torch.stack(masks)
+        variant, group_size, thetas, alphas, mask = stack_bank(bank, path, dim)
         layer = RoadLinear(
-            base, torch.stack(thetas), torch.stack(alphas), variant=variant, group_size=group_size, names=names,
-            element_mask=None if bool(mask.all()) else mask, active=active,
+            base, thetas, alphas, variant=variant, group_size=group_size, names=names, element_mask=mask,
+            active=active,
         ).to(base.weight.device)
         _set_submodule(model, path, layer)
         layers[path] = layer

@@ -31,7 +31,7 @@ from typing import Iterator, Mapping, Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapter import RoadAdapter, stack_bank
 from roadinterp.errors import ConfigError, ShapeError, SiteError
 from roadinterp.road import rotation as rot
 from roadinterp.road.bank import bank_tables, check_adapter_ids
@@ -166,36 +166,10 @@ def _site_banks(model: nn.Module, bank: Mapping[str, RoadAdapter]) -> Iterator[l
             site = Site.from_key(key)
             module, hook_type = _site_module(model, site)
             width = validate_site(model, site)
-            variant = group_size = None
-            for name, a in bank.items():
-                if key in a.targets:
-                    r = a.rotation(key)
-                    if r.dim != width:
-                        raise ShapeError(f"adapter {name!r} is {r.dim} wide at {key} but the site is {width} wide")
-                    if variant is None:
-                        variant, group_size = r.variant, r.group_size
-                    elif (r.variant, r.group_size) != (variant, group_size):
-                        raise ConfigError(
-                            f"adapters in one bank must share variant and group_size at site {key}: "
-                            f"{name!r} has ({r.variant}, {r.group_size}), others ({variant}, {group_size})"
-                        )
-            thetas, alphas, masks = [], [], []
-            for a in bank.values():
-                if key in a.targets:
-                    r = a.rotation(key)
-                    thetas.append(r.theta.detach())
-                    alphas.append(r.alpha.detach())
-                    m = r.spec.element_mask()
-                else:
-                    t, al = rot.identity_params(width, variant)
-                    thetas.append(t)
-                    alphas.append(al)
-                    m = None
-                masks.append(torch.ones(width, dtype=torch.bool) if m is None else m)
-            mask = torch.stack(masks)
+            variant, group_size, thetas, alphas, mask = stack_bank(bank, key, width)
             device = next(model.parameters()).device
-            sb = RoadSiteBank(site, torch.stack(thetas), torch.stack(alphas), variant=variant, group_size=group_size,
-                              element_mask=None if bool(mask.all()) else mask).to(device)
+            sb = RoadSiteBank(site, thetas, alphas, variant=variant, group_size=group_size,
+                              element_mask=mask).to(device)
             if hook_type == "register_forward_hook":
                 handles.append(module.register_forward_hook(sb.output_hook))
             else:

@@ -19,6 +19,7 @@ independent, so executors can run them anywhere: ``local`` (this process) or
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
@@ -282,9 +283,15 @@ def group_cells(cells: Sequence[Cell], batched: bool) -> list[list[Cell]]:
 
 
 # -------------------------------------------------------------- executors
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Pool initializer: on Linux, a worker gets SIGKILL when the search process dies, so a
-    killed run leaves no orphaned trainers behind (finished cells are already stored)."""
+    killed run leaves no orphaned trainers behind (finished cells are already stored).
+
+    A spawned worker imports roadinterp before this runs; if the parent died meanwhile
+    the signal would never come, so check the parent is still ours after arming it.
+    """
+    import os
+
     try:
         import ctypes
         import signal
@@ -292,6 +299,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False):
@@ -305,7 +314,7 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
 
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_die_with_parent) as pool:
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched): g for g in groups}
         try:
             while futures:

@@ -49,13 +49,16 @@ class RoadAdapter(nn.Module):
         self.blocks = None if blocks is None else [int(b) for b in blocks]
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.rotations = nn.ModuleDict()
-        self._group_sizes = {}
         for key, dim in self.targets.items():
             g = group_size if group_size is not None and dim % group_size == 0 else rot.largest_group_size(dim)
             if group_size is not None and group_size > dim:
                 g = rot.largest_group_size(dim)
-            self._group_sizes[key] = g
             self.rotations[_safe(key)] = RoadRotation(dim, variant, g, blocks=self.blocks, init=init, generator=gen)
+
+    @property
+    def group_sizes(self) -> dict[str, int]:
+        """Pair layout of each target (derived from the maps, never stored twice)."""
+        return {k: r.group_size for k, r in self.items()}
 
     def rotation(self, target: str) -> RoadRotation:
         if target not in self.targets:
@@ -88,7 +91,7 @@ class RoadAdapter(nn.Module):
     def to_state(self):
         config = {
             "placement": self.placement, "variant": self.variant, "blocks": self.blocks,
-            "targets": self.targets, "group_sizes": self._group_sizes, "meta": self.meta,
+            "targets": self.targets, "group_sizes": self.group_sizes, "meta": self.meta,
         }
         tensors = {}
         for key, r in self.items():

@@ -83,23 +83,10 @@ def restrict(adapter: RoadAdapter, blocks: Sequence[int], *, meta: Mapping | Non
         keep = rot.block_param_mask(torch.tensor(config["blocks"], dtype=torch.long), r.dim, r.variant, r.group_size)
         tensors[f"{key}.theta"] = torch.where(keep, r.theta.detach(), torch.zeros_like(r.theta))
         tensors[f"{key}.alpha"] = torch.where(keep, r.alpha.detach(), torch.ones_like(r.alpha))
-    return _from_state(config, tensors)
+    return RoadAdapter.from_state(config, tensors)
 
 
 # -------------------------------------------------------------------- compose
-def _group_sizes(adapter: RoadAdapter) -> dict[str, int]:
-    return {k: r.group_size for k, r in adapter.items()}
-
-
-def _from_state(config, tensors) -> RoadAdapter:
-    # RoadAdapter.from_state rebuilds rotations whose group size differs from the
-    # constructor's default but leaves ``_group_sizes`` stale; keep it in sync so a
-    # saved composed adapter records the real layout.
-    ad = RoadAdapter.from_state(config, tensors)
-    ad._group_sizes = _group_sizes(ad)
-    return ad
-
-
 def _check_compatible(adapters: Mapping[str, RoadAdapter]) -> None:
     names = list(adapters)
     first = adapters[names[0]]
@@ -116,9 +103,9 @@ def _check_compatible(adapters: Mapping[str, RoadAdapter]) -> None:
         if a.targets != first.targets:
             raise ShapeError(f"adapters {names[0]!r} and {n!r} act on different targets or widths: "
                              f"{first.targets} vs {a.targets}")
-        if _group_sizes(a) != _group_sizes(first):
+        if a.group_sizes != first.group_sizes:
             raise ShapeError(f"adapters {names[0]!r} and {n!r} use different group sizes: "
-                             f"{_group_sizes(first)} vs {_group_sizes(a)}")
+                             f"{first.group_sizes} vs {a.group_sizes}")
 
 
 def compose(
@@ -187,7 +174,7 @@ def compose(
             theta = torch.where(has, tsum / count.clamp(min=1), theta)
             alpha = torch.where(has, asum / count.clamp(min=1), alpha)
         tensors[f"{key}.theta"], tensors[f"{key}.alpha"] = theta, alpha
-    return _from_state(config, tensors)
+    return RoadAdapter.from_state(config, tensors)
 
 
 # ------------------------------------------------------------------ attaching

@@ -117,3 +117,14 @@ def test_pickle_detection_does_not_flag_safetensors(tmp_path):
     assert rio._looks_pickled(p)
     torch.save({"a": torch.ones(2)}, tmp_path / "t.pt")
     assert rio._looks_pickled(tmp_path / "t.pt")
+
+
+def test_group_sizes_survive_round_trip_and_scaling(tmp_path):
+    a = _adapter()  # group_size 8 at width 16 (not the constructor's fallback)
+    assert a.group_sizes == {k: 8 for k in a.targets}
+    rio.save(a, tmp_path / "ad")
+    b = rio.load(tmp_path / "ad")
+    assert b.group_sizes == a.group_sizes
+    assert b.scaled(0.5).group_sizes == a.group_sizes
+    rio.save(b.scaled(0.5), tmp_path / "ad2")
+    assert rio.load(tmp_path / "ad2").group_sizes == a.group_sizes

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,9 @@ from roadinterp.interventions.loreft import LoreftAdapter, concat_loreft  # noqa
 from roadinterp.sites import validate_site  # noqa: E402
 from roadinterp.tasks import behaviour_data  # noqa: E402
 from roadinterp.train import train_adapter  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_md import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "zoo:behaviour-base-gpt2"
@@ -109,18 +111,6 @@ def lambda_sweep(model, road, lams, n_test, seed):
     return pd.DataFrame(rows).set_index("lambda (format)")
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Results\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"(?ms)^{re.escape(SECTION)}\n.*?(?=^## |\Z)")
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
@@ -173,7 +163,7 @@ lambda 0 is exactly `op only`, lambda 1 the plain composition:
 
 {to_md(mean_table(sweeps), "lambda (format)")}
 """
-    write_section(Path(a.out), body)
+    write_section(Path(a.out), SECTION, body)
     print(body)
     return 0
 

@@ -295,6 +295,6 @@ def test_experiment_quick_writes_its_table(tmp_path):
         import composition
     finally:
         sys.path.pop(0)
-    composition.write_section(out, "new body")
+    composition.write_section(out, composition.SECTION, "new body")
     text = out.read_text()
     assert text.count("## Composition") == 1 and "new body" in text and "## Other\n\nkept" in text

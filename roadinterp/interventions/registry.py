@@ -78,7 +78,7 @@ def _neuron(dim, sizes, seed=None, **_):
 
 def _road_like(family):
     def build(dim, sizes, seed=None, variant="road_1", init="random", n_layers=None, depth=None, **_):
-        if depth is None:  # one butterfly factor cannot reach DAS-quality bases (docs/results.md)
+        if depth is None:  # two factors: best mean IIA in experiments/butterfly_depth.py
             depth = 2 if family == "butterfly" else 1
         iv = RoadInterchange(dim, family=family, variant=variant, init=init, seed=seed, n_layers=n_layers,
                              depth=depth)

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results_md import write_section  # noqa: E402
+from render_run import summary_table  # noqa: E402
 
 import roadinterp as ri  # noqa: E402
 
@@ -34,7 +35,6 @@ def command(args) -> str:
 
 
 def render(table, args) -> str:
-    s = ri.summarize(table)
     lines = [
         f"Command: `{command(args)}` (then `python experiments/alignment_hierarchical_equality.py "
         f"--run {args.run} --out {args.out}` renders this section from the run's results).",
@@ -46,18 +46,8 @@ def render(table, args) -> str:
         "seen in training; controls: the same cell trained on a randomly initialised copy of the model, "
         "and on the rival hypothesis (the site encodes the identity of w).",
         "",
-        "| family | layer | seeds | IIA mean ± std | range | random-init model | rival hypothesis |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for _, r in s.sort_values(["layer", "iia_mean"], ascending=[True, False]).iterrows():
-        lines.append(
-            f"| {r['family']} | {r['layer']} | {int(r['n_seeds'])} | {r['iia_mean']:.3f} ± {r['iia_std']:.3f} | "
-            f"{r['iia_min']:.3f}–{r['iia_max']:.3f} | {r.get('iia_random_model_mean', float('nan')):.3f} | "
-            f"{r.get('iia_rival_mean', float('nan')):.3f} |"
-        )
-    best = ri.best_alignment(table)
-    lines += ["", f"Best alignment by mean: **{best['family']} at layer {best['layer']}**, IIA "
-                  f"{best['iia_mean']:.3f} ± {best['iia_std']:.3f} over {int(best['n_seeds'])} seeds."]
+    lines += summary_table(table)
     return "\n".join(lines)
 
 

@@ -1,0 +1,59 @@
+"""Render an align run's summary (mean ± std over seeds, range, controls) as a results.md section.
+
+    python experiments/render_run.py runs/interval --heading "## Alignment: interval" \
+        --command "roadinterp align --task interval ..." --out docs/results.md
+
+Every number in the section comes from the run directory's results store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results_md import write_section  # noqa: E402
+
+import roadinterp as ri  # noqa: E402
+from roadinterp.store import read_run  # noqa: E402
+
+
+def summary_table(table) -> list[str]:
+    s = ri.summarize(table)
+    lines = ["| family | layer | position | size | seeds | IIA mean ± std | range | random-init model | rival hypothesis |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in s.sort_values(["layer", "position", "iia_mean"], ascending=[True, True, False]).iterrows():
+        lines.append(
+            f"| {r['family']} | {r['layer']} | {r['position']} | {r['size']} | {int(r['n_seeds'])} | "
+            f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f} | {r['iia_min']:.3f}–{r['iia_max']:.3f} | "
+            f"{r.get('iia_random_model_mean', float('nan')):.3f} | {r.get('iia_rival_mean', float('nan')):.3f} |"
+        )
+    best = ri.best_alignment(table)
+    lines += ["", f"Best alignment by mean: **{best['family']} at layer {best['layer']} {best['component']}@"
+                  f"{best['position']}**, IIA {best['iia_mean']:.3f} ± {best['iia_std']:.3f} over "
+                  f"{int(best['n_seeds'])} seeds."]
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="run directory written by roadinterp align")
+    ap.add_argument("--heading", required=True, help="section heading, starting with '## '")
+    ap.add_argument("--command", required=True, help="the command that produced the run")
+    ap.add_argument("--intro", default="", help="a sentence or two of context")
+    ap.add_argument("--out", default="docs/results.md")
+    a = ap.parse_args(argv)
+    config, table = read_run(a.run)
+    body = [f"Command: `{a.command}`; rendered by `python experiments/render_run.py {a.run} ...`.", ""]
+    if a.intro:
+        body += [a.intro, ""]
+    body += summary_table(table)
+    write_section(a.out, a.heading, "\n".join(body))
+    print(f"wrote {a.heading!r} to {a.out} from {a.run} ({len(table)} cells)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section  # noqa: E402
 from render_run import summary_table  # noqa: E402
 
+from roadinterp.store import read_run  # noqa: E402
+
 import roadinterp as ri  # noqa: E402
 
 HEADING = "## Alignment: hierarchical equality (DAS reproduction)"
@@ -47,7 +49,7 @@ def render(table, args) -> str:
         "and on the rival hypothesis (the site encodes the identity of w).",
         "",
     ]
-    lines += summary_table(table)
+    lines += summary_table(table, read_run(args.run)[0])
     return "\n".join(lines)
 
 

@@ -20,18 +20,32 @@ import roadinterp as ri  # noqa: E402
 from roadinterp.store import read_run  # noqa: E402
 
 
-def summary_table(table) -> list[str]:
+def summary_table(table, config: dict | None = None) -> list[str]:
+    """Markdown rows; ``config`` (run.json) fills the no-op baseline for runs stored without it."""
     s = ri.summarize(table)
-    lines = ["| family | layer | position | size | seeds | IIA mean ± std | range | random-init model | rival hypothesis |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    if config is not None and ("iia_null_mean" not in s or "iia_rival_null_mean" not in s):
+        from roadinterp.search import SearchConfig, null_baseline
+        from roadinterp.tasks import get_task
+
+        cfg = SearchConfig.from_json(config)
+        s["iia_null_mean"] = null_baseline(cfg)
+        rivals = list(get_task(cfg.task).rivals)
+        s["iia_rival_null_mean"] = null_baseline(cfg, rivals[0]) if rivals else float("nan")
+    lines = ["| family | layer | position | size | seeds | IIA mean ± std | range | no-op baseline | "
+             "random-init model | rival hypothesis (its no-op) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.sort_values(["layer", "position", "iia_mean"], ascending=[True, True, False]).iterrows():
         lines.append(
             f"| {r['family']} | {r['layer']} | {r['position']} | {r['size']} | {int(r['n_seeds'])} | "
             f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f} | {r['iia_min']:.3f}–{r['iia_max']:.3f} | "
-            f"{r.get('iia_random_model_mean', float('nan')):.3f} | {r.get('iia_rival_mean', float('nan')):.3f} |"
+            f"{r.get('iia_null_mean', float('nan')):.3f} | "
+            f"{r.get('iia_random_model_mean', float('nan')):.3f} | {r.get('iia_rival_mean', float('nan')):.3f} "
+            f"({r.get('iia_rival_null_mean', float('nan')):.3f}) |"
         )
     best = ri.best_alignment(table)
-    lines += ["", f"Best alignment by mean: **{best['family']} at layer {best['layer']} {best['component']}@"
+    lines += ["", "No-op baseline: the IIA of an intervention that changes nothing (share of held-out "
+                  "counterfactuals whose label equals the base label); an alignment means something only "
+                  "well above it.", "", f"Best alignment by mean: **{best['family']} at layer {best['layer']} {best['component']}@"
                   f"{best['position']}**, IIA {best['iia_mean']:.3f} ± {best['iia_std']:.3f} over "
                   f"{int(best['n_seeds'])} seeds."]
     return lines
@@ -49,7 +63,7 @@ def main(argv=None) -> int:
     body = [f"Command: `{a.command}`; rendered by `python experiments/render_run.py {a.run} ...`.", ""]
     if a.intro:
         body += [a.intro, ""]
-    body += summary_table(table)
+    body += summary_table(table, config)
     write_section(a.out, a.heading, "\n".join(body))
     print(f"wrote {a.heading!r} to {a.out} from {a.run} ({len(table)} cells)")
     return 0

@@ -388,7 +388,8 @@ def _print_summary(console, summary, best, out) -> None:
     from rich.table import Table
 
     t = Table(title="alignment search: held-out IIA over seeds")
-    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "random-init", "rival"):
+    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "no-op", "random-init",
+                "rival"):
         t.add_column(col, no_wrap=True)
 
     def f(r, c):
@@ -398,7 +399,8 @@ def _print_summary(console, summary, best, out) -> None:
     for _, r in summary.iterrows():
         t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
                   str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
-                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "iia_random_model_mean"), f(r, "iia_rival_mean"))
+                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "iia_null_mean"), f(r, "iia_random_model_mean"),
+                  f(r, "iia_rival_mean"))
     console.print(t)
     if best:
         ctrl = ""
@@ -406,6 +408,8 @@ def _print_summary(console, summary, best, out) -> None:
             ctrl = f"; controls: random-init model {best['iia_random_model_mean']:.3f}"
         if best.get("iia_rival_mean") is not None:
             ctrl += f", rival hypothesis {best['iia_rival_mean']:.3f}"
+        if best.get("iia_null_mean") is not None:
+            ctrl += f", no-op baseline {best['iia_null_mean']:.3f}"
         console.print(
             f"best alignment (by mean over seeds): {best['family']} at layer {best['layer']} "
             f"{best['component']}@{best['position']} size {best['size']}: IIA {best['iia_mean']:.3f} ± "

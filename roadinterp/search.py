@@ -6,6 +6,9 @@ on, the same cell is also trained and scored
 
 * on a **randomly initialised copy** of the model (``iia_random_model``): an
   alignment that a random network also admits says nothing about the trained one;
+* against the **no-op baseline** (``iia_null``, always reported): the share of held-out
+  counterfactuals whose label equals the base input's label, i.e. the IIA of an
+  intervention that does nothing. IIA means something only well above it;
 * for the task's **rival hypothesis** (``iia_rival``): if a competing causal story
   aligns as well, the site does not single out the claimed variables.
 
@@ -230,10 +233,10 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     data = [make_data(task, d) for d in configs]
     mains = _train_many(model, task, site, configs, data, batched)
     rows = []
-    for cell, main in zip(cells, mains):
+    for cell, main, (_, test) in zip(cells, mains, data):
         row = {"task": task.name, "model": model_spec, **main.row()}
         row.pop("hypothesis", None)
-        row.update(iia_random_model=None, iia_rival=None, rival=None)
+        row.update(iia_random_model=None, iia_rival=None, rival=None, iia_null=null_iia(test))
         rows.append(row)
         if save_dir is not None:
             from roadinterp import io
@@ -249,12 +252,27 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
             rival = next(iter(task.rivals))
             rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
             rdata = [make_data(task, d) for d in rconfigs]
-            for row, r in zip(rows, _train_many(model, task, site, rconfigs, rdata, batched)):
-                row["iia_rival"], row["rival"] = r.iia, rival
+            for row, r, (_, rtest) in zip(rows, _train_many(model, task, site, rconfigs, rdata, batched), rdata):
+                row["iia_rival"], row["rival"], row["iia_rival_null"] = r.iia, rival, null_iia(rtest)
     per_cell = (time.perf_counter() - t0) / len(cells)
     for row in rows:
         row["seconds"] = per_cell
     return rows
+
+
+def null_iia(test) -> float:
+    """IIA of doing nothing: the share of counterfactuals whose label is the base label."""
+    return float((test.labels == test.base_labels).float().mean())
+
+
+def null_baseline(config: SearchConfig, hypothesis: str = "main") -> float:
+    """:func:`null_iia` of the held-out set a search scores on (for runs stored without it)."""
+    from roadinterp.tasks import get_task
+
+    d = config.dii(config.families[0], config.sizes[0], 0, hypothesis=hypothesis)
+    test = get_task(config.task).counterfactuals(d.n_test, split="test", seed=d.test_seed,
+                                                 hypothesis=hypothesis, mode=d.mode)
+    return null_iia(test)
 
 
 def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str, save_dir: str | None = None) -> dict[str, Any]:
@@ -408,7 +426,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         return table
     keys = ["family", "layer", "component", "position", "size"]
     agg = {"iia": ["mean", "std", "min", "max", "count"]}
-    for c in ("iia_random_model", "iia_rival"):
+    for c in ("iia_random_model", "iia_rival", "iia_null", "iia_rival_null"):
         if c in table and table[c].notna().any():
             agg[c] = ["mean", "max"]
     s = table.groupby(keys, sort=False).agg(agg)

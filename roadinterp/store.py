@@ -27,7 +27,7 @@ from roadinterp.errors import RunDirError
 
 RESULT_COLUMNS = [
     "task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
-    "iia_random_model", "iia_rival", "rival", "seconds",
+    "iia_random_model", "iia_rival", "rival", "seconds", "iia_null", "iia_rival_null",
 ]
 
 

@@ -90,6 +90,12 @@ def test_search_local_with_controls_and_summary(tmp_path):
     assert len(table) == 2
     assert table["iia_random_model"].notna().all() and table["iia_rival"].notna().all()
     assert (table["rival"] == "first-argument").all()
+    # no-op baselines: the IIA of an intervention that changes nothing, per hypothesis
+    from roadinterp.search import null_baseline
+
+    assert table["iia_null"].nunique() == 1 and 0.3 < table["iia_null"].iloc[0] < 0.7
+    assert table["iia_null"].iloc[0] == pytest.approx(null_baseline(SearchConfig(**cfg)))
+    assert table["iia_rival_null"].iloc[0] == pytest.approx(null_baseline(SearchConfig(**cfg), "first-argument"))
     s = summarize(table)
     assert s.loc[0, "n_seeds"] == 2
     assert s.loc[0, "iia_mean"] == pytest.approx(table["iia"].mean())

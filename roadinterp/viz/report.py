@@ -158,7 +158,10 @@ def _control_warnings(best: Mapping[str, Any], margin: float = 0.1) -> list[str]
 def _summary_html(summary: pd.DataFrame) -> str:
     has_rand = "iia_random_model_mean" in summary
     has_rival = "iia_rival_mean" in summary
+    has_null = "iia_null_mean" in summary
     header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"]
+    if has_null:
+        header.append("no-op baseline")
     if has_rand:
         header.append("random-init mean (max)")
     if has_rival:
@@ -167,6 +170,8 @@ def _summary_html(summary: pd.DataFrame) -> str:
     for _, r in summary.iterrows():
         row = [_label(r[k]) for k in _CELL_KEYS]
         row += [f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}", f"{r['iia_min']:.3f}–{r['iia_max']:.3f}", int(r["n_seeds"])]
+        if has_null:
+            row.append(_num(r["iia_null_mean"]))
         if has_rand:
             row.append(f"{_num(r['iia_random_model_mean'])} ({_num(r['iia_random_model_max'])})")
         if has_rival:

@@ -371,3 +371,19 @@ def test_report_partial_run_has_best_sentence_and_one_plotlyjs(tmp_path):
     assert "Best alignment: road at layer" in text and "random-init model 0.100" in text
     assert text.count(get_plotlyjs()[:200]) == 1
     assert text.count("Plotly.newPlot") == 2  # one layer x position map (one family) + size x family
+
+
+def test_control_warnings_compare_gains_over_each_hypothesis_no_op():
+    from roadinterp.viz.report import _control_warnings
+
+    best = {"iia_mean": 0.846, "iia_null_mean": 0.626, "iia_rival_mean": 0.818, "iia_rival_null_mean": 0.751,
+            "iia_random_model_mean": 0.50}
+    assert _control_warnings(best) == []  # rival gains +0.07, the claim +0.22
+    rival_wins = dict(best, iia_rival_null_mean=0.55)  # rival gains +0.27
+    assert any("rival hypothesis gains almost as much" in w for w in _control_warnings(rival_wins))
+    dead = dict(best, iia_mean=0.66)
+    assert any("barely above the no-op baseline" in w for w in _control_warnings(dead))
+    no_null = {"iia_mean": 0.846, "iia_rival_mean": 0.818}  # old runs: raw comparison
+    assert any("aligns almost as well" in w for w in _control_warnings(no_null))
+    rnd = dict(best, iia_random_model_mean=0.80)
+    assert any("randomly initialised" in w for w in _control_warnings(rnd))

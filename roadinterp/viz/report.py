@@ -136,7 +136,11 @@ def best_sentence(best: Mapping[str, Any]) -> str:
     if _finite(best.get("iia_random_model_mean")):
         ctrl.append(f"random-init model {best['iia_random_model_mean']:.3f}")
     if _finite(best.get("iia_rival_mean")):
-        ctrl.append(f"rival hypothesis {best['iia_rival_mean']:.3f}")
+        own = best.get("iia_rival_null_mean")
+        ctrl.append(f"rival hypothesis {best['iia_rival_mean']:.3f}"
+                    + (f" (its no-op baseline {own:.3f})" if _finite(own) else ""))
+    if _finite(best.get("iia_null_mean")):
+        ctrl.append(f"no-op baseline {best['iia_null_mean']:.3f}")
     s += f" Controls: {', '.join(ctrl)}." if ctrl else " No controls were run for this cell."
     return s
 
@@ -146,13 +150,53 @@ def _finite(v) -> bool:
 
 
 def _control_warnings(best: Mapping[str, Any], margin: float = 0.1) -> list[str]:
+    """Warnings when a control explains the best cell.
+
+    Hypotheses are compared by their gain over their *own* no-op baseline when it is known
+    (a rival whose labels rarely change scores a high raw IIA by doing nothing).
+    """
     out = []
-    for col, what in (("iia_random_model_mean", "a randomly initialised model"), ("iia_rival_mean", "the rival hypothesis")):
-        v = best.get(col)
-        if _finite(v) and v >= best["iia_mean"] - margin:
-            out.append(f"{what} aligns almost as well ({v:.3f} vs {best['iia_mean']:.3f}): "
+    iia, null = best["iia_mean"], best.get("iia_null_mean")
+    v = best.get("iia_random_model_mean")
+    if _finite(v) and v >= iia - margin:
+        out.append(f"a randomly initialised model aligns almost as well ({v:.3f} vs {iia:.3f}): "
+                   "this alignment does not single out the claimed variables.")
+    if _finite(null) and iia - null < margin:
+        out.append(f"the best cell is barely above the no-op baseline ({iia:.3f} vs {null:.3f}): "
+                   "the intervention hardly changes what the model does.")
+    v, own = best.get("iia_rival_mean"), best.get("iia_rival_null_mean")
+    if _finite(v):
+        if _finite(own) and _finite(null):
+            if v - own >= (iia - null) - margin:
+                out.append(f"the rival hypothesis gains almost as much over its no-op baseline "
+                           f"({v - own:+.3f} vs {iia - null:+.3f}): this alignment does not single out the "
+                           "claimed variables.")
+        elif v >= iia - margin:
+            out.append(f"the rival hypothesis aligns almost as well ({v:.3f} vs {iia:.3f}): "
                        "this alignment does not single out the claimed variables.")
     return out
+
+
+def _with_null_baselines(config: Mapping[str, Any], table: pd.DataFrame) -> pd.DataFrame:
+    """Fill the no-op baselines of runs stored before they were recorded (they depend only on
+    the task and the held-out set, both fixed by run.json)."""
+    from roadinterp.errors import RoadinterpError
+    from roadinterp.search import SearchConfig, null_baseline
+    from roadinterp.tasks import get_task
+
+    missing = [c for c in ("iia_null", "iia_rival_null") if c not in table or table[c].isna().all()]
+    if not missing or table.empty:
+        return table
+    try:
+        cfg = SearchConfig.from_json(dict(config))
+        table = table.copy()
+        if "iia_null" in missing:
+            table["iia_null"] = null_baseline(cfg)
+        if "iia_rival_null" in missing and table["iia_rival"].notna().any():
+            table["iia_rival_null"] = null_baseline(cfg, next(iter(get_task(cfg.task).rivals)))
+    except (RoadinterpError, StopIteration, TypeError, ValueError):
+        pass  # a config this roadinterp cannot rebuild: show what was stored
+    return table
 
 
 def _summary_html(summary: pd.DataFrame) -> str:
@@ -160,6 +204,7 @@ def _summary_html(summary: pd.DataFrame) -> str:
     has_rival = "iia_rival_mean" in summary
     has_null = "iia_null_mean" in summary
     header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"]
+    has_rival_null = "iia_rival_null_mean" in summary
     if has_null:
         header.append("no-op baseline")
     if has_rand:
@@ -175,7 +220,8 @@ def _summary_html(summary: pd.DataFrame) -> str:
         if has_rand:
             row.append(f"{_num(r['iia_random_model_mean'])} ({_num(r['iia_random_model_max'])})")
         if has_rival:
-            row.append(f"{_num(r['iia_rival_mean'])} ({_num(r['iia_rival_max'])})")
+            own = f"; no-op {_num(r['iia_rival_null_mean'])}" if has_rival_null else ""
+            row.append(f"{_num(r['iia_rival_mean'])} ({_num(r['iia_rival_max'])}{own})")
         rows.append(row)
     numeric = [False] * len(_CELL_KEYS) + [True] * (len(header) - len(_CELL_KEYS))
     return _table(header, rows, numeric=numeric, row_class=["best"] + [""] * (len(rows) - 1))
@@ -224,6 +270,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike) -> Pat
     else:
         from roadinterp.search import best_alignment, summarize
 
+        table = _with_null_baselines(config, table)
         summary = summarize(table)
         best = best_alignment(table)
         body.append("<h2>Best alignment</h2>")

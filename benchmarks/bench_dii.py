@@ -176,7 +176,7 @@ def _run(cfg: dict, quick: bool, families) -> dict:
                                                  "time bound on this machine (dense layers grow as d^2)"}
             continue
         gpt = _gpt2(d, cfg)
-        makers = {f: (lambda f=f: _model_step(f, gpt, d, cfg)) for f in families}
+        makers = {f: (lambda f=f, gpt=gpt: _model_step(f, gpt, d, cfg)) for f in families}
         timed, skip = _time_width(makers, cfg, hist_m, "model", d)
         model[str(d)] = {f: s["median_s"] for f, s in timed.items()}
         for f, why in skip.items():

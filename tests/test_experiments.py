@@ -34,3 +34,17 @@ def test_alignment_reproduction_quick(tmp_path):
     table = [l for l in text.splitlines() if l.startswith("| das |") or l.startswith("| butterfly |")]
     assert len(table) == 4  # 2 families x layers 0 and 2
     assert (run / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_composition_linear_quick(tmp_path):
+    out = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "composition_linear.py"), "--quick", "--out", str(out)],
+                   check=True, env=ENV, capture_output=True)
+    text = out.read_text()
+    assert text.count("## Composition on Linear outputs") == 1
+    for cond in ("base", "op only", "format only", "op+format"):
+        assert f"| {cond} |" in text
+    # the base model solves its own task and none of the behaviours
+    base_row = next(l for l in text.splitlines() if l.startswith("| base |"))
+    assert base_row.split("|")[2].strip().startswith("1.000")

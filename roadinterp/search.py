@@ -184,7 +184,7 @@ def resolve(config: SearchConfig):
         if sig not in checked:
             check_cell(model, task, cell.site, config.dii(cell.family, cell.size, 0))
             if isinstance(cell.position, str) and cell.position not in ("last", "all") and cell.position not in task.positions:
-                known = ["last", "all", *task.positions]
+                known = dict.fromkeys(["last", "all", *task.positions])
                 raise ConfigError(f"unknown position {cell.position!r} for task {task.name}; known: {', '.join(known)}")
             checked.add(sig)
     return task, spec, model, cells
@@ -273,11 +273,6 @@ def null_baseline(config: SearchConfig, hypothesis: str = "main") -> float:
     test = get_task(config.task).counterfactuals(d.n_test, split="test", seed=d.test_seed,
                                                  hypothesis=hypothesis, mode=d.mode)
     return null_iia(test)
-
-
-def run_cell(config_json: dict[str, Any], cell: Cell, model_spec: str, save_dir: str | None = None) -> dict[str, Any]:
-    """One cell with its controls (see :func:`run_cells`)."""
-    return run_cells(config_json, [cell], model_spec, save_dir)[0]
 
 
 def group_cells(cells: Sequence[Cell], batched: bool) -> list[list[Cell]]:

@@ -67,7 +67,7 @@ class Site:
             idx = list(range(seq_len))
         elif isinstance(p, str):
             if not named or p not in named:
-                known = ["last", "all", *(named or {})]
+                known = dict.fromkeys(["last", "all", *(named or {})])
                 raise SiteError(f"unknown position {p!r}; known positions: {', '.join(known)}")
             idx = [named[p]]
         elif isinstance(p, int):

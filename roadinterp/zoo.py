@@ -35,7 +35,12 @@ from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
 
 Arch = Literal["mlp", "gpt2", "llama"]
-ARCHS: tuple[str, ...] = ("mlp", "gpt2", "llama")
+_ARCH_CLASSES = {  # arch -> (config class, model class), imported on first use
+    "mlp": ("pyvene.models.mlp.modelings_mlp", "MLPConfig", "MLPForClassification"),
+    "gpt2": ("transformers", "GPT2Config", "GPT2LMHeadModel"),
+    "llama": ("transformers", "LlamaConfig", "LlamaForCausalLM"),
+}
+ARCHS: tuple[str, ...] = tuple(_ARCH_CLASSES)
 
 
 @dataclass
@@ -120,32 +125,22 @@ def zoo_meta(name: str) -> dict[str, Any]:
 
 
 # ----- building ---------------------------------------------------------------------------
+
+
+def _classes(arch: str):
+    import importlib
+
+    module, config_name, model_name = _ARCH_CLASSES[arch]
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, model_name)
+
+
 def _config_class(arch: str):
-    if arch == "mlp":
-        from pyvene.models.mlp.modelings_mlp import MLPConfig
-
-        return MLPConfig
-    if arch == "gpt2":
-        from transformers import GPT2Config
-
-        return GPT2Config
-    from transformers import LlamaConfig
-
-    return LlamaConfig
+    return _classes(arch)[0]
 
 
 def _model_class(arch: str):
-    if arch == "mlp":
-        from pyvene.models.mlp.modelings_mlp import MLPForClassification
-
-        return MLPForClassification
-    if arch == "gpt2":
-        from transformers import GPT2LMHeadModel
-
-        return GPT2LMHeadModel
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM
+    return _classes(arch)[1]
 
 
 def build_model(entry: ZooEntry) -> torch.nn.Module:

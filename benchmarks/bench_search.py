@@ -27,7 +27,7 @@ TASKS = [
          size=8),
     dict(name="interval", model="zoo:interval-llama", site=Site(1, "block_output", "last"), size=8),
 ]
-FULL = dict(seeds=5, family="butterfly", n_train=2048, n_test=1024, epochs=2, batch_size=256, reps=2, warmup=0)
+FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=2, warmup=0)
 QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Iterator, Sequence
 
 import torch
@@ -28,11 +28,12 @@ from torch import nn
 
 from roadinterp._pyvene import pv
 from roadinterp.errors import ConfigError, ShapeError
-from roadinterp.interventions import attach_dii, get_family, run_dii
-from roadinterp.interventions.road import RoadInterchange, subspace_mask
+from roadinterp.interventions import get_family
+from roadinterp.interventions.road import DENSE_MAX_DIM, RoadInterchange, uniform_mask
 from roadinterp.road import rotation as rot
 from roadinterp.sites import Site
 from roadinterp.tasks.base import CounterfactualBatch
+from roadinterp.replay import make_runner
 from roadinterp.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
 
 BATCHED_FAMILIES: tuple[str, ...] = ("neuron", "road", "butterfly")
@@ -132,14 +133,17 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
             self._rows, self._blocks = None, None
 
     # ----- maths
-    def _coef_table(self) -> torch.Tensor:
-        """Forward and inverse coefficients of every candidate and layer.  # [K, 4, L, d]"""
+    def _coef_table(self, inverse: bool = True) -> torch.Tensor:
+        """Forward (and inverse) coefficients of every candidate and layer.  # [K, 4 or 2, L, d]"""
         c1s, c2s, i1s, i2s = [], [], [], []
         for l, s in enumerate(self.strides):
             c1, c2 = rot.coefficients(self.theta[:, l], self.alpha[:, l], self.variant, 2 * s)  # [K, d]
-            i1, i2 = rot.inverse_coefficients(c1, c2, 2 * s)
-            c1s.append(c1), c2s.append(c2), i1s.append(i1), i2s.append(i2)
-        return torch.stack([torch.stack(c1s, 1), torch.stack(c2s, 1), torch.stack(i1s, 1), torch.stack(i2s, 1)], 1)
+            c1s.append(c1), c2s.append(c2)
+            if inverse:
+                i1, i2 = rot.inverse_coefficients(c1, c2, 2 * s)
+                i1s.append(i1), i2s.append(i2)
+        parts = [c1s, c2s, i1s, i2s] if inverse else [c1s, c2s]
+        return torch.stack([torch.stack(p, 1) for p in parts], 1)
 
     def forward(self, base, source, subspaces=None, **kwargs):
         n, d = base.shape[0], self.dim
@@ -153,9 +157,11 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
             )
         if rows is not None and rows.shape[0] != n:
             raise ShapeError(f"{rows.shape[0]} candidate ids were set but the batch has {n} rows")
-        mask = _row_mask(subspaces, n, d, base.device)
+        mask = uniform_mask(subspaces, n, d, base.device)
         if mask is None:
             raise ConfigError("BatchedRoadInterchange needs subspaces: the rotated coordinates of each variable")
+        if self._dense(rows, mask):
+            return self.mix(torch.cat([base, source], -1), [subspaces])
         table = self._coef_table()  # [K, 4, L, d]
         mid = [1] * (base.dim() - 2)  # unit/position dims between rows and d
         if rows is None or self._blocks is not None:
@@ -166,35 +172,78 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         else:
             lead = (n,)
             table = table[rows.to(base.device)].reshape(n, 4, len(self.strides), *mid, d)  # the one gather
-        c1, c2, i1, i2 = table.unbind(1)  # each [K or n, L, (1,) ..., d]
         diff = (source - base).float().reshape(*lead, *base.shape[1:])  # [K, B, units, d] or [n, units, d]
-        for l, s in enumerate(self.strides):  # R (s - b)
-            diff = diff * c1[:, l] + rot.rotate_half_grouped(diff, 2 * s) * c2[:, l]
         m = mask.to(diff.dtype)
         m = m.reshape(1, 1, *mid, d) if m.shape[0] == 1 else m.reshape(*lead, *mid, d)
-        delta = diff * m
-        for l in reversed(range(len(self.strides))):  # R^-1 M R (s - b)
-            s = self.strides[l]
-            delta = delta * i1[:, l] + rot.rotate_half_grouped(delta, 2 * s) * i2[:, l]
+        delta = self._apply(diff, table, m)  # R^-1 M R (s - b)
         return (base.float() + delta.reshape(base.shape)).to(base.dtype)
+
+    def _dense(self, rows, mask) -> bool:
+        """Narrow site, same coordinates on every row, rows in candidate blocks: use dense maps."""
+        return (rows is None or self._blocks is not None) and mask is not None and mask.shape[0] == 1 \
+            and self.dim <= DENSE_MAX_DIM
+
+    def orthogonal(self) -> bool:
+        """True when every candidate's R is a pure rotation (road_1, scales exactly 1)."""
+        return self.variant == "road_1" and not self.alpha.requires_grad and bool((self.alpha == 1).all())
+
+    def dense_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per candidate ``(Rt, Rit)``: ``x @ Rt[k] = R_k x``, ``x @ Rit[k] = R_k^-1 x``.  # [K, d, d] each"""
+        K, d, L = self.n_candidates, self.dim, len(self.strides)
+        orthogonal = self.orthogonal()
+        table = self._coef_table(inverse=not orthogonal)
+        c1, c2, *inv = table.reshape(K, table.shape[1], L, 1, d).unbind(1)  # each [K, L, 1, d]
+        eye = torch.eye(d, device=self.theta.device).expand(K, d, d)  # rows e_j per candidate
+        Rt = eye
+        for l, s in enumerate(self.strides):
+            Rt = Rt * c1[:, l] + rot.rotate_half_grouped(Rt, 2 * s) * c2[:, l]
+        if orthogonal:
+            return Rt, Rt.transpose(1, 2)
+        i1, i2 = inv
+        Rit = eye
+        for l in reversed(range(L)):
+            s = self.strides[l]
+            Rit = Rit * i1[:, l] + rot.rotate_half_grouped(Rit, 2 * s) * i2[:, l]
+        return Rt, Rit
+
+    def interchange(self, base, sources, subspaces):
+        """Every variable's DII in one call (see ``RoadInterchange.interchange``).  # like base"""
+        return self.mix(torch.cat([base, *sources], -1), subspaces)
+
+    def mix(self, stacked, subspaces):
+        """``RoadInterchange.mix`` per candidate: one bmm with each candidate's mixing matrix.  # [..., d]"""
+        n, d, V = stacked.shape[0], self.dim, len(subspaces)
+        if stacked.shape[-1] != (1 + V) * d:
+            raise ShapeError(f"stacked states are {stacked.shape[-1]} wide; {1 + V} x {d} expected")
+        masks = [uniform_mask(sp, n, d, stacked.device) for sp in subspaces]
+        if not all(self._dense(self._rows, m) for m in masks):
+            base, *sources = stacked.split(d, -1)
+            for s, sp in zip(sources, subspaces):
+                base = self.forward(base, s, sp)
+            return base
+        if self._rows is None and self.n_candidates != 1:
+            self.forward(*stacked.split(d, -1)[:2], subspaces[0])  # raises the routing error
+        K = self.n_candidates if self._rows is not None else 1
+        Rt, Rit = self.dense_maps()
+        Ps = [torch.bmm(Rt * m[0], Rit) for m in masks]  # [K, d, d] each
+        W = torch.cat([torch.eye(d, device=Rt.device) - sum(Ps), *Ps], 1)  # [K, (1+V) d, d]
+        out = torch.bmm(stacked.float().reshape(K, -1, (1 + V) * d), W)  # [K, B * units, d]
+        return out.reshape(*stacked.shape[:-1], d).to(stacked.dtype)
+
+    def _apply(self, x: torch.Tensor, table: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``R^-1 M R x`` per candidate: ``table`` ``[K or n, 4, L, ..., d]`` broadcasts against x.  # like x"""
+        c1, c2, i1, i2 = table.unbind(1)  # each [K or n, L, (1,) ..., d]
+        for l, s in enumerate(self.strides):  # R x
+            x = x * c1[:, l] + rot.rotate_half_grouped(x, 2 * s) * c2[:, l]
+        x = x * m
+        for l in reversed(range(len(self.strides))):  # R^-1 M R x
+            s = self.strides[l]
+            x = x * i1[:, l] + rot.rotate_half_grouped(x, 2 * s) * i2[:, l]
+        return x
 
     def __str__(self) -> str:
         return (f"BatchedRoadInterchange(family={self.family}, dim={self.dim}, candidates={self.n_candidates}, "
                 f"strides={self.strides})")
-
-
-def _row_mask(subspaces, n: int, d: int, device) -> torch.Tensor | None:
-    """Like ``subspace_mask``, but ``[1, d]`` when every row lists the same coordinates.
-
-    ``run_dii`` passes one list object repeated for every row (``list.count`` compares
-    by identity first, in C); converting n copies of it to a tensor costs more than the
-    whole interchange at small widths.
-    """
-    if isinstance(subspaces, list) and subspaces and subspaces.count(subspaces[0]) == len(subspaces):
-        if len(subspaces) != n:
-            raise ConfigError(f"subspaces has {len(subspaces)} rows but the batch has {n} examples")
-        return subspace_mask([subspaces[0]], 1, d, device)
-    return subspace_mask(subspaces, n, d, device)
 
 
 # ------------------------------------------------------------------ data helpers
@@ -211,40 +260,34 @@ def concat_batches(parts: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
     )
 
 
-def _strip(batch: CounterfactualBatch) -> CounterfactualBatch:
-    """Same batch without ``raw`` (numpy copies on every subset are pure overhead here)."""
-    return replace(batch, raw=None)
-
-
 def _route(iv, rows):
     return iv.rows(rows) if isinstance(iv, BatchedRoadInterchange) else contextlib.nullcontext()
 
 
 @torch.no_grad()
-def evaluate_iia_batched(pvm, iv, task, site: Site, datasets: Sequence[CounterfactualBatch], coords, *,
+def evaluate_iia_batched(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], sizes: Sequence[int], *,
                          batch_size: int = 1024, max_rows: int = 8192) -> list[float]:
-    """IIA of candidate ``k`` on ``datasets[k]``, all candidates in the same forwards.
+    """IIA of candidate ``k`` on the first ``sizes[k]`` rows of ``handles[k]``, all candidates in the same forwards.
 
-    Each forward takes up to ``batch_size`` rows of every dataset (fewer when that
-    would exceed ``max_rows`` in total).
+    ``runner``/``handles`` come from :func:`roadinterp.replay.make_runner`. Each forward
+    takes up to ``batch_size`` rows of every dataset (fewer when that would exceed
+    ``max_rows`` in total).
     """
-    K = len(datasets)
+    K = len(handles)
     chunk = max(1, min(batch_size, max_rows // K))
     correct = [0] * K
-    longest = max(len(ds) for ds in datasets)
-    for start in range(0, longest, chunk):
-        parts = [ds.subset(slice(start, start + chunk)) for ds in datasets]
-        sizes = [len(p) for p in parts]
-        keep = [k for k in range(K) if sizes[k]]
-        b = concat_batches([parts[k] for k in keep])
-        rows = torch.repeat_interleave(torch.tensor(keep), torch.tensor([sizes[k] for k in keep]))
+    for start in range(0, max(sizes), chunk):
+        idx = [torch.arange(start, min(start + chunk, n)) for n in sizes]
+        keep = [k for k in range(K) if len(idx[k])]
+        rows = torch.repeat_interleave(torch.tensor(keep), torch.tensor([len(idx[k]) for k in keep]))
         with _route(iv, rows):
-            out = run_dii(pvm, site, b.base, b.sources, coords, named_positions=task.positions)
-        hit = (task.logits(out).argmax(-1) == b.labels).long()
+            out = runner([(handles[k], idx[k]) for k in keep])
+        y = torch.cat([labels[k][idx[k]] for k in keep])
+        hit = (task.logits(out).argmax(-1) == y).long()
         per = torch.zeros(K, dtype=torch.long).index_add_(0, rows, hit)
         for k in keep:
             correct[k] += int(per[k])
-    return [correct[k] / max(len(datasets[k]), 1) for k in range(K)]
+    return [correct[k] / max(sizes[k], 1) for k in range(K)]
 
 
 # ------------------------------------------------------------------ grouping
@@ -346,8 +389,8 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
     try:
         if data is None:
             data = [make_data(task, c) for c in configs]
-        trains = [_strip(d[0]) for d in data]
-        test = _strip(data[0][1])
+        trains = [d[0] for d in data]
+        test = data[0][1]  # every config scores on the same held-out set (fixed test_seed)
         builds = []
         for c in configs:
             torch.manual_seed(c.seed)  # as train_dii does before building
@@ -358,7 +401,10 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
             iv = builds[0].interventions[0]
         else:
             iv = BatchedRoadInterchange.from_interchanges([b.interventions[0] for b in builds])
-        pvm = attach_dii(model, site, [iv] * len(variables), shared=True)
+        # one runner for all candidates: with replay, inputs the candidates share run once
+        runner, handles = make_runner(model, site, task, [iv] * len(variables), coords, shared=True,
+                                      datasets=[*trains, test], engine=first.engine)
+        h_trains, h_test = handles[:K], handles[K]
         params = [p for p in iv.parameters() if p.requires_grad]
         losses: list[list[float]] = [[] for _ in range(K)]
         lr = first.learning_rate
@@ -369,13 +415,13 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
             for _ in range(first.epochs):
                 orders = [torch.randperm(n, generator=g) for g in gens]
                 for start in range(0, n, first.batch_size):
-                    parts = [tr.subset(o[start : start + first.batch_size]) for tr, o in zip(trains, orders)]
-                    b = concat_batches(parts)
-                    B = len(parts[0])
+                    idx = [o[start : start + first.batch_size] for o in orders]
+                    B = len(idx[0])
                     rows = torch.arange(K).repeat_interleave(B)
                     with iv.rows(rows):
-                        out = run_dii(pvm, site, b.base, b.sources, coords, named_positions=task.positions)
-                    ce = torch.nn.functional.cross_entropy(task.logits(out).float(), b.labels, reduction="none")
+                        out = runner(list(zip(h_trains, idx)))
+                    y = torch.cat([tr.labels[i] for tr, i in zip(trains, idx)])
+                    ce = torch.nn.functional.cross_entropy(task.logits(out).float(), y, reduction="none")
                     per = ce.view(K, B).mean(1)  # [K]: each candidate's own mean loss
                     opt.zero_grad(set_to_none=True)
                     per.sum().backward()  # candidates' gradients do not mix
@@ -383,9 +429,9 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
                     for k, v in enumerate(per.detach().tolist()):
                         losses[k].append(v)
         iv.eval()
-        iias = evaluate_iia_batched(pvm, iv, task, site, [test] * K, coords)
+        iias = evaluate_iia_batched(runner, iv, task, [h_test] * K, [test.labels] * K, [len(test)] * K)
         n_tr = min(len(trains[0]), first.n_test)
-        train_iias = evaluate_iia_batched(pvm, iv, task, site, [tr.subset(slice(0, n_tr)) for tr in trains], coords)
+        train_iias = evaluate_iia_batched(runner, iv, task, h_trains, [tr.labels for tr in trains], [n_tr] * K)
     finally:
         torch.set_num_threads(old_threads)
     seconds = (time.perf_counter() - t0) / K
@@ -394,6 +440,6 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
         cand = iv.candidate(k) if isinstance(iv, BatchedRoadInterchange) else builds[k].interventions[0]
         out.append(TrainResult(
             iia=iias[k], train_iia=train_iias[k], site=site, config=c, variables=variables, coords=coords,
-            seconds=seconds, losses=losses[k], interventions=[cand] * len(variables),
+            seconds=seconds, losses=losses[k], interventions=[cand] * len(variables), engine=runner.engine,
         ))
     return out

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from roadinterp.errors import ConfigError
-from roadinterp.interventions import attach_dii, get_family, list_families, run_dii
+from roadinterp.interventions import get_family, list_families, run_dii
+from roadinterp.replay import ENGINES, make_runner
 from roadinterp.sites import Site, validate_site
 
 DEFAULT_LR = {"neuron": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01, "boundless": 0.01}
@@ -50,6 +51,7 @@ class DIIConfig:
     variant: str = "road_1"  # RoAd variant for road/butterfly
     threads: int | None = 1  # torch threads during the run (1 = reproducible across executors)
     depth: int | None = None  # butterfly factors (strides 1..d/2 repeated); None = family default (2)
+    engine: str = "auto"  # auto | replay | pyvene: how steps run (roadinterp.replay; results agree to float error)
 
     def __post_init__(self) -> None:
         if self.family not in list_families():
@@ -62,6 +64,8 @@ class DIIConfig:
             raise ConfigError(f"lr must be a non-negative number, got {self.lr!r}")
         if self.mode not in ("each", "all", "mixed"):
             raise ConfigError(f"mode must be each, all or mixed, got {self.mode!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
     @property
     def learning_rate(self) -> float:
@@ -81,6 +85,7 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     interventions: list = field(default_factory=list, repr=False)
+    engine: str = "pyvene"  # the engine that ran the steps ("replay" or "pyvene")
 
     def row(self) -> dict[str, Any]:
         return {
@@ -120,13 +125,24 @@ def _pred(task, output) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_iia(pvm, task, site: Site, data, coords, *, batch_size: int = 1024) -> float:
-    """Fraction of counterfactuals whose intervened prediction equals the label."""
+    """Fraction of counterfactuals whose intervened prediction equals the label (through pyvene)."""
     correct = 0
     for start in range(0, len(data), batch_size):
         b = data.subset(slice(start, start + batch_size))
         out = run_dii(pvm, site, b.base, b.sources, coords, named_positions=task.positions)
         correct += int((_pred(task, out).argmax(-1) == b.labels).sum())
     return correct / max(len(data), 1)
+
+
+@torch.no_grad()
+def _runner_iia(runner, task, handle, labels: torch.Tensor, n: int, *, batch_size: int = 1024) -> float:
+    """IIA of the first ``n`` rows of a prepared dataset, through a runner (replay or pyvene)."""
+    correct = 0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        out = runner([(handle, idx)])
+        correct += int((_pred(task, out).argmax(-1) == labels[idx]).sum())
+    return correct / max(n, 1)
 
 
 def randomized_copy(model, seed: int = 0):
@@ -169,7 +185,8 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
         fam = get_family(config.family)
         built = fam.build(width, [config.size] * len(variables), seed=config.seed, variant=config.variant,
                           depth=config.depth)
-        pvm = attach_dii(model, site, built.interventions, shared=built.shared)
+        runner, (h_train, h_test) = make_runner(model, site, task, built.interventions, built.coords,
+                                                shared=built.shared, datasets=[train, test], engine=config.engine)
         params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters() if p.requires_grad]
         losses: list[float] = []
         lr = config.learning_rate
@@ -183,10 +200,10 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
             for _ in range(config.epochs):
                 order = torch.randperm(n, generator=gen)
                 for start in range(0, n, config.batch_size):
-                    b = train.subset(order[start : start + config.batch_size])
+                    idx = order[start : start + config.batch_size]
                     _anneal_boundless(built.interventions, step, total)
-                    out = run_dii(pvm, site, b.base, b.sources, built.coords, named_positions=task.positions)
-                    loss = torch.nn.functional.cross_entropy(_pred(task, out).float(), b.labels)
+                    out = runner([(h_train, idx)])
+                    loss = torch.nn.functional.cross_entropy(_pred(task, out).float(), train.labels[idx])
                     loss = loss + _boundary_penalty(built.interventions)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -195,13 +212,13 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
                     step += 1
         for iv in built.interventions:
             iv.eval()
-        iia = evaluate_iia(pvm, task, site, test, built.coords)
-        train_iia = evaluate_iia(pvm, task, site, train.subset(slice(0, min(len(train), config.n_test))), built.coords)
+        iia = _runner_iia(runner, task, h_test, test.labels, len(test))
+        train_iia = _runner_iia(runner, task, h_train, train.labels, min(len(train), config.n_test))
     finally:
         torch.set_num_threads(old_threads)
     return TrainResult(
         iia=iia, train_iia=train_iia, site=site, config=config, variables=variables, coords=built.coords,
-        seconds=time.perf_counter() - t0, losses=losses, interventions=built.interventions,
+        seconds=time.perf_counter() - t0, losses=losses, interventions=built.interventions, engine=runner.engine,
     )
 
 

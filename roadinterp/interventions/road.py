@@ -117,6 +117,23 @@ def check_assignment(dim: int, coords: Sequence[Sequence[int]], group_size: int)
             )
 
 
+DENSE_MAX_DIM = 128  # widths up to this apply R^-1 M R as one [d, d] matrix (see RoadInterchange.projector)
+
+
+def uniform_mask(subspaces, n: int, d: int, device=None) -> torch.Tensor | None:
+    """Like :func:`subspace_mask`, but ``[1, d]`` when every row lists the same coordinates.
+
+    The DII runners pass one list object repeated for every row (``list.count``
+    compares by identity first, in C); converting n copies of it to a tensor costs
+    more than the whole interchange at small widths.
+    """
+    if isinstance(subspaces, list) and subspaces and subspaces.count(subspaces[0]) == len(subspaces):
+        if len(subspaces) != n:
+            raise ConfigError(f"subspaces has {len(subspaces)} rows but the batch has {n} examples")
+        return subspace_mask([subspaces[0]], 1, d, device)
+    return subspace_mask(subspaces, n, d, device)
+
+
 # ------------------------------------------------------------ interventions
 class RoadIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
     """Sourceless, trainable ``h' = R h`` on a subspace of 2D blocks.
@@ -207,14 +224,68 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     def forward(self, base, source, subspaces=None, **kwargs):
         if base.shape[-1] != self.dim:
             raise ConfigError(f"RoadInterchange is {self.dim} wide but the site is {base.shape[-1]} wide")
-        coefs = self._coefs()
-        diff = butterfly_apply((source - base).float(), coefs, self.strides)  # R (s - b)
-        mask = subspace_mask(subspaces, base.shape[0], self.dim, base.device)
+        mask = uniform_mask(subspaces, base.shape[0], self.dim, base.device)
         if mask is None:
             raise ConfigError("RoadInterchange needs subspaces: the rotated coordinates of each variable")
-        m = mask.to(diff.dtype).reshape(base.shape[0], *([1] * (base.dim() - 2)), self.dim)
-        delta = butterfly_inverse_apply(diff * m, coefs, self.strides)  # R^-1 M R (s - b)
+        coefs = self._coefs()
+        diff = (source - base).float()
+        if mask.shape[0] == 1 and self.dim <= DENSE_MAX_DIM:
+            Rt, Rit = self.dense_maps(coefs)
+            delta = ((diff @ Rt) * mask[0]) @ Rit  # same map as below, two small matmuls per row
+        else:
+            diff = butterfly_apply(diff, coefs, self.strides)  # R (s - b)
+            m = mask.to(diff.dtype).reshape(mask.shape[0], *([1] * (base.dim() - 2)), self.dim)
+            delta = butterfly_inverse_apply(diff * m, coefs, self.strides)  # R^-1 M R (s - b)
         return (base.float() + delta).to(base.dtype)
+
+    def interchange(self, base, sources, subspaces):
+        """Every variable's DII in one call: ``b + R^-1 sum_v M_v R (s_v - b)``.  # like base
+
+        Equal to applying :meth:`forward` once per variable in turn (what pyvene's
+        hooks do) because variables own disjoint rotated coordinates
+        (``M_w R R^-1 M_v = M_w M_v = 0``). ``subspaces`` holds each variable's pyvene subspaces.
+        """
+        return self.mix(torch.cat([base, *sources], -1), subspaces)
+
+    def mix(self, stacked, subspaces):
+        """:meth:`interchange` from ``[b | s_1 | ... | s_V]`` stacked on the last dim.  # [..., d]
+
+        Narrow sites (``d <= DENSE_MAX_DIM``) with the same coordinates on every row take
+        one matmul with the ``[(1+V) d, d]`` matrix ``[I - sum_v P_v; P_1; ...; P_V]``
+        (``P_v`` the row-vector form of ``R^-1 M_v R``): R is built once per call, on d
+        rows, instead of rotating every example forth and back once per variable.
+        """
+        n, d, V = stacked.shape[0], self.dim, len(subspaces)
+        if stacked.shape[-1] != (1 + V) * d:
+            raise ShapeError(f"stacked states are {stacked.shape[-1]} wide; {1 + V} x {d} expected")
+        masks = [uniform_mask(sp, n, d, stacked.device) for sp in subspaces]
+        if d > DENSE_MAX_DIM or any(m is None or m.shape[0] != 1 for m in masks):
+            base, *sources = stacked.split(d, -1)
+            for s, sp in zip(sources, subspaces):
+                base = self.forward(base, s, sp)
+            return base
+        Rt, Rit = self.dense_maps()
+        Ps = [(Rt * m[0]) @ Rit for m in masks]
+        W = torch.cat([torch.eye(d, device=Rt.device) - sum(Ps), *Ps], 0)  # [(1+V) d, d]
+        return (stacked.float() @ W).to(stacked.dtype)
+
+    def orthogonal(self) -> bool:
+        """True when R is a pure rotation (road_1, every scale exactly 1): then R^-1 = R^T."""
+        return self.variant == "road_1" and not self.alpha.requires_grad and bool((self.alpha == 1).all())
+
+    def dense_maps(self, coefs=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Rt, Rit)`` with ``x @ Rt = R x`` and ``x @ Rit = R^-1 x`` for row vectors.  # [d, d] each
+
+        Built by running the element-wise maps on the identity's rows: d rows instead
+        of the batch's, after which each example costs two small matmuls. Used for
+        narrow sites (``d <= DENSE_MAX_DIM``) where every row swaps the same
+        coordinates; the element-wise path costs ~6 kernels per layer per call.
+        """
+        coefs = self._coefs() if coefs is None else coefs
+        eye = torch.eye(self.dim, device=self.theta.device)
+        Rt = butterfly_apply(eye, coefs, self.strides)
+        Rit = Rt.T if self.orthogonal() else butterfly_inverse_apply(eye, coefs, self.strides)
+        return Rt, Rit
 
     def matrix(self) -> torch.Tensor:
         """Dense ``[d, d]`` R (for tests and figures)."""

@@ -1,0 +1,464 @@
+"""Replaying a frozen model from a site: the fast path of DII training.
+
+A DII run calls the same frozen network thousands of times, and through pyvene
+every step runs the *whole* model on the base input plus once more on a source
+input per causal variable. But nothing upstream of the site depends on the
+intervention: the state at the site is a fixed function of each input. So
+:class:`SiteReplay` runs the model once per *distinct* input, only up to the site
+(no gradients, large chunks, stopping there), and keeps the hidden state at the
+site for every position (what comes after needs the whole sequence). A step then
+only runs what comes after the site: the model is called on one placeholder row
+and a hook at the site swaps that row's state for the ``[N, seq, d]`` states of
+the real batch, with the intervention already applied at the site's positions.
+Downstream modules see N rows; upstream ran on one.
+
+What this saves: the source forwards entirely (their states are looked up), the
+prefix on every step and epoch, and duplicated work across inputs that recur -- the
+candidates of ``train_dii_batched`` draw counterfactuals from one finite input space,
+so most of their inputs are shared and computed once.
+
+When it is valid: the site's state must be all that downstream depends on, so the
+component is ``block_output`` or ``block_input`` (the residual stream between
+blocks; an ``mlp_output`` is later added to a residual the placeholder computed),
+and the model inputs must be content only (``input_ids``/``inputs_embeds``, an
+all-ones ``attention_mask``): a padding mask or explicit positions differ per row
+and would be taken from the placeholder. :meth:`SiteReplay.verify` checks the
+replayed outputs against plain forwards before a run relies on them;
+:func:`make_runner` falls back to pyvene (the reference path) whenever replay is
+unsupported or the check fails, and says why in ``runner.reason``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, replace
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from roadinterp._pyvene import pv
+from pyvene.models.modeling_utils import do_intervention, get_module_hook
+from roadinterp.errors import ConfigError
+from roadinterp.interventions import attach_dii, run_dii
+from roadinterp.sites import Site, n_layers, sequence_length
+from roadinterp.tasks.base import CounterfactualBatch
+
+REPLAY_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
+CONTENT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds")
+DEFAULT_MAX_BYTES = 1 << 30  # state table budget (1 GiB); larger runs use pyvene
+Engine = Literal["auto", "replay", "pyvene"]
+ENGINES: tuple[str, ...] = ("auto", "replay", "pyvene")
+
+
+class _Stop(Exception):
+    """Raised by the collecting hook: nothing after the site is needed."""
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output, tensor):
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+def _content(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | str:
+    """The inputs replay may use, or the reason it may not."""
+    out = {}
+    for k, v in inputs.items():
+        if k in CONTENT_KEYS:
+            out[k] = v
+        elif k == "attention_mask" and bool((v == 1).all()):
+            continue  # no padding: the same as no mask
+        else:
+            return f"input {k!r} may differ per row (replay takes it from one placeholder row)"
+    if not out:
+        return f"inputs need one of {', '.join(CONTENT_KEYS)}"
+    return out
+
+
+def _row_hash(raw: np.ndarray) -> np.ndarray:
+    """64-bit hash of every row of a ``[n, bytes]`` uint8 array.  # [n] uint64"""
+    n, w = raw.shape
+    pad = (-w) % 8
+    if pad:
+        raw = np.concatenate([raw, np.zeros((n, pad), dtype=np.uint8)], 1)
+    words = raw.view(np.uint64)  # [n, words]
+    h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(words.shape[1]):
+            h = (h ^ words[:, j]) * np.uint64(0x100000001B3)
+            h ^= h >> np.uint64(29)
+    return h
+
+
+def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw: np.ndarray):
+    """Table id of every row and the rows to add, matching ``keys`` against ``known_keys``.
+
+    Returns ``(ids [n], new_rows [k], keys of the grown table)``, or ``(None, None,
+    None)`` when two different rows share a key (a hash collision).
+    """
+    m = len(known_keys)
+    both = np.concatenate([known_keys, keys])
+    _, first, inverse = np.unique(both, return_index=True, return_inverse=True)
+    is_new = first >= m  # distinct keys first seen among the new rows (known keys come first, distinct)
+    new_first = np.sort(first[is_new])  # in order of first appearance
+    table_id = first.copy()  # a known key's first index is its table id
+    table_id[is_new] = m + np.searchsorted(new_first, first[is_new])
+    ids = table_id[inverse.reshape(-1)[m:]]
+    new_rows = new_first - m
+    grown_raw = np.concatenate([known_raw, raw[new_rows]])
+    if not np.array_equal(grown_raw[ids], raw):
+        return None, None, None
+    return ids, new_rows, both[np.concatenate([np.arange(m), new_first])]
+
+
+def unsupported_reason(model, site: Site, inputs: Mapping[str, torch.Tensor] | None = None) -> str | None:
+    """Why ``SiteReplay`` cannot serve this model/site/inputs (``None``: it can)."""
+    if site.component not in REPLAY_COMPONENTS:
+        return (f"component {site.component!r}: replay needs the full state between blocks "
+                f"({', '.join(REPLAY_COMPONENTS)})")
+    if inputs is not None:
+        c = _content(inputs)
+        if isinstance(c, str):
+            return c
+    return None
+
+
+class SiteReplay:
+    """State table of a frozen model at a site, and the suffix runner.
+
+    ``add(inputs)`` computes (once per distinct row) the site state of every row and
+    returns row ids into the table; :meth:`run` runs the rest of the model on
+    ``[N, seq, d]`` states. The model must be frozen and in eval mode for the table
+    to stay valid; the table lives as long as this object.
+    """
+
+    def __init__(self, model, site: Site, *, chunk: int = 1024, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        reason = unsupported_reason(model, site)
+        if reason:
+            raise ConfigError(f"replay is not available at {site.label()}: {reason}")
+        self.model, self.site, self.chunk, self.max_bytes = model, site, chunk, max_bytes
+        for p in model.parameters():  # frozen, as pyvene's disable_model_gradients leaves it: no weight grads
+            p.requires_grad_(False)
+        rep = pv.RepresentationConfig(layer=site.layer, component=site.component, unit="pos",
+                                      max_number_of_units=1)
+        self._register = get_module_hook(model, rep)  # bound register_forward(_pre)_hook
+        self._pre = self._register.__name__ == "register_forward_pre_hook"
+        self._kwargs = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+        self._known_raw: np.ndarray | None = None  # [m, bytes] the input of every table row, in table order
+        self._known_hash = np.zeros(0, dtype=np.uint64)  # [m] their hashes
+        self._chunks: list[torch.Tensor] = []  # [c, seq, d] each
+        self._table: torch.Tensor | None = None
+        self.placeholder: dict[str, torch.Tensor] | None = None
+        # after the last block only the final norm and unembedding run, position by position, so
+        # the tail may run on just the positions the task reads (see prune)
+        self.final = site.component == "block_output" and site.layer == n_layers(model) - 1
+        self.keep: list[int] | None = None  # positions the tail runs on (None: all)
+        self.n_forward_rows = 0  # rows actually run through the prefix (after deduplication)
+
+    # ----- hooks
+    def _hook(self, fn):
+        """Register ``fn(state) -> state or None`` at the site; returns the handle."""
+        if self._pre:
+            def pre(module, args, kwargs):
+                if args:
+                    new = fn(args[0])
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                if "hidden_states" in kwargs:
+                    new = fn(kwargs["hidden_states"])
+                    return None if new is None else (args, {**kwargs, "hidden_states": new})
+                raise ConfigError(f"cannot find the hidden state entering {self.site.label()}")
+            return self._register(pre, with_kwargs=True)
+
+        def post(module, args, kwargs, output):
+            new = fn(_first(output))
+            return None if new is None else _with_first(output, new)
+        return self._register(post, with_kwargs=True)
+
+    @torch.no_grad()
+    def _prefix(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Site states of ``inputs``, running the model only up to the site.  # [c, seq, d]"""
+        got: list[torch.Tensor] = []
+
+        def grab(state):
+            got.append(state.detach())
+            raise _Stop
+
+        handle = self._hook(grab)
+        try:
+            self.model(**inputs, **self._kwargs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not got:
+            raise ConfigError(f"the model never reached {self.site.label()}")
+        return got[0]
+
+    # ----- table
+    def add(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Row ids of ``inputs`` in the state table, computing states of unseen rows.  # [n]"""
+        content = _content(inputs)
+        if isinstance(content, str):
+            raise ConfigError(f"replay cannot run these inputs: {content}")
+        keys = sorted(content)
+        n = next(iter(content.values())).shape[0]
+        flat = torch.cat([content[k].reshape(n, -1).contiguous().cpu().view(torch.uint8) for k in keys], 1)
+        if self.placeholder is None:
+            self.placeholder = {k: content[k][:1] for k in keys}
+        raw = np.ascontiguousarray(flat.numpy())  # [n, bytes per row]
+        if self._known_raw is not None and self._known_raw.shape[1] != raw.shape[1]:
+            raise ConfigError("replay inputs must all have the same keys, shapes and dtypes")
+        known = self._known_raw if self._known_raw is not None else raw[:0]
+        # rows are matched by a 64-bit hash (fast to sort), then checked byte for byte; on a collision
+        # the exact (slow) match on the raw bytes decides
+        ids, new_rows, hashes = _match(_row_hash(raw), self._known_hash, raw, known)
+        if ids is None:
+            as_void = np.dtype((np.void, raw.shape[1]))
+            ids, new_rows, _ = _match(raw.view(as_void).ravel(), known.view(as_void).ravel(), raw, known)
+        self._known_raw = np.concatenate([known, raw[new_rows]])
+        self._known_hash = _row_hash(self._known_raw) if hashes is None else hashes
+        ids = torch.from_numpy(ids)
+        new_rows = new_rows.tolist()
+        if new_rows:
+            self._table = None
+            sel = torch.as_tensor(new_rows)
+            for start in range(0, len(new_rows), self.chunk):
+                part = {k: content[k][sel[start : start + self.chunk]] for k in keys}
+                states = self._prefix(part)
+                self.n_forward_rows += states.shape[0]
+                self._chunks.append(states)
+                size = sum(c.numel() * c.element_size() for c in self._chunks)
+                if size > self.max_bytes:
+                    raise ConfigError(
+                        f"replay state table exceeds {self.max_bytes / 2**20:.0f} MiB at {self.site.label()}; "
+                        "use engine='pyvene' or fewer/shorter inputs"
+                    )
+        return ids
+
+    @property
+    def table(self) -> torch.Tensor:
+        """Every distinct input's state at the site.  # [m, seq, d]"""
+        if self._table is None:
+            if not self._chunks:
+                raise ConfigError("the replay table is empty: add inputs first")
+            self._table = torch.cat(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks = [self._table]
+        return self._table
+
+    # ----- suffix
+    def run(self, states: torch.Tensor):
+        """Model output when the site holds ``states`` (``[N, seq, d]``); upstream runs on one row."""
+        if self.placeholder is None:
+            raise ConfigError("add inputs before running the replay")
+        seq = sequence_length(self.placeholder) if self.keep is None else len(self.keep)
+        if states.dim() != 3 or states.shape[1] != seq:
+            raise ConfigError(f"replay states must be [N, {seq}, d], got {list(states.shape)}")
+
+        def swap(state):
+            return states.to(state.dtype)
+
+        handle = self._hook(swap)
+        try:
+            return self.model(**self.placeholder, **self._kwargs)
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def verify(self, inputs: Mapping[str, torch.Tensor], *, read=None, rows: int = 4, atol: float = 1e-4) -> float:
+        """Max |replayed - plain| output over the first ``rows`` inputs; raises if > ``atol``.
+
+        ``read`` (e.g. ``task.logits``) compares what the task reads instead of the raw
+        output; required once :meth:`prune` has cut the tail's positions.
+        """
+        content = _content(inputs)
+        if isinstance(content, str):
+            raise ConfigError(f"replay cannot run these inputs: {content}")
+        if self.keep is not None and read is None:
+            raise ConfigError("a pruned replay must be verified on what the task reads: pass read=task.logits")
+        part = {k: v[:rows] for k, v in content.items()}
+        ids = self.add(part)
+        states = self.table[ids] if self.keep is None else self.table[ids][:, self.keep]
+        try:
+            ref = self.model(**part, **self._kwargs)
+            got = self.run(states)
+            ref, got = (read(ref), read(got)) if read is not None else (_first_tensor(ref), _first_tensor(got))
+        except (IndexError, RuntimeError) as err:
+            raise ConfigError(f"replayed forward failed: {err}") from err
+        if ref.shape != got.shape:
+            raise ConfigError(f"replayed output has shape {list(got.shape)}, the model's {list(ref.shape)}")
+        err = float((ref.float() - got.float()).abs().max())
+        if not err <= atol:
+            raise ConfigError(f"replayed outputs differ from plain forwards by {err:.2e} (> {atol:g})")
+        return err
+
+    def prune(self, inputs: Mapping[str, torch.Tensor], positions: Sequence[int], read) -> bool:
+        """Run the tail on ``positions`` and the last position only, if that is exact here.
+
+        Only for the last block's output (nothing after it mixes positions) and only
+        if :meth:`verify` agrees on what ``read`` takes from the output; returns
+        whether the replay is now pruned.
+        """
+        seq = sequence_length(inputs)
+        keep = sorted({*positions, seq - 1})
+        if not self.final or len(keep) == seq:
+            return False
+        self.keep = keep
+        try:
+            self.verify(inputs, read=read)
+        except ConfigError:
+            self.keep = None
+            return False
+        return True
+
+
+def _first_tensor(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else _first(output)
+
+
+# ------------------------------------------------------------------ DII runners
+class PyveneRunner:
+    """The reference path: pyvene runs base + one source per variable on every call."""
+
+    engine = "pyvene"
+
+    def __init__(self, model, site: Site, interventions: Sequence, coords, *, shared: bool, named_positions=None,
+                 reason: str = "") -> None:
+        self.site, self.coords, self.named_positions, self.reason = site, coords, named_positions, reason
+        self.pvm = attach_dii(model, site, list(interventions), shared=shared)
+
+    def prepare(self, data: CounterfactualBatch) -> CounterfactualBatch:
+        return replace(data, raw=None)  # numpy copies on every subset are pure overhead here
+
+    def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]]):
+        from roadinterp.batched import concat_batches
+
+        subs = [d.subset(idx) for d, idx in parts]
+        b = subs[0] if len(subs) == 1 else concat_batches(subs)
+        return run_dii(self.pvm, self.site, b.base, b.sources, self.coords, named_positions=self.named_positions)
+
+
+@dataclass(frozen=True)
+class ReplayRows:
+    """One dataset in a replay table: the table row of each base and source input."""
+
+    base: torch.Tensor  # long [n]
+    sources: tuple[torch.Tensor, ...]  # long [n] per variable
+
+    def __len__(self) -> int:
+        return int(self.base.shape[0])
+
+
+class ReplayRunner:
+    """DII through :class:`SiteReplay`: look up states, intervene, run the suffix only.
+
+    The interventions are applied exactly as pyvene's setter hooks apply them (one
+    ``do_intervention`` per variable, each on the previous one's output), at the
+    site's positions of the looked-up states.
+    """
+
+    engine = "replay"
+
+    def __init__(self, replay: SiteReplay, interventions: Sequence, coords, *, named_positions=None) -> None:
+        self.replay, self.interventions, self.coords = replay, list(interventions), [list(c) for c in coords]
+        self.named_positions = named_positions
+        self.reason = ""
+        self._pos: torch.Tensor | None = None
+        self._units: torch.Tensor | None = None  # [m, u, d] site positions of every table row
+        self._tail: torch.Tensor | None = None  # [m, s', d] what the tail runs on (all or kept positions)
+        self._tail_pos: torch.Tensor | None = None  # site positions within the tail's positions
+
+    def prepare(self, data: CounterfactualBatch) -> ReplayRows:
+        return self.prepare_all([data])[0]
+
+    def prepare_all(self, datasets: Sequence[CounterfactualBatch]) -> list[ReplayRows]:
+        """Table rows of every base and source input of ``datasets`` (one pass over all of them)."""
+        parts: list[Mapping[str, torch.Tensor]] = []
+        for data in datasets:
+            if len(data.sources) != len(self.interventions):
+                raise ConfigError(f"{len(data.sources)} sources for {len(self.interventions)} interventions")
+            seq = sequence_length(data.base)
+            pos = torch.as_tensor(self.replay.site.position_indices(seq, self.named_positions))
+            if self._pos is not None and not torch.equal(pos, self._pos):
+                raise ConfigError("replay datasets must resolve the site to the same positions")
+            self._pos, self._units = pos, None
+            parts.extend([data.base, *data.sources])
+        keys = sorted(parts[0])
+        if any(sorted(p) != keys for p in parts):
+            raise ConfigError("replay datasets must all have the same input keys")
+        ids = self.replay.add({k: torch.cat([p[k] for p in parts]) for k in keys})
+        chunks = iter(ids.split([len(next(iter(p.values()))) for p in parts]))
+        return [ReplayRows(next(chunks), tuple(next(chunks) for _ in data.sources)) for data in datasets]
+
+    @property
+    def units(self) -> torch.Tensor:
+        """Every table row's state at the site positions.  # [m, u, d]"""
+        self._views()
+        return self._units
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states the tail runs on ``[m, s', d]``, the site positions within them)."""
+        table = self.replay.table
+        if self._units is None or self._units.shape[0] != table.shape[0]:
+            self._units = table[:, self._pos].contiguous()
+            keep = self.replay.keep
+            if keep is None:
+                self._tail, self._tail_pos = table, self._pos
+            else:
+                self._tail = table[:, keep].contiguous()
+                self._tail_pos = torch.as_tensor([keep.index(int(p)) for p in self._pos])
+        return self._tail, self._tail_pos
+
+    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
+        tail, tail_pos = self._views()
+        units = self._units
+        base_rows = torch.cat([rows.base[idx] for rows, idx in parts])
+        n, V, (u, d) = base_rows.shape[0], len(self.coords), units.shape[1:]
+        rows = torch.stack([base_rows, *(torch.cat([r.sources[v][i] for r, i in parts]) for v in range(V))], 1)
+        X = units[rows]  # [N, 1 + V, u, d]: base and every source, one gather
+        subspaces = [[c] * n for c in self.coords]  # pyvene's per-row form (one list object repeated)
+        first = self.interventions[0]
+        if hasattr(first, "mix") and all(iv is first for iv in self.interventions):
+            b = first.mix(X.transpose(1, 2).reshape(n, u, (1 + V) * d), subspaces)  # all variables at once
+        else:
+            b = X[:, 0]
+            for v, (iv, sp) in enumerate(zip(self.interventions, subspaces)):  # as pyvene's hooks, in turn
+                b = do_intervention(b, X[:, 1 + v], iv, sp)
+        b = b.to(tail.dtype)
+        if tail.shape[1] == u and torch.equal(tail_pos, torch.arange(u)):  # the tail is the site positions
+            return self.replay.run(b)
+        h = tail[base_rows]  # [N, seq or kept, d], a fresh tensor: write the site positions in place
+        h[:, tail_pos.to(h.device)] = b
+        return self.replay.run(h)
+
+
+def make_runner(model, site: Site, task, interventions: Sequence, coords, *, shared: bool,
+                datasets: Sequence[CounterfactualBatch], engine: Engine = "auto"):
+    """A DII runner for ``datasets`` and the prepared handle of each, in order.
+
+    ``engine="auto"`` uses :class:`ReplayRunner` when the site and inputs allow it and
+    :meth:`SiteReplay.verify` passes, else :class:`PyveneRunner` (``runner.reason``
+    says why); ``"replay"`` raises instead of falling back; ``"pyvene"`` always uses pyvene.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    named = task.positions
+    reason = ""
+    if engine != "pyvene":
+        reason = unsupported_reason(model, site, datasets[0].base) or ""
+        if not reason:
+            try:
+                replay = SiteReplay(model, site)
+                base = datasets[0].base
+                if not replay.prune(base, site.position_indices(sequence_length(base), named), task.logits):
+                    replay.verify(base)
+                runner = ReplayRunner(replay, interventions, coords, named_positions=named)
+                return runner, runner.prepare_all(datasets)
+            except ConfigError as err:
+                reason = str(err)
+        if engine == "replay":
+            raise ConfigError(f"engine='replay' is not possible here: {reason}")
+    runner = PyveneRunner(model, site, interventions, coords, shared=shared, named_positions=named, reason=reason)
+    return runner, [runner.prepare(d) for d in datasets]

@@ -111,6 +111,12 @@ def check_cell(model, task, site: Site, config: DIIConfig) -> int:
     n_vars = len(_variables(task, config.hypothesis))
     if n_vars == 0:
         raise ConfigError(f"task {task.name} has no causal variables to align")
+    p = site.positions
+    if config.family == "boundless" and (p == "all" or (isinstance(p, tuple) and len(p) > 1)):
+        raise ConfigError(
+            f"family boundless works on one position at a time (pyvene's boundary mask is [batch, d]), "
+            f"got positions {p!r}; use a single position or another family"
+        )
     if config.size * n_vars > width:
         raise ConfigError(
             f"size {config.size} x {n_vars} variables = {config.size * n_vars} exceeds the site width {width} "

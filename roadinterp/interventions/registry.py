@@ -71,8 +71,12 @@ def _seeded(seed: int | None):
         torch.manual_seed(seed)
 
 
+# pyvene interventions get keep_last_dim=True like ours: a multi-position site then arrives as
+# [batch, positions, d]; without it pyvene flattens positions into the width, so a d x d rotation
+# fails on (positions x d) and neuron coordinates would only ever touch the first position.
+# Boundless's mask is [batch, d] and cannot take a positions axis: single-position sites only.
 def _neuron(dim, sizes, seed=None, **_):
-    iv = pv.VanillaIntervention(embed_dim=dim)
+    iv = pv.VanillaIntervention(embed_dim=dim, keep_last_dim=True)
     return FamilyBuild([iv] * len(sizes), _contiguous(sizes, dim), True)
 
 
@@ -89,14 +93,14 @@ def _road_like(family):
 
 def _das(dim, sizes, seed=None, **_):
     _seeded(seed)
-    iv = pv.RotatedSpaceIntervention(embed_dim=dim)
+    iv = pv.RotatedSpaceIntervention(embed_dim=dim, keep_last_dim=True)
     return FamilyBuild([iv] * len(sizes), _contiguous(sizes, dim), True)
 
 
 def _lowrank(dim, sizes, seed=None, **_):
     _seeded(seed)
     rank = sum(sizes)
-    iv = pv.LowRankRotatedSpaceIntervention(embed_dim=dim, low_rank_dimension=rank)
+    iv = pv.LowRankRotatedSpaceIntervention(embed_dim=dim, low_rank_dimension=rank, keep_last_dim=True)
     return FamilyBuild([iv] * len(sizes), _contiguous(sizes, rank), True)
 
 
@@ -104,7 +108,7 @@ def _boundless(dim, sizes, seed=None, **_):
     _seeded(seed)
     ivs = []
     for s in sizes:
-        iv = pv.BoundlessRotatedSpaceIntervention(embed_dim=dim)
+        iv = pv.BoundlessRotatedSpaceIntervention(embed_dim=dim)  # [batch, d] only: see check_cell
         iv.set_intervention_boundaries(float(s) / dim)  # start at the requested size
         ivs.append(iv)
     return FamilyBuild(ivs, [list(range(dim)) for _ in sizes], False)

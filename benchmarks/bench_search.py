@@ -1,18 +1,27 @@
 """``roadinterp bench search``: alignment-search throughput, batched seeds vs one cell at a time.
 
-For each task, K seeds of one cell (family butterfly) are trained twice in the same
-process, interleaved (benchmarks.common): one ``train_dii`` per seed (what the
-search does cell by cell) and one ``train_dii_batched`` call (the K candidates share
-every forward). Both get the same precomputed counterfactual data, so the numbers
-compare training + held-out scoring only. Reported: cells per minute of each, their
-ratio, and the largest IIA difference between the two over the K seeds (they should
-be equal up to float summation order).
+For each task, K seeds of one cell (family butterfly, the search's default training
+settings) are trained four ways in the same process, interleaved (benchmarks.common):
+
+- ``sequential``: one ``train_dii`` per seed, what the search does cell by cell;
+- ``batched``: one ``train_dii_batched`` call, the K candidates share every step;
+- ``sequential_pyvene`` / ``batched_pyvene``: the same with ``engine="pyvene"``, every
+  step through pyvene's hooks (base + one source forward per variable), which is
+  what both paths did before :mod:`roadinterp.replay`.
+
+All four get the same precomputed counterfactual data, so the numbers compare training
++ held-out scoring only. Reported: cells per minute of each, the ratios, and the
+largest IIA difference between batched and sequential over the K seeds (equal up to
+float summation order).
 
 Tasks: hierarchical equality on ``zoo:hierarchical-equality-mlp`` (width 16, the DAS
-setting) and the interval task on ``zoo:interval-llama`` (a token task, width 64).
+setting) and the interval task on ``zoo:interval-llama`` (a token task, width 64), both
+at layer 1 block_output, last position.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -27,8 +36,11 @@ TASKS = [
          size=8),
     dict(name="interval", model="zoo:interval-llama", site=Site(1, "block_output", "last"), size=8),
 ]
-FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=2, warmup=0)
-QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0)
+# the search's defaults (SearchConfig: n_train 8192, n_test 2048, 4 epochs, batch 256), 5 seeds
+FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=2, warmup=0,
+            pyvene=True)
+QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0,
+             pyvene=True)
 
 
 def _one_task(spec: dict, cfg: dict) -> dict:
@@ -43,29 +55,43 @@ def _one_task(spec: dict, cfg: dict) -> dict:
     data = [make_data(task, c) for c in configs]
     last: dict[str, list] = {}
 
-    def sequential():
-        last["sequential"] = [train_dii(model, task, site, config=c, data=d) for c, d in zip(configs, data)]
+    def arms(engine: str, suffix: str) -> dict:
+        cs = [replace(c, engine=engine) for c in configs]
 
-    def batched():
-        last["batched"] = train_dii_batched(model, task, site, configs, data=data)
+        def sequential():
+            last["sequential" + suffix] = [train_dii(model, task, site, config=c, data=d) for c, d in zip(cs, data)]
 
-    times = interleaved({"sequential": sequential, "batched": batched}, reps=cfg["reps"], warmup=cfg["warmup"])
+        def batched():
+            last["batched" + suffix] = train_dii_batched(model, task, site, cs, data=data)
+
+        return {"sequential" + suffix: sequential, "batched" + suffix: batched}
+
+    fns = arms("auto", "")
+    if cfg["pyvene"]:
+        fns.update(arms("pyvene", "_pyvene"))
+    times = interleaved(fns, reps=cfg["reps"], warmup=cfg["warmup"])
     k = len(configs)
     timed = summary(times, k * 60.0)  # per_s of (60 k) = cells per minute
-    seq_iia = [r.iia for r in last["sequential"]]
-    bat_iia = [r.iia for r in last["batched"]]
     cpm = {name: timed[name]["per_s"] for name in timed}
-    return {
+    iia = {name: [r.iia for r in rs] for name, rs in last.items()}
+    out = {
         "model": spec["model"], "site": site.label(), "size": spec["size"],
+        "engine": sorted({r.engine for r in last["sequential"]}),
         "cells_per_min": cpm, "seconds_per_group": {n: timed[n]["median_s"] for n in timed},
         "batched_vs_sequential": ratio(cpm["batched"], cpm["sequential"]),
-        "iia_sequential": seq_iia, "iia_batched": bat_iia,
-        "max_iia_diff": max(abs(a - b) for a, b in zip(seq_iia, bat_iia)),
+        "iia": iia, "iia_sequential": iia["sequential"], "iia_batched": iia["batched"],
+        "max_iia_diff": max(abs(a - b) for a, b in zip(iia["sequential"], iia["batched"])),
     }
+    if cfg["pyvene"]:
+        out["batched_vs_sequential_pyvene"] = ratio(cpm["batched_pyvene"], cpm["sequential_pyvene"])
+        out["replay_vs_pyvene_sequential"] = ratio(cpm["sequential"], cpm["sequential_pyvene"])
+        out["replay_vs_pyvene_batched"] = ratio(cpm["batched"], cpm["batched_pyvene"])
+        out["max_iia_diff_engines"] = max(abs(a - b) for a, b in zip(iia["sequential"], iia["sequential_pyvene"]))
+    return out
 
 
 def run(quick: bool = False) -> dict:
-    """Cells per minute, batched vs sequential, per task; IIA of both; the ratio."""
+    """Cells per minute, batched vs sequential (replay and pyvene engines), per task; IIAs; ratios."""
     cfg = QUICK if quick else FULL
     old = torch.get_num_threads()
     try:
@@ -74,7 +100,10 @@ def run(quick: bool = False) -> dict:
         torch.set_num_threads(old)
     ratios = {"batched_vs_sequential": min(t["batched_vs_sequential"] for t in tasks.values())}
     for name, t in tasks.items():
-        ratios[f"batched_vs_sequential_{name}"] = t["batched_vs_sequential"]
+        for key in ("batched_vs_sequential", "batched_vs_sequential_pyvene", "replay_vs_pyvene_sequential",
+                    "replay_vs_pyvene_batched"):
+            if key in t:
+                ratios[f"{key}_{name}"] = t[key]
     return {
         "benchmark": "search", "quick": quick, "config": dict(cfg), "tasks": tasks, "ratios": ratios,
         "max_iia_diff": max(t["max_iia_diff"] for t in tasks.values()),

@@ -25,13 +25,14 @@ import itertools
 import os
 import time
 from pathlib import Path
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, parse_positions
+from roadinterp.replay import ENGINES
 from roadinterp.store import RunStore, rows_to_frame
 from roadinterp.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
 
@@ -203,7 +204,8 @@ def get_random_model(spec: str):
     return _MODELS[key]
 
 
-def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched: bool):
+def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched: bool, engine: str = "auto"):
+    configs = [replace(c, engine=engine) for c in configs]
     if batched and len(configs) > 1:
         from roadinterp.batched import train_dii_batched
 
@@ -212,12 +214,12 @@ def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched
 
 
 def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: str, save_dir: str | None = None,
-              batched: bool = False) -> list[dict[str, Any]]:
+              batched: bool = False, engine: str = "auto") -> list[dict[str, Any]]:
     """Train and score cells that differ only in seed (and their controls); one row each.
 
     Safe to run in any process. With ``batched`` the seeds of the RoAd families share
     one forward per step (:mod:`roadinterp.batched`; IIA equal to one-at-a-time within
-    float summation order). With ``save_dir``, each learned RoAd basis is saved to
+    float summation order). ``engine`` is DIIConfig.engine (auto: replay where exact). With ``save_dir``, each learned RoAd basis is saved to
     ``save_dir/cells/<slug>/`` for the angle figures; the store's rows are the results.
     """
     from roadinterp.tasks import get_task
@@ -231,7 +233,7 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     t0 = time.perf_counter()
     configs = [config.dii(c.family, c.size, c.seed) for c in cells]
     data = [make_data(task, d) for d in configs]
-    mains = _train_many(model, task, site, configs, data, batched)
+    mains = _train_many(model, task, site, configs, data, batched, engine)
     rows = []
     for cell, main, (_, test) in zip(cells, mains, data):
         row = {"task": task.name, "model": model_spec, **main.row()}
@@ -245,14 +247,14 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
             if saveable:
                 io.save(saveable[0], Path(save_dir) / "cells" / cell.slug)
     if config.controls:
-        rnd = _train_many(get_random_model(model_spec), task, site, configs, data, batched)
+        rnd = _train_many(get_random_model(model_spec), task, site, configs, data, batched, engine)
         for row, r in zip(rows, rnd):
             row["iia_random_model"] = r.iia
         if task.rivals:
             rival = next(iter(task.rivals))
             rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
             rdata = [make_data(task, d) for d in rconfigs]
-            for row, r, (_, rtest) in zip(rows, _train_many(model, task, site, rconfigs, rdata, batched), rdata):
+            for row, r, (_, rtest) in zip(rows, _train_many(model, task, site, rconfigs, rdata, batched, engine), rdata):
                 row["iia_rival"], row["rival"], row["iia_rival_null"] = r.iia, rival, null_iia(rtest)
     per_cell = (time.perf_counter() - t0) / len(cells)
     for row in rows:
@@ -316,10 +318,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False):
+def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False, engine="auto"):
     if workers <= 1 or len(groups) <= 1:
         for group in groups:
-            for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched)):
+            for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched, engine)):
                 on_row(cell, row)
         return
     import multiprocessing as mp
@@ -328,7 +330,7 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched): g for g in groups}
+        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine): g for g in groups}
         try:
             while futures:
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
@@ -341,7 +343,7 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
             raise
 
 
-def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False):
+def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False, engine="auto"):
     try:
         import ray
     except ImportError:
@@ -353,7 +355,7 @@ def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, bat
         started = True
     try:
         remote = ray.remote(num_cpus=1)(run_cells)
-        pending = {remote.remote(config_json, g, spec, save_dir, batched): g for g in groups}
+        pending = {remote.remote(config_json, g, spec, save_dir, batched, engine): g for g in groups}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -371,13 +373,16 @@ def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, bat
 def search(
     config: SearchConfig | None = None, *, out: str | None = None, resume: bool = False,
     overwrite: bool = False, executor: str = "local", ray_address: str | None = None, workers: int = 1,
-    batched: bool = False, on_cell: Callable[[Cell, dict, int, int], None] | None = None, **overrides,
+    batched: bool = False, engine: str = "auto", on_cell: Callable[[Cell, dict, int, int], None] | None = None,
+    **overrides,
 ) -> pd.DataFrame:
     """Run a search; return one row per cell. With ``out``, results are stored crash-safely.
 
     ``overrides`` are SearchConfig fields: ``search(task="hierarchical-equality", families=["das"])``.
     ``batched`` trains the seeds of each RoAd-family cell in one batched forward; ``workers``
-    runs units of work in parallel processes (local executor).
+    runs units of work in parallel processes (local executor); ``engine`` picks how DII steps
+    run (``auto``: :mod:`roadinterp.replay` where it is exact, pyvene elsewhere; ``pyvene``:
+    always the reference path). It is not part of the run's config: results agree to float error.
     """
     base = asdict(config) if config else {}
     config = SearchConfig(**{**base, **overrides})
@@ -385,6 +390,8 @@ def search(
         raise ConfigError(f"workers must be a positive int, got {workers!r}")
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     task, spec, model, cells = resolve(config)
     config_json = config.to_json()
     config_json["model"] = spec
@@ -406,9 +413,9 @@ def search(
 
     try:
         if executor == "local":
-            _run_local(config_json, group_cells(todo, batched), spec, on_row, workers, out, batched)
+            _run_local(config_json, group_cells(todo, batched), spec, on_row, workers, out, batched, engine)
         else:
-            _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched)
+            _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched, engine)
     finally:
         if store:
             store.close()

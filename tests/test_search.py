@@ -122,16 +122,21 @@ def test_search_local_with_controls_and_summary(tmp_path):
                                        "seconds"]
 
 
+# long enough per cell that the run is still going when two cells are stored (training got fast)
+KILLABLE = [*SMALL[:SMALL.index("--n-train")], "--n-train", "8192", "--n-test", "256", "--epochs", "8",
+            *SMALL[SMALL.index("--no-controls"):]]
+
+
 @pytest.mark.slow
 def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
     full = tmp_path / "full"
-    subprocess.run([*CLI, "align", *SMALL, "--out", str(full)], check=True, env=_env(), capture_output=True)
+    subprocess.run([*CLI, "align", *KILLABLE, "--out", str(full)], check=True, env=_env(), capture_output=True)
     _, ref = read_run(full)
     assert len(ref) == 8
 
     run = tmp_path / "killed"
     started = time.time()
-    proc = subprocess.Popen([*CLI, "align", *SMALL, "--out", str(run)], env=_env(),
+    proc = subprocess.Popen([*CLI, "align", *KILLABLE, "--out", str(run)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = run / "results.db"
     deadline = time.time() + 300
@@ -157,9 +162,9 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
     _, partial = read_run(run)
     assert 2 <= len(partial) < 8
     # without --resume the directory is refused (finished work is not silently discarded)
-    r = subprocess.run([*CLI, "align", *SMALL, "--out", str(run)], env=_env(), capture_output=True, text=True)
+    r = subprocess.run([*CLI, "align", *KILLABLE, "--out", str(run)], env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "--resume" in r.stderr
-    subprocess.run([*CLI, "align", *SMALL, "--out", str(run), "--resume"], check=True, env=_env(),
+    subprocess.run([*CLI, "align", *KILLABLE, "--out", str(run), "--resume"], check=True, env=_env(),
                    capture_output=True)
     _, resumed = read_run(run)
     assert len(resumed) == 8

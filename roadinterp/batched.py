@@ -70,6 +70,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         self.alpha = nn.Parameter(torch.ones(n_candidates, L, n), requires_grad=train_alpha)
         self._rows: torch.Tensor | None = None
         self._blocks: tuple[int, int] | None = None  # (K, B) when rows are equal contiguous blocks
+        self._block_rows: torch.Tensor | None = None  # cached arange(K).repeat_interleave(B)
 
     @classmethod
     def from_interchanges(cls, ivs: Sequence[RoadInterchange]) -> "BatchedRoadInterchange":
@@ -122,6 +123,18 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
             B = r.numel() // K
             if torch.equal(r, torch.arange(K).repeat_interleave(B)):
                 self._blocks = (K, B)
+
+    @contextlib.contextmanager
+    def blocks(self, per_candidate: int) -> Iterator["BatchedRoadInterchange"]:
+        """Like :meth:`rows` for ``per_candidate`` rows of candidate 0, then of 1, ... (no checks needed)."""
+        K = self.n_candidates
+        if self._block_rows is None or self._block_rows.numel() != K * per_candidate:
+            self._block_rows = torch.arange(K).repeat_interleave(per_candidate)
+        self._rows, self._blocks = self._block_rows, (K, per_candidate)
+        try:
+            yield self
+        finally:
+            self._rows, self._blocks = None, None
 
     @contextlib.contextmanager
     def rows(self, rows) -> Iterator["BatchedRoadInterchange"]:
@@ -224,11 +237,30 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         if self._rows is None and self.n_candidates != 1:
             self.forward(*stacked.split(d, -1)[:2], subspaces[0])  # raises the routing error
         K = self.n_candidates if self._rows is not None else 1
-        Rt, Rit = self.dense_maps()
-        Ps = [torch.bmm(Rt * m[0], Rit) for m in masks]  # [K, d, d] each
-        W = torch.cat([torch.eye(d, device=Rt.device) - sum(Ps), *Ps], 1)  # [K, (1+V) d, d]
-        out = torch.bmm(stacked.float().reshape(K, -1, (1 + V) * d), W)  # [K, B * units, d]
+        x = stacked.float().reshape(K, -1, (1 + V) * d)  # [K, B * units, (1 + V) d]
+        if not self.orthogonal():  # R may be ill-conditioned: take differences first
+            base, *sources = x.split(d, -1)
+            Rt, Rit = self.dense_maps()
+            acc = sum(torch.bmm(s - base, Rt) * m[0] for s, m in zip(sources, masks))
+            out = base + torch.bmm(acc, Rit)
+        else:
+            Ps = self.projectors([m[0] for m in masks])  # [K, d, d] each
+            W = torch.cat([torch.eye(d, device=Ps[0].device) - sum(Ps), *Ps], 1)  # [K, (1+V) d, d]
+            out = torch.bmm(x, W)  # [K, B * units, d]
         return out.reshape(*stacked.shape[:-1], d).to(stacked.dtype)
+
+    def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per candidate ``P_v`` with ``x @ P_v[k] = R_k^-1 M_v R_k x`` (``RoadInterchange.projectors``).  # [K, d, d]"""
+        if not self.orthogonal():
+            Rt, Rit = self.dense_maps()
+            return [torch.bmm(Rt * m, Rit) for m in masks]
+        K, d, L = self.n_candidates, self.dim, len(self.strides)
+        c1, c2 = self._coef_table(inverse=False).reshape(K, 2, L, 1, d).unbind(1)  # each [K, L, 1, d]
+        sels = [m.nonzero().flatten() for m in masks]
+        A = torch.eye(d, device=self.theta.device)[torch.cat(sels)].expand(K, -1, d)  # e_s rows  [K, k, d]
+        for l in reversed(range(L)):  # R^-1 = R^T for a rotation: rows of R
+            A = A * c1[:, l] - rot.rotate_half_grouped(A, 2 * self.strides[l]) * c2[:, l]
+        return [torch.bmm(a.transpose(1, 2), a) for a in A.split([len(x) for x in sels], 1)]
 
     def _apply(self, x: torch.Tensor, table: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``R^-1 M R x`` per candidate: ``table`` ``[K or n, 4, L, ..., d]`` broadcasts against x.  # like x"""
@@ -417,8 +449,7 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
                 for start in range(0, n, first.batch_size):
                     idx = [o[start : start + first.batch_size] for o in orders]
                     B = len(idx[0])
-                    rows = torch.arange(K).repeat_interleave(B)
-                    with iv.rows(rows):
+                    with iv.blocks(B):  # only BatchedRoadInterchange has parameters to train
                         out = runner(list(zip(h_trains, idx)))
                     y = torch.cat([tr.labels[i] for tr, i in zip(trains, idx)])
                     ce = torch.nn.functional.cross_entropy(task.logits(out).float(), y, reduction="none")

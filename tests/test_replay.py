@@ -195,7 +195,13 @@ def test_engine_is_validated_in_the_config():
 def test_mix_equals_one_variable_at_a_time_elementwise(d, family, variant, train_alpha, seed):
     iv = RoadInterchange(d, family=family, variant=variant, seed=seed, train_alpha=train_alpha)
     with torch.no_grad():
-        iv.alpha.uniform_(0.5, 1.5) if train_alpha else None
+        if train_alpha:
+            iv.alpha.uniform_(0.5, 1.5)
+        if variant != "road_1":
+            # road_2/road_4 blocks are not rotations; with random angles 12 stacked layers reach condition
+            # numbers ~1e5, where any two float32 evaluations of the same map differ by cond x eps. Keep
+            # them well-conditioned so the comparison tests the algebra, not float32.
+            iv.theta.uniform_(-0.3, 0.3)
     g = torch.Generator().manual_seed(seed)
     base, s1, s2 = (torch.randn(5, 2, d, generator=g) for _ in range(3))
     from roadinterp.interventions import assign_axes
@@ -209,8 +215,7 @@ def test_mix_equals_one_variable_at_a_time_elementwise(d, family, variant, train
         ref = iv(iv(base, s1, subspaces[0]), s2, subspaces[1])
     finally:
         road_mod.DENSE_MAX_DIM = old
-    # road_2/road_4 inits are not rotations and can be ill-conditioned: compare relative to the scale
-    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())), (got - ref).abs().max()
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4), (got - ref).abs().max()
 
 
 def test_orthogonal_shortcut_is_only_taken_for_pure_rotations():

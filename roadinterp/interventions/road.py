@@ -264,10 +264,30 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
             for s, sp in zip(sources, subspaces):
                 base = self.forward(base, s, sp)
             return base
-        Rt, Rit = self.dense_maps()
-        Ps = [(Rt * m[0]) @ Rit for m in masks]
-        W = torch.cat([torch.eye(d, device=Rt.device) - sum(Ps), *Ps], 0)  # [(1+V) d, d]
+        if not self.orthogonal():  # R may be ill-conditioned: take differences first, as forward does
+            base, *sources = stacked.float().split(d, -1)
+            Rt, Rit = self.dense_maps()
+            acc = sum(((s - base) @ Rt) * m[0] for s, m in zip(sources, masks))  # rotated changes
+            return (base + acc @ Rit).to(stacked.dtype)
+        Ps = self.projectors([m[0] for m in masks])  # orthogonal projectors: no cancellation in I - sum P
+        W = torch.cat([torch.eye(d, device=Ps[0].device) - sum(Ps), *Ps], 0)  # [(1+V) d, d]
         return (stacked.float() @ W).to(stacked.dtype)
+
+    def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Row-vector form of ``R^-1 M_v R`` for each mask (``x @ P_v``).  # [d, d] each
+
+        For a pure rotation ``P_v = A_v^T A_v`` with ``A_v`` the rows of R that ``M_v``
+        keeps: those rows are ``R^-1 e_s`` (``R^-1 = R^T``), so R is applied to only as
+        many basis vectors as there are rotated coordinates, not to all d.
+        """
+        if not self.orthogonal():
+            Rt, Rit = self.dense_maps()
+            return [(Rt * m) @ Rit for m in masks]
+        sels = [m.nonzero().flatten() for m in masks]
+        A = torch.eye(self.dim, device=self.theta.device)[torch.cat(sels)]  # e_s rows  [k, d]
+        for (c1, c2), s in reversed(list(zip(self._coefs(), self.strides))):
+            A = rot.apply(A, c1, -c2, 2 * s)  # a rotation's inverse: the same angles negated
+        return [a.T @ a for a in A.split([len(x) for x in sels])]
 
     def orthogonal(self) -> bool:
         """True when R is a pure rotation (road_1, every scale exactly 1): then R^-1 = R^T."""

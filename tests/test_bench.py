@@ -29,6 +29,7 @@ def test_bench_search_quick_returns_its_keys():
     assert out["benchmark"] == "search"
     assert "batched_vs_sequential" in out["ratios"] and out["ratios"]["batched_vs_sequential"] > 0
     for t in out["tasks"].values():
-        assert set(t["cells_per_min"]) == {"sequential", "batched"}
+        assert set(t["cells_per_min"]) == {"sequential", "batched", "sequential_pyvene", "batched_pyvene"}
         assert len(t["iia_sequential"]) == len(t["iia_batched"]) == out["config"]["seeds"]
-        assert t["max_iia_diff"] <= 0.02
+        assert t["max_iia_diff"] <= 0.02 and t["max_iia_diff_engines"] <= 0.02
+        assert t["engine"] == ["replay"]  # both zoo sites are block outputs: the replay engine ran

@@ -17,6 +17,10 @@ float summation order).
 Tasks: hierarchical equality on ``zoo:hierarchical-equality-mlp`` (width 16, the DAS
 setting) and the interval task on ``zoo:interval-llama`` (a token task, width 64), both
 at layer 1 block_output, last position.
+
+``grid``: wall time of whole ``roadinterp.search`` runs (counterfactual generation
+included, no controls, one process) on hierarchical equality, layers 0-2, butterfly,
+as the number of seeds (so cells) grows, for the same four arms; ``plot`` draws it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+
+import time
 
 from benchmarks.common import interleaved, machine, ratio, summary
 from roadinterp.batched import train_dii_batched
@@ -38,9 +44,29 @@ TASKS = [
 ]
 # the search's defaults (SearchConfig: n_train 8192, n_test 2048, 4 epochs, batch 256), 5 seeds
 FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=2, warmup=0,
-            pyvene=True)
+            pyvene=True, grid_seeds=[1, 2, 4, 8])
 QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0,
-             pyvene=True)
+             pyvene=True, grid_seeds=[1, 2])
+ARMS = {"sequential": (False, "auto"), "batched": (True, "auto"), "sequential_pyvene": (False, "pyvene"),
+        "batched_pyvene": (True, "pyvene")}
+
+
+def grid(cfg: dict) -> dict:
+    """Seconds of whole searches (3 layers x seeds cells) per arm, as the grid grows."""
+    from roadinterp.search import search
+
+    layers = [0, 1, 2]
+    arms = {k: v for k, v in ARMS.items() if cfg["pyvene"] or not k.endswith("_pyvene")}
+    out: dict = {"cells": [], "seconds": {name: [] for name in arms}}
+    for seeds in cfg["grid_seeds"]:
+        out["cells"].append(len(layers) * seeds)
+        for name, (batched, engine) in arms.items():
+            t0 = time.perf_counter()
+            search(task="hierarchical-equality", layers=layers, families=[cfg["family"]], sizes=[8], seeds=seeds,
+                   controls=False, n_train=cfg["n_train"], n_test=cfg["n_test"], epochs=cfg["epochs"],
+                   batch_size=cfg["batch_size"], batched=batched, engine=engine)
+            out["seconds"][name].append(time.perf_counter() - t0)
+    return out
 
 
 def _one_task(spec: dict, cfg: dict) -> dict:
@@ -96,6 +122,7 @@ def run(quick: bool = False) -> dict:
     old = torch.get_num_threads()
     try:
         tasks = {spec["name"]: _one_task(spec, cfg) for spec in TASKS}
+        grown = grid(cfg)
     finally:
         torch.set_num_threads(old)
     ratios = {"batched_vs_sequential": min(t["batched_vs_sequential"] for t in tasks.values())}
@@ -105,15 +132,46 @@ def run(quick: bool = False) -> dict:
             if key in t:
                 ratios[f"{key}_{name}"] = t[key]
     return {
-        "benchmark": "search", "quick": quick, "config": dict(cfg), "tasks": tasks, "ratios": ratios,
+        "benchmark": "search", "quick": quick, "config": dict(cfg), "tasks": tasks, "ratios": ratios, "grid": grown,
         "max_iia_diff": max(t["max_iia_diff"] for t in tasks.values()),
         "targets": {"batched_vs_sequential": ">= 3", "max_iia_diff": "<= 0.02"},
         "machine": machine(),
     }
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_search [--quick]
+def plot(result: dict, path: str) -> None:
+    """Search wall time against grid size (cells) per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = result["grid"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (name, secs) in enumerate(g["seconds"].items()):
+        ax.plot(g["cells"], secs, "--" if name.endswith("_pyvene") else "-", marker="o", color=f"C{i // 2}",
+                alpha=1.0 if name.startswith("batched") else 0.6, label=name.replace("_", " "))
+    ax.set_xlabel("cells in the search (3 layers x seeds)")
+    ax.set_ylabel("seconds (whole search, one process)")
+    ax.set_title("Search cost by grid size, hierarchical equality (butterfly)")
+    ax.set_xticks(g["cells"])
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_search [--quick] [--plot PNG] [--from JSON]
     import json
     import sys
 
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+    args = sys.argv[1:]
+    if "--from" in args:  # re-plot a saved result without re-running
+        with open(args[args.index("--from") + 1]) as f:
+            res = json.load(f)
+    else:
+        res = run(quick="--quick" in args)
+        print(json.dumps(res, indent=2))
+    if "--plot" in args:
+        plot(res, args[args.index("--plot") + 1])

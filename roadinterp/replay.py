@@ -344,11 +344,18 @@ class PyveneRunner:
 class ReplayRows:
     """One dataset in a replay table: the table row of each base and source input."""
 
-    base: torch.Tensor  # long [n]
-    sources: tuple[torch.Tensor, ...]  # long [n] per variable
+    rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
+
+    @property
+    def base(self) -> torch.Tensor:  # [n]
+        return self.rows[:, 0]
+
+    @property
+    def sources(self) -> tuple[torch.Tensor, ...]:  # [n] per variable
+        return tuple(self.rows[:, 1:].unbind(1))
 
     def __len__(self) -> int:
-        return int(self.base.shape[0])
+        return int(self.rows.shape[0])
 
 
 class ReplayRunner:
@@ -390,7 +397,8 @@ class ReplayRunner:
             raise ConfigError("replay datasets must all have the same input keys")
         ids = self.replay.add({k: torch.cat([p[k] for p in parts]) for k in keys})
         chunks = iter(ids.split([len(next(iter(p.values()))) for p in parts]))
-        return [ReplayRows(next(chunks), tuple(next(chunks) for _ in data.sources)) for data in datasets]
+        return [ReplayRows(torch.stack([next(chunks) for _ in range(1 + len(data.sources))], 1))
+                for data in datasets]
 
     @property
     def units(self) -> torch.Tensor:
@@ -414,9 +422,9 @@ class ReplayRunner:
     def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
         tail, tail_pos = self._views()
         units = self._units
-        base_rows = torch.cat([rows.base[idx] for rows, idx in parts])
-        n, V, (u, d) = base_rows.shape[0], len(self.coords), units.shape[1:]
-        rows = torch.stack([base_rows, *(torch.cat([r.sources[v][i] for r, i in parts]) for v in range(V))], 1)
+        rows = parts[0][0].rows[parts[0][1]] if len(parts) == 1 else torch.cat([r.rows[i] for r, i in parts])
+        base_rows = rows[:, 0]  # [N]
+        n, V, (u, d) = rows.shape[0], len(self.coords), units.shape[1:]
         X = units[rows]  # [N, 1 + V, u, d]: base and every source, one gather
         subspaces = [[c] * n for c in self.coords]  # pyvene's per-row form (one list object repeated)
         first = self.interventions[0]

@@ -21,10 +21,12 @@ def test_bench_dii_quick_returns_its_keys():
 
 
 @pytest.mark.slow
-def test_bench_search_quick_returns_its_keys():
-    from benchmarks.bench_search import run
+def test_bench_search_quick_returns_its_keys(tmp_path):
+    from benchmarks.bench_search import plot, run
 
     out = run(quick=True)
+    plot(out, tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 5000
     json.dumps(out)
     assert out["benchmark"] == "search"
     assert "batched_vs_sequential" in out["ratios"] and out["ratios"]["batched_vs_sequential"] > 0
@@ -33,3 +35,5 @@ def test_bench_search_quick_returns_its_keys():
         assert len(t["iia_sequential"]) == len(t["iia_batched"]) == out["config"]["seeds"]
         assert t["max_iia_diff"] <= 0.02 and t["max_iia_diff_engines"] <= 0.02
         assert t["engine"] == ["replay"]  # both zoo sites are block outputs: the replay engine ran
+    g = out["grid"]
+    assert g["cells"] == [3, 6] and all(len(v) == 2 and min(v) > 0 for v in g["seconds"].values())

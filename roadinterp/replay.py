@@ -37,8 +37,8 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from roadinterp._pyvene import pv
-from pyvene.models.modeling_utils import do_intervention, get_module_hook
+from roadinterp._pyvene import pv  # first: imports pyvene quietly
+from pyvene.models.modeling_utils import do_intervention, get_module_hook  # noqa: E402 (after _pyvene)
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import attach_dii, run_dii
 from roadinterp.sites import Site, n_layers, sequence_length
@@ -96,8 +96,8 @@ def _row_hash(raw: np.ndarray) -> np.ndarray:
 def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw: np.ndarray):
     """Table id of every row and the rows to add, matching ``keys`` against ``known_keys``.
 
-    Returns ``(ids [n], new_rows [k], keys of the grown table)``, or ``(None, None,
-    None)`` when two different rows share a key (a hash collision).
+    Returns ``(ids [n], new_rows [k], keys of the grown table, raw rows of the grown
+    table)``, or four ``None`` when two different rows share a key (a hash collision).
     """
     m = len(known_keys)
     both = np.concatenate([known_keys, keys])
@@ -110,12 +110,14 @@ def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw:
     new_rows = new_first - m
     grown_raw = np.concatenate([known_raw, raw[new_rows]])
     if not np.array_equal(grown_raw[ids], raw):
-        return None, None, None
-    return ids, new_rows, both[np.concatenate([np.arange(m), new_first])]
+        return None, None, None, None
+    return ids, new_rows, both[np.concatenate([np.arange(m), new_first])], grown_raw
 
 
 def unsupported_reason(model, site: Site, inputs: Mapping[str, torch.Tensor] | None = None) -> str | None:
     """Why ``SiteReplay`` cannot serve this model/site/inputs (``None``: it can)."""
+    if model.training:
+        return "the model is in training mode (dropout would differ between cached and fresh forwards); call .eval()"
     if site.component not in REPLAY_COMPONENTS:
         return (f"component {site.component!r}: replay needs the full state between blocks "
                 f"({', '.join(REPLAY_COMPONENTS)})")
@@ -214,12 +216,12 @@ class SiteReplay:
         known = self._known_raw if self._known_raw is not None else raw[:0]
         # rows are matched by a 64-bit hash (fast to sort), then checked byte for byte; on a collision
         # the exact (slow) match on the raw bytes decides
-        ids, new_rows, hashes = _match(_row_hash(raw), self._known_hash, raw, known)
+        ids, new_rows, hashes, grown = _match(_row_hash(raw), self._known_hash, raw, known)
         if ids is None:
             as_void = np.dtype((np.void, raw.shape[1]))
-            ids, new_rows, _ = _match(raw.view(as_void).ravel(), known.view(as_void).ravel(), raw, known)
-        self._known_raw = np.concatenate([known, raw[new_rows]])
-        self._known_hash = _row_hash(self._known_raw) if hashes is None else hashes
+            ids, new_rows, _, grown = _match(raw.view(as_void).ravel(), known.view(as_void).ravel(), raw, known)
+            hashes = _row_hash(grown)  # the table now holds two rows with one hash: later adds re-check
+        self._known_raw, self._known_hash = grown, hashes
         ids = torch.from_numpy(ids)
         new_rows = new_rows.tolist()
         if new_rows:

@@ -250,3 +250,11 @@ def test_boundless_refuses_multi_position_sites():
     model, task = tiny_model("gpt2"), get_task("interval")
     with pytest.raises(ConfigError, match="boundless"):
         train_dii(model, task, Site(0, "block_output", "all"), family="boundless", size=4, n_train=32, n_test=32)
+
+
+def test_a_model_in_training_mode_is_not_replayed():
+    model, task = tiny_model("gpt2").train(), get_task("interval")
+    data = task.counterfactuals(16, split="train", seed=0)
+    built = get_family("butterfly").build(32, [4, 4], seed=0)
+    runner, _ = make_runner(model, Site(0), task, built.interventions, built.coords, shared=True, datasets=[data])
+    assert runner.engine == "pyvene" and "training mode" in runner.reason

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from benchmarks.common import interleaved, machine, ratio, summary
+from benchmarks.common import interleaved, machine, main, ratio, summary
 from roadinterp.interventions import attach_dii, get_family, run_dii
 from roadinterp.sites import Site
 
@@ -239,15 +239,4 @@ def plot(result: dict, path: str) -> None:
 
 
 if __name__ == "__main__":  # python -m benchmarks.bench_dii [--quick] [--plot PNG] [--from JSON]
-    import json
-    import sys
-
-    args = sys.argv[1:]
-    if "--from" in args:  # re-plot a saved result without re-running
-        with open(args[args.index("--from") + 1]) as f:
-            res = json.load(f)
-    else:
-        res = run(quick="--quick" in args)
-        print(json.dumps(res, indent=2))
-    if "--plot" in args:
-        plot(res, args[args.index("--plot") + 1])
+    main(run, plot)

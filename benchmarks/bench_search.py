@@ -31,7 +31,7 @@ import torch
 
 import time
 
-from benchmarks.common import interleaved, machine, ratio, summary
+from benchmarks.common import interleaved, machine, main, ratio, summary
 from roadinterp.batched import train_dii_batched
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
@@ -163,15 +163,4 @@ def plot(result: dict, path: str) -> None:
 
 
 if __name__ == "__main__":  # python -m benchmarks.bench_search [--quick] [--plot PNG] [--from JSON]
-    import json
-    import sys
-
-    args = sys.argv[1:]
-    if "--from" in args:  # re-plot a saved result without re-running
-        with open(args[args.index("--from") + 1]) as f:
-            res = json.load(f)
-    else:
-        res = run(quick="--quick" in args)
-        print(json.dumps(res, indent=2))
-    if "--plot" in args:
-        plot(res, args[args.index("--plot") + 1])
+    main(run, plot)

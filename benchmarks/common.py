@@ -63,3 +63,19 @@ def machine() -> dict:
         "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def main(run: Callable[..., dict], plot: Callable[[dict, str], None] | None = None) -> None:
+    """``python -m benchmarks.X [--quick] [--plot PNG] [--from JSON]``: run (or re-load) and print/plot."""
+    import json
+    import sys
+
+    args = sys.argv[1:]
+    if "--from" in args:  # re-plot a saved result without re-running
+        with open(args[args.index("--from") + 1]) as f:
+            res = json.load(f)
+    else:
+        res = run(quick="--quick" in args)
+        print(json.dumps(res, indent=2))
+    if "--plot" in args and plot is not None:
+        plot(res, args[args.index("--plot") + 1])

@@ -131,13 +131,14 @@ def unsupported_reason(model, site: Site, inputs: Mapping[str, torch.Tensor] | N
 class SiteReplay:
     """State table of a frozen model at a site, and the suffix runner.
 
-    ``add(inputs)`` computes (once per distinct row) the site state of every row and
-    returns row ids into the table; :meth:`run` runs the rest of the model on
+    ``add(inputs)`` computes (once per distinct row, ``chunk`` rows per forward; by
+    default about 64 MiB of site states) the site state of every row and returns row ids
+    into the table; :meth:`run` runs the rest of the model on
     ``[N, seq, d]`` states. The model must be frozen and in eval mode for the table
     to stay valid; the table lives as long as this object.
     """
 
-    def __init__(self, model, site: Site, *, chunk: int = 1024, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, model, site: Site, *, chunk: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         reason = unsupported_reason(model, site)
         if reason:
             raise ConfigError(f"replay is not available at {site.label()}: {reason}")
@@ -227,18 +228,28 @@ class SiteReplay:
         if new_rows:
             self._table = None
             sel = torch.as_tensor(new_rows)
-            for start in range(0, len(new_rows), self.chunk):
-                part = {k: content[k][sel[start : start + self.chunk]] for k in keys}
+            start = 0
+            while start < len(new_rows):
+                size = self.chunk or (1024 if not self._chunks else self._auto_chunk)
+                part = {k: content[k][sel[start : start + size]] for k in keys}
+                start += size
                 states = self._prefix(part)
                 self.n_forward_rows += states.shape[0]
                 self._chunks.append(states)
-                size = sum(c.numel() * c.element_size() for c in self._chunks)
-                if size > self.max_bytes:
+                used = sum(c.numel() * c.element_size() for c in self._chunks)
+                if used > self.max_bytes:
                     raise ConfigError(
                         f"replay state table exceeds {self.max_bytes / 2**20:.0f} MiB at {self.site.label()}; "
                         "use engine='pyvene' or fewer/shorter inputs"
                     )
         return ids
+
+    @property
+    def _auto_chunk(self) -> int:
+        """Rows per prefix forward when none was given: ~64 MiB of site states, 64..16384 rows."""
+        c = self._chunks[0]
+        per_row = c[0].numel() * c.element_size()
+        return int(min(16384, max(64, (64 << 20) // max(per_row, 1))))
 
     @property
     def table(self) -> torch.Tensor:

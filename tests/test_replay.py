@@ -258,3 +258,15 @@ def test_a_model_in_training_mode_is_not_replayed():
     built = get_family("butterfly").build(32, [4, 4], seed=0)
     runner, _ = make_runner(model, Site(0), task, built.interventions, built.coords, shared=True, datasets=[data])
     assert runner.engine == "pyvene" and "training mode" in runner.reason
+
+
+def test_prefix_chunks_follow_the_given_size_or_the_state_budget():
+    model = tiny_model("gpt2")
+    ids = torch.randint(0, 50, (10, 4))
+    fixed = SiteReplay(model, Site(0), chunk=3)
+    fixed.add({"input_ids": ids})
+    assert [c.shape[0] for c in fixed._chunks] == [3, 3, 3, 1]
+    auto = SiteReplay(model, Site(0))
+    rows = auto.add({"input_ids": ids})
+    assert auto._auto_chunk == 16384  # 4 x 32 floats a row: far under 64 MiB
+    assert torch.allclose(auto.table[rows], fixed.table[fixed.add({"input_ids": ids})])

@@ -219,8 +219,9 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
 
     Safe to run in any process. With ``batched`` the seeds of the RoAd families share
     one forward per step (:mod:`roadinterp.batched`; IIA equal to one-at-a-time within
-    float summation order). ``engine`` is DIIConfig.engine (auto: replay where exact). With ``save_dir``, each learned RoAd basis is saved to
-    ``save_dir/cells/<slug>/`` for the angle figures; the store's rows are the results.
+    float summation order). ``engine`` is DIIConfig.engine (auto: replay where exact). With
+    ``save_dir``, each learned RoAd basis is saved to ``save_dir/cells/<slug>/`` for the angle
+    figures; the store's rows are the results.
     """
     from roadinterp.tasks import get_task
 
@@ -254,7 +255,8 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
             rival = next(iter(task.rivals))
             rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
             rdata = [make_data(task, d) for d in rconfigs]
-            for row, r, (_, rtest) in zip(rows, _train_many(model, task, site, rconfigs, rdata, batched, engine), rdata):
+            rivals = _train_many(model, task, site, rconfigs, rdata, batched, engine)
+            for row, r, (_, rtest) in zip(rows, rivals, rdata):
                 row["iia_rival"], row["rival"], row["iia_rival_null"] = r.iia, rival, null_iia(rtest)
     per_cell = (time.perf_counter() - t0) / len(cells)
     for row in rows:
@@ -318,7 +320,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False, engine="auto"):
+def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False,
+               engine="auto"):
     if workers <= 1 or len(groups) <= 1:
         for group in groups:
             for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched, engine)):
@@ -343,7 +346,8 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
             raise
 
 
-def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False, engine="auto"):
+def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False,
+             engine="auto"):
     try:
         import ray
     except ImportError:
@@ -382,7 +386,8 @@ def search(
     ``batched`` trains the seeds of each RoAd-family cell in one batched forward; ``workers``
     runs units of work in parallel processes (local executor); ``engine`` picks how DII steps
     run (``auto``: :mod:`roadinterp.replay` where it is exact, pyvene elsewhere; ``pyvene``:
-    always the reference path). It is not part of the run's config: results agree to float error.
+    always the reference path). It is not part of the run's config: per-step outputs agree to
+    float error (long runs can still differ where seeds are unstable; docs/performance.md#replay).
     """
     base = asdict(config) if config else {}
     config = SearchConfig(**{**base, **overrides})

@@ -117,7 +117,7 @@ def check_assignment(dim: int, coords: Sequence[Sequence[int]], group_size: int)
             )
 
 
-DENSE_MAX_DIM = 128  # widths up to this apply R^-1 M R as one [d, d] matrix (see RoadInterchange.projector)
+DENSE_MAX_DIM = 128  # widths up to this apply R^-1 M R as [d, d] matrices (RoadInterchange.mix, .projectors)
 
 
 def uniform_mask(subspaces, n: int, d: int, device=None) -> torch.Tensor | None:
@@ -252,8 +252,9 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
 
         Narrow sites (``d <= DENSE_MAX_DIM``) with the same coordinates on every row take
         one matmul with the ``[(1+V) d, d]`` matrix ``[I - sum_v P_v; P_1; ...; P_V]``
-        (``P_v`` the row-vector form of ``R^-1 M_v R``): R is built once per call, on d
-        rows, instead of rotating every example forth and back once per variable.
+        (``P_v`` the row-vector form of ``R^-1 M_v R``, see :meth:`projectors`): R is built
+        once per call instead of rotating every example forth and back once per variable.
+        Other sites apply :meth:`forward` once per variable.
         """
         n, d, V = stacked.shape[0], self.dim, len(subspaces)
         if stacked.shape[-1] != (1 + V) * d:

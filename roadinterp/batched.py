@@ -207,17 +207,10 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         table = self._coef_table(inverse=not orthogonal)
         c1, c2, *inv = table.reshape(K, table.shape[1], L, 1, d).unbind(1)  # each [K, L, 1, d]
         eye = torch.eye(d, device=self.theta.device).expand(K, d, d)  # rows e_j per candidate
-        Rt = eye
-        for l, s in enumerate(self.strides):
-            Rt = Rt * c1[:, l] + rot.rotate_half_grouped(Rt, 2 * s) * c2[:, l]
+        Rt = self._layers(eye, c1, c2)
         if orthogonal:
             return Rt, Rt.transpose(1, 2)
-        i1, i2 = inv
-        Rit = eye
-        for l in reversed(range(L)):
-            s = self.strides[l]
-            Rit = Rit * i1[:, l] + rot.rotate_half_grouped(Rit, 2 * s) * i2[:, l]
-        return Rt, Rit
+        return Rt, self._layers(eye, *inv, reverse=True)
 
     def interchange(self, base, sources, subspaces):
         """Every variable's DII in one call (see ``RoadInterchange.interchange``).  # like base"""
@@ -258,19 +251,19 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         c1, c2 = self._coef_table(inverse=False).reshape(K, 2, L, 1, d).unbind(1)  # each [K, L, 1, d]
         sels = [m.nonzero().flatten() for m in masks]
         A = torch.eye(d, device=self.theta.device)[torch.cat(sels)].expand(K, -1, d)  # e_s rows  [K, k, d]
-        for l in reversed(range(L)):  # R^-1 = R^T for a rotation: rows of R
-            A = A * c1[:, l] - rot.rotate_half_grouped(A, 2 * self.strides[l]) * c2[:, l]
+        A = self._layers(A, c1, -c2, reverse=True)  # R^-1 (angles negated) = R^T: rows of R
         return [torch.bmm(a.transpose(1, 2), a) for a in A.split([len(x) for x in sels], 1)]
 
     def _apply(self, x: torch.Tensor, table: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``R^-1 M R x`` per candidate: ``table`` ``[K or n, 4, L, ..., d]`` broadcasts against x.  # like x"""
         c1, c2, i1, i2 = table.unbind(1)  # each [K or n, L, (1,) ..., d]
-        for l, s in enumerate(self.strides):  # R x
-            x = x * c1[:, l] + rot.rotate_half_grouped(x, 2 * s) * c2[:, l]
-        x = x * m
-        for l in reversed(range(len(self.strides))):  # R^-1 M R x
-            s = self.strides[l]
-            x = x * i1[:, l] + rot.rotate_half_grouped(x, 2 * s) * i2[:, l]
+        return self._layers(self._layers(x, c1, c2) * m, i1, i2, reverse=True)
+
+    def _layers(self, x: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, *, reverse: bool = False) -> torch.Tensor:
+        """Every layer's ``x * c1 + rotate_half(x) * c2`` in stride order (``reverse``: last first).  # like x"""
+        order = range(len(self.strides))
+        for l in (reversed(order) if reverse else order):
+            x = x * c1[:, l] + rot.rotate_half_grouped(x, 2 * self.strides[l]) * c2[:, l]
         return x
 
     def __str__(self) -> str:

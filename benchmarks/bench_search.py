@@ -43,7 +43,7 @@ TASKS = [
     dict(name="interval", model="zoo:interval-llama", site=Site(1, "block_output", "last"), size=8),
 ]
 # the search's defaults (SearchConfig: n_train 8192, n_test 2048, 4 epochs, batch 256), 5 seeds
-FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=2, warmup=0,
+FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=3, warmup=0,
             pyvene=True, grid_seeds=[1, 2, 4, 8])
 QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0,
              pyvene=True, grid_seeds=[1, 2])

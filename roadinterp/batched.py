@@ -31,6 +31,7 @@ from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.interventions import get_family
 from roadinterp.interventions.road import DENSE_MAX_DIM, RoadInterchange, uniform_mask
 from roadinterp.road import rotation as rot
+from roadinterp.road.butterfly import apply_layers, layer_coefficients
 from roadinterp.sites import Site
 from roadinterp.tasks.base import CounterfactualBatch
 from roadinterp.replay import make_runner
@@ -148,15 +149,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
     # ----- maths
     def _coef_table(self, inverse: bool = True) -> torch.Tensor:
         """Forward (and inverse) coefficients of every candidate and layer.  # [K, 4 or 2, L, d]"""
-        c1s, c2s, i1s, i2s = [], [], [], []
-        for l, s in enumerate(self.strides):
-            c1, c2 = rot.coefficients(self.theta[:, l], self.alpha[:, l], self.variant, 2 * s)  # [K, d]
-            c1s.append(c1), c2s.append(c2)
-            if inverse:
-                i1, i2 = rot.inverse_coefficients(c1, c2, 2 * s)
-                i1s.append(i1), i2s.append(i2)
-        parts = [c1s, c2s, i1s, i2s] if inverse else [c1s, c2s]
-        return torch.stack([torch.stack(p, 1) for p in parts], 1)
+        return torch.stack(layer_coefficients(self.theta, self.alpha, self.strides, self.variant, inverse=inverse), 1)
 
     def forward(self, base, source, subspaces=None, **kwargs):
         n, d = base.shape[0], self.dim
@@ -261,10 +254,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
 
     def _layers(self, x: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, *, reverse: bool = False) -> torch.Tensor:
         """Every layer's ``x * c1 + rotate_half(x) * c2`` in stride order (``reverse``: last first).  # like x"""
-        order = range(len(self.strides))
-        for l in (reversed(order) if reverse else order):
-            x = x * c1[:, l] + rot.rotate_half_grouped(x, 2 * self.strides[l]) * c2[:, l]
-        return x
+        return apply_layers(x, c1, c2, self.strides, reverse=reverse, layer_dim=1)
 
     def __str__(self) -> str:
         return (f"BatchedRoadInterchange(family={self.family}, dim={self.dim}, candidates={self.n_candidates}, "
@@ -437,14 +427,20 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
             opt = torch.optim.Adam(params, lr=lr)
             gens = [torch.Generator().manual_seed(c.seed) for c in configs]
             n = len(trains[0])
+            # every candidate's training rows in one handle: candidate k's row i is k * n + i, so a
+            # step takes one slice of the epoch's orders and one gather, not one per candidate
+            h_all = runner.concat(h_trains)
+            y_all = torch.cat([tr.labels for tr in trains])
+            offsets = (torch.arange(K) * n)[:, None]  # [K, 1]
             for _ in range(first.epochs):
-                orders = [torch.randperm(n, generator=g) for g in gens]
+                orders = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets  # [K, n]
                 for start in range(0, n, first.batch_size):
-                    idx = [o[start : start + first.batch_size] for o in orders]
-                    B = len(idx[0])
+                    idx = orders[:, start : start + first.batch_size]  # [K, B]: candidate k's rows, as train_dii
+                    B = idx.shape[1]
+                    idx = idx.reshape(-1)
                     with iv.blocks(B):  # only BatchedRoadInterchange has parameters to train
-                        out = runner(list(zip(h_trains, idx)))
-                    y = torch.cat([tr.labels[i] for tr, i in zip(trains, idx)])
+                        out = runner([(h_all, idx)])
+                    y = y_all.index_select(0, idx)
                     ce = torch.nn.functional.cross_entropy(task.logits(out).float(), y, reduction="none")
                     per = ce.view(K, B).mean(1)  # [K]: each candidate's own mean loss
                     opt.zero_grad(set_to_none=True)

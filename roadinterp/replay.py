@@ -345,6 +345,12 @@ class PyveneRunner:
     def prepare(self, data: CounterfactualBatch) -> CounterfactualBatch:
         return replace(data, raw=None)  # numpy copies on every subset are pure overhead here
 
+    def concat(self, handles: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
+        """One handle holding the rows of ``handles`` one after the other."""
+        from roadinterp.batched import concat_batches
+
+        return concat_batches(handles)
+
     def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]]):
         from roadinterp.batched import concat_batches
 
@@ -393,6 +399,10 @@ class ReplayRunner:
     def prepare(self, data: CounterfactualBatch) -> ReplayRows:
         return self.prepare_all([data])[0]
 
+    def concat(self, handles: Sequence[ReplayRows]) -> ReplayRows:
+        """One handle holding the rows of ``handles`` one after the other."""
+        return ReplayRows(torch.cat([h.rows for h in handles]))
+
     def prepare_all(self, datasets: Sequence[CounterfactualBatch]) -> list[ReplayRows]:
         """Table rows of every base and source input of ``datasets`` (one pass over all of them)."""
         parts: list[Mapping[str, torch.Tensor]] = []
@@ -435,10 +445,12 @@ class ReplayRunner:
     def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
         tail, tail_pos = self._views()
         units = self._units
-        rows = parts[0][0].rows[parts[0][1]] if len(parts) == 1 else torch.cat([r.rows[i] for r, i in parts])
+        rows = torch.cat([r.rows.index_select(0, i) for r, i in parts]) if len(parts) > 1 \
+            else parts[0][0].rows.index_select(0, parts[0][1])  # index_select: faster than rows[i] on CPU
         base_rows = rows[:, 0]  # [N]
         n, V, (u, d) = rows.shape[0], len(self.coords), units.shape[1:]
-        X = units[rows]  # [N, 1 + V, u, d]: base and every source, one gather
+        # base and every source, one gather (index_select: ~3x faster than units[rows] on CPU)
+        X = units.index_select(0, rows.reshape(-1).to(units.device)).view(n, 1 + V, u, d)  # [N, 1 + V, u, d]
         subspaces = [[c] * n for c in self.coords]  # pyvene's per-row form (one list object repeated)
         first = self.interventions[0]
         if hasattr(first, "mix") and all(iv is first for iv in self.interventions):
@@ -450,7 +462,7 @@ class ReplayRunner:
         b = b.to(tail.dtype)
         if tail.shape[1] == u and torch.equal(tail_pos, torch.arange(u)):  # the tail is the site positions
             return self.replay.run(b)
-        h = tail[base_rows]  # [N, seq or kept, d], a fresh tensor: write the site positions in place
+        h = tail.index_select(0, base_rows.to(tail.device))  # [N, seq or kept, d], fresh: written in place
         h[:, tail_pos.to(h.device)] = b
         return self.replay.run(h)
 

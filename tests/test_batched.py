@@ -25,14 +25,16 @@ def setup():
     return zoo.load_model("zoo:hierarchical-equality-mlp", device="cpu"), get_task("hierarchical-equality")
 
 
+@pytest.mark.parametrize("engine", ["auto", "pyvene"])
 @pytest.mark.parametrize("family", ["butterfly", "road", "neuron"])
-def test_batched_equals_sequential_per_seed(setup, family):
+def test_batched_equals_sequential_per_seed(setup, family, engine):
     model, task = setup
     site = Site(1)
-    configs = [DIIConfig(family=family, seed=s, **SMALL) for s in range(3)]
+    configs = [DIIConfig(family=family, seed=s, engine=engine, **SMALL) for s in range(3)]
     seq = [train_dii(model, task, site, config=c) for c in configs]
     bat = train_dii_batched(model, task, site, configs)
     assert [r.config.seed for r in bat] == [0, 1, 2]
+    assert {r.engine for r in bat} == {r.engine for r in seq} == {"replay" if engine == "auto" else "pyvene"}
     for a, b in zip(seq, bat):
         assert abs(a.iia - b.iia) <= 0.02
         assert abs(a.train_iia - b.train_iia) <= 0.02

@@ -14,6 +14,7 @@ from roadinterp.road import (
     RoadSpec,
     apply,
     apply_bank,
+    apply_layers,
     bank_tables,
     butterfly_apply,
     butterfly_coefficients,
@@ -23,6 +24,7 @@ from roadinterp.road import (
     coefficients,
     dense_matrix,
     inverse_coefficients,
+    layer_coefficients,
     merge_into_linear,
     n_params,
     unmerge_from_linear,
@@ -185,6 +187,39 @@ def test_butterfly_orthogonal_and_zero_is_identity(log_d, seed, data):
     h = torch.randn(3, dim)
     torch.testing.assert_close(butterfly_inverse_apply(butterfly_apply(h, coefs, strides), coefs, strides), h,
                                atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(log_d=st.integers(1, 6), depth=st.integers(1, 3), variant=st.sampled_from(VARIANTS),
+       lead=st.lists(st.integers(1, 3), max_size=2), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_layer_coefficients_equal_layer_by_layer(log_d, depth, variant, lead, seed, data):
+    """The vectorised table == coefficients / inverse_coefficients of each layer, and
+    apply_layers with the inverse table undoes the forward (checked on the dense matrix)."""
+    dim = 2**log_d
+    strides = butterfly_strides(dim, data.draw(st.integers(1, log_d)), depth)
+    L, n = len(strides), n_params(dim, variant)
+    g = torch.Generator().manual_seed(seed)
+    theta = (torch.rand(*lead, L, n, generator=g) * 2 - 1) * torch.pi
+    alpha = torch.rand(*lead, L, n, generator=g) + 0.5
+    c1, c2, i1, i2 = layer_coefficients(theta, alpha, strides, variant, inverse=True)
+    assert c1.shape == (*lead, L, dim)
+    for l, s in enumerate(strides):
+        a, b = coefficients(theta[..., l, :], alpha[..., l, :], variant, 2 * s)
+        ia, ib = inverse_coefficients(a, b, 2 * s)
+        torch.testing.assert_close(c1[..., l, :], a, atol=0, rtol=0)
+        torch.testing.assert_close(c2[..., l, :], b, atol=0, rtol=0)
+        torch.testing.assert_close(i1[..., l, :], ia, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(i2[..., l, :], ib, atol=1e-6, rtol=1e-6)
+    # one candidate: the table-driven maps == the layer-by-layer maps, on the identity's rows
+    first = (0,) * len(lead)
+    ref = [coefficients(theta[first][l], alpha[first][l], variant, 2 * s) for l, s in enumerate(strides)]
+    eye = torch.eye(dim)
+    torch.testing.assert_close(apply_layers(eye, c1[first], c2[first], strides), butterfly_apply(eye, ref, strides))
+    Rinv = apply_layers(eye, i1[first], i2[first], strides, reverse=True)
+    torch.testing.assert_close(Rinv, butterfly_inverse_apply(eye, ref, strides))
+    if variant == "road_1":  # scaled rotations are well conditioned: the inverse really inverts
+        R = apply_layers(eye, c1[first], c2[first], strides)
+        torch.testing.assert_close(R @ Rinv, eye, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------ bank

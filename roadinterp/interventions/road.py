@@ -29,10 +29,12 @@ from roadinterp._pyvene import pv
 from roadinterp.errors import ConfigError, FileFormatError, OverlapError, ShapeError
 from roadinterp.road import rotation as rot
 from roadinterp.road.butterfly import (
+    apply_layers,
     butterfly_apply,
     butterfly_coefficients,
     butterfly_inverse_apply,
     butterfly_strides,
+    layer_coefficients,
 )
 
 
@@ -213,6 +215,10 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     def _coefs(self):
         return butterfly_coefficients(self.theta, self.alpha, self.strides, self.variant)
 
+    def _table(self, inverse: bool = False) -> tuple[torch.Tensor, ...]:
+        """Every layer's coefficients (and the inverse's): :func:`layer_coefficients`.  # [L, d] each"""
+        return layer_coefficients(self.theta, self.alpha, self.strides, self.variant, inverse=inverse)
+
     def rotate(self, h: torch.Tensor) -> torch.Tensor:
         """``R h`` (fp32)."""
         return butterfly_apply(h.float(), self._coefs(), self.strides)
@@ -227,15 +233,15 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         mask = uniform_mask(subspaces, base.shape[0], self.dim, base.device)
         if mask is None:
             raise ConfigError("RoadInterchange needs subspaces: the rotated coordinates of each variable")
-        coefs = self._coefs()
         diff = (source - base).float()
         if mask.shape[0] == 1 and self.dim <= DENSE_MAX_DIM:
-            Rt, Rit = self.dense_maps(coefs)
+            Rt, Rit = self.dense_maps()
             delta = ((diff @ Rt) * mask[0]) @ Rit  # same map as below, two small matmuls per row
         else:
-            diff = butterfly_apply(diff, coefs, self.strides)  # R (s - b)
+            c1, c2, i1, i2 = self._table(inverse=True)
+            diff = apply_layers(diff, c1, c2, self.strides)  # R (s - b)
             m = mask.to(diff.dtype).reshape(mask.shape[0], *([1] * (base.dim() - 2)), self.dim)
-            delta = butterfly_inverse_apply(diff * m, coefs, self.strides)  # R^-1 M R (s - b)
+            delta = apply_layers(diff * m, i1, i2, self.strides, reverse=True)  # R^-1 M R (s - b)
         return (base.float() + delta).to(base.dtype)
 
     def interchange(self, base, sources, subspaces):
@@ -286,15 +292,15 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
             return [(Rt * m) @ Rit for m in masks]
         sels = [m.nonzero().flatten() for m in masks]
         A = torch.eye(self.dim, device=self.theta.device)[torch.cat(sels)]  # e_s rows  [k, d]
-        for (c1, c2), s in reversed(list(zip(self._coefs(), self.strides))):
-            A = rot.apply(A, c1, -c2, 2 * s)  # a rotation's inverse: the same angles negated
+        c1, c2 = self._table()
+        A = apply_layers(A, c1, -c2, self.strides, reverse=True)  # a rotation's inverse: the same angles negated
         return [a.T @ a for a in A.split([len(x) for x in sels])]
 
     def orthogonal(self) -> bool:
         """True when R is a pure rotation (road_1, every scale exactly 1): then R^-1 = R^T."""
         return self.variant == "road_1" and not self.alpha.requires_grad and bool((self.alpha == 1).all())
 
-    def dense_maps(self, coefs=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Rt, Rit)`` with ``x @ Rt = R x`` and ``x @ Rit = R^-1 x`` for row vectors.  # [d, d] each
 
         Built by running the element-wise maps on the identity's rows: d rows instead
@@ -302,10 +308,11 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         narrow sites (``d <= DENSE_MAX_DIM``) where every row swaps the same
         coordinates; the element-wise path costs ~6 kernels per layer per call.
         """
-        coefs = self._coefs() if coefs is None else coefs
+        orthogonal = self.orthogonal()
+        c1, c2, *inv = self._table(inverse=not orthogonal)
         eye = torch.eye(self.dim, device=self.theta.device)
-        Rt = butterfly_apply(eye, coefs, self.strides)
-        Rit = Rt.T if self.orthogonal() else butterfly_inverse_apply(eye, coefs, self.strides)
+        Rt = apply_layers(eye, c1, c2, self.strides)
+        Rit = Rt.T if orthogonal else apply_layers(eye, *inv, self.strides, reverse=True)
         return Rt, Rit
 
     def matrix(self) -> torch.Tensor:

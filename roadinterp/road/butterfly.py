@@ -15,10 +15,12 @@ With all angles zero the product is the identity; with alpha = 1 it is orthogona
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from roadinterp.errors import ConfigError
-from roadinterp.road.rotation import apply, coefficients, inverse_coefficients
+from roadinterp.road.rotation import apply, inverse_coefficients, pair_index, rotate_half_grouped
 
 
 def butterfly_strides(dim: int, n_layers: int | None = None, depth: int = 1) -> list[int]:
@@ -47,14 +49,77 @@ def butterfly_strides(dim: int, n_layers: int | None = None, depth: int = 1) -> 
     return sorted(strides) * depth  # apply narrowest first so d/2 sits next to the mask
 
 
+@functools.lru_cache(maxsize=64)
+def _layer_index(dim: int, variant: str, strides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per layer: the parameter index of each element's cos and sin entry, and its partner.  # 3 x [L, d]"""
+    i = torch.arange(dim)
+    cos_idx, sin_idx, partner = [], [], []
+    for s in strides:
+        g = 2 * s
+        if variant == "road_1":
+            c = (i // g) * s + (i % s)  # element_block: one parameter per pair
+            cos_idx.append(c), sin_idx.append(c)
+        elif variant == "road_2":
+            cos_idx.append(i), sin_idx.append(i)
+        elif variant == "road_4":
+            c = (i // g) * 2 * g + (i % g)  # per group: g cos entries, then g sin entries
+            cos_idx.append(c), sin_idx.append(c + g)
+        else:
+            raise ConfigError(f"unknown variant {variant!r}")
+        partner.append(pair_index(dim, g))
+    return torch.stack(cos_idx), torch.stack(sin_idx), torch.stack(partner)
+
+
+def layer_coefficients(
+    thetas: torch.Tensor, alphas: torch.Tensor, strides: list[int], variant: str = "road_1",
+    *, inverse: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Every layer's (c1, c2) at once, and with ``inverse`` the inverse's (i1, i2).  # [..., L, d] each
+
+    Equal to :func:`coefficients` / :func:`inverse_coefficients` layer by layer, but a
+    fixed handful of ops (gathers with precomputed indices) however many layers there
+    are: a butterfly's coefficients cost ~8 autograd nodes instead of ~8 per layer.
+    """
+    n = thetas.shape[-1]
+    dim = {"road_1": 2 * n, "road_2": n, "road_4": n // 2}[variant]
+    ci, si, partner = (x.to(thetas.device) for x in _layer_index(dim, variant, tuple(strides)))
+    lead = (*thetas.shape[:-2], len(strides), dim)
+    if variant == "road_1":  # cos and sin read the same parameters: gather once
+        t = thetas.gather(-1, ci.expand(lead))
+        a = alphas.gather(-1, ci.expand(lead))
+        c1, c2 = a * t.cos(), a * t.sin()
+    else:
+        c1 = alphas.gather(-1, ci.expand(lead)) * thetas.gather(-1, ci.expand(lead)).cos()
+        c2 = alphas.gather(-1, si.expand(lead)) * thetas.gather(-1, si.expand(lead)).sin()
+    if not inverse:
+        return c1, c2
+    c1p, c2p = c1.gather(-1, partner.expand(lead)), c2.gather(-1, partner.expand(lead))
+    det = c1 * c1p + c2 * c2p
+    return c1, c2, c1p / det, -c2 / det
+
+
 def butterfly_coefficients(
     thetas: torch.Tensor, alphas: torch.Tensor, strides: list[int], variant: str = "road_1"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(c1, c2) for each layer. ``thetas``/``alphas``: ``[..., L, n_params]``."""
-    return [
-        coefficients(thetas[..., i, :], alphas[..., i, :], variant, 2 * s)
-        for i, s in enumerate(strides)
-    ]
+    c1, c2 = layer_coefficients(thetas, alphas, strides, variant)
+    return list(zip(c1.unbind(-2), c2.unbind(-2)))
+
+
+def apply_layers(
+    h: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, strides: list[int], *, reverse: bool = False,
+    layer_dim: int = 0,
+) -> torch.Tensor:
+    """Every layer's ``h * c1 + rotate_half(h) * c2`` in stride order (``reverse``: last first).  # like h
+
+    ``c1``/``c2`` are :func:`layer_coefficients` tables (layer ``l`` at index ``l`` of
+    ``layer_dim``); pass the inverse's table with ``reverse=True`` for ``R^-1 h``.
+    Computes in ``h``'s dtype: callers cast to fp32 first.
+    """
+    order = range(len(strides))
+    for l in (reversed(order) if reverse else order):
+        h = h * c1.select(layer_dim, l) + rotate_half_grouped(h, 2 * strides[l]) * c2.select(layer_dim, l)
+    return h
 
 
 def butterfly_apply(h: torch.Tensor, coefs, strides: list[int]) -> torch.Tensor:

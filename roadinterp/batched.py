@@ -210,7 +210,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         return self.mix(torch.cat([base, *sources], -1), subspaces)
 
     def mix(self, stacked, subspaces):
-        """``RoadInterchange.mix`` per candidate: one bmm with each candidate's mixing matrix.  # [..., d]"""
+        """``RoadInterchange.mix`` per candidate: thin bmms with each candidate's low-rank factors.  # [..., d]"""
         n, d, V = stacked.shape[0], self.dim, len(subspaces)
         if stacked.shape[-1] != (1 + V) * d:
             raise ShapeError(f"stacked states are {stacked.shape[-1]} wide; {1 + V} x {d} expected")
@@ -223,29 +223,28 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         if self._rows is None and self.n_candidates != 1:
             self.forward(*stacked.split(d, -1)[:2], subspaces[0])  # raises the routing error
         K = self.n_candidates if self._rows is not None else 1
-        x = stacked.float().reshape(K, -1, (1 + V) * d)  # [K, B * units, (1 + V) d]
-        if not self.orthogonal():  # R may be ill-conditioned: take differences first
-            base, *sources = x.split(d, -1)
-            Rt, Rit = self.dense_maps()
-            acc = sum(torch.bmm(s - base, Rt) * m[0] for s, m in zip(sources, masks))
-            out = base + torch.bmm(acc, Rit)
-        else:
-            Ps = self.projectors([m[0] for m in masks])  # [K, d, d] each
-            W = torch.cat([torch.eye(d, device=Ps[0].device) - sum(Ps), *Ps], 1)  # [K, (1+V) d, d]
-            out = torch.bmm(x, W)  # [K, B * units, d]
+        base, *sources = stacked.float().reshape(K, -1, (1 + V) * d).split(d, -1)  # [K, B * units, d] each
+        Us, W = self.factors([m[0] for m in masks])
+        z = torch.cat([torch.bmm(s - base, U) for s, U in zip(sources, Us)], -1)  # [K, B * units, k]
+        out = base + torch.bmm(z, W)
         return out.reshape(*stacked.shape[:-1], d).to(stacked.dtype)
 
-    def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per candidate ``P_v`` with ``x @ P_v[k] = R_k^-1 M_v R_k x`` (``RoadInterchange.projectors``).  # [K, d, d]"""
+    def factors(self, masks: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per candidate ``RoadInterchange.factors``: ``x @ U_v[k] @ W_v[k]``.  # [K, d, k_v] each, [K, sum k_v, d]"""
+        sels = [m.nonzero().flatten() for m in masks]
         if not self.orthogonal():
             Rt, Rit = self.dense_maps()
-            return [torch.bmm(Rt * m, Rit) for m in masks]
+            return [Rt[:, :, s] for s in sels], Rit[:, torch.cat(sels)]
         K, d, L = self.n_candidates, self.dim, len(self.strides)
         c1, c2 = self._coef_table(inverse=False).reshape(K, 2, L, 1, d).unbind(1)  # each [K, L, 1, d]
-        sels = [m.nonzero().flatten() for m in masks]
         A = torch.eye(d, device=self.theta.device)[torch.cat(sels)].expand(K, -1, d)  # e_s rows  [K, k, d]
         A = self._layers(A, c1, -c2, reverse=True)  # R^-1 (angles negated) = R^T: rows of R
-        return [torch.bmm(a.transpose(1, 2), a) for a in A.split([len(x) for x in sels], 1)]
+        return [a.transpose(1, 2) for a in A.split([len(x) for x in sels], 1)], A
+
+    def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per candidate ``P_v`` with ``x @ P_v[k] = R_k^-1 M_v R_k x`` (from :meth:`factors`).  # [K, d, d]"""
+        Us, W = self.factors(masks)
+        return [torch.bmm(U, w) for U, w in zip(Us, W.split([U.shape[2] for U in Us], 1))]
 
     def _apply(self, x: torch.Tensor, table: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``R^-1 M R x`` per candidate: ``table`` ``[K or n, 4, L, ..., d]`` broadcasts against x.  # like x"""

@@ -103,9 +103,12 @@ def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw:
     both = np.concatenate([known_keys, keys])
     _, first, inverse = np.unique(both, return_index=True, return_inverse=True)
     is_new = first >= m  # distinct keys first seen among the new rows (known keys come first, distinct)
-    new_first = np.sort(first[is_new])  # in order of first appearance
+    order = np.argsort(first[is_new])  # new distinct keys in order of first appearance
+    new_first = first[is_new][order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
     table_id = first.copy()  # a known key's first index is its table id
-    table_id[is_new] = m + np.searchsorted(new_first, first[is_new])
+    table_id[is_new] = m + rank
     ids = table_id[inverse.reshape(-1)[m:]]
     new_rows = new_first - m
     grown_raw = np.concatenate([known_raw, raw[new_rows]])
@@ -224,10 +227,9 @@ class SiteReplay:
             hashes = _row_hash(grown)  # the table now holds two rows with one hash: later adds re-check
         self._known_raw, self._known_hash = grown, hashes
         ids = torch.from_numpy(ids)
-        new_rows = new_rows.tolist()
-        if new_rows:
+        if len(new_rows):
             self._table = None
-            sel = torch.as_tensor(new_rows)
+            sel = torch.from_numpy(new_rows)
             start = 0
             while start < len(new_rows):
                 size = self.chunk or (1024 if not self._chunks else self._auto_chunk)

@@ -256,10 +256,11 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     def mix(self, stacked, subspaces):
         """:meth:`interchange` from ``[b | s_1 | ... | s_V]`` stacked on the last dim.  # [..., d]
 
-        Narrow sites (``d <= DENSE_MAX_DIM``) with the same coordinates on every row take
-        one matmul with the ``[(1+V) d, d]`` matrix ``[I - sum_v P_v; P_1; ...; P_V]``
-        (``P_v`` the row-vector form of ``R^-1 M_v R``, see :meth:`projectors`): R is built
-        once per call instead of rotating every example forth and back once per variable.
+        Narrow sites (``d <= DENSE_MAX_DIM``) with the same coordinates on every row use
+        the low-rank form of each variable's map, ``R^-1 M_v R = U_v W_v`` (``U_v`` the
+        columns of R^-1 and ``W_v`` the rows of R that ``M_v`` keeps, see :meth:`factors`):
+        ``b + sum_v ((s_v - b) U_v) W_v``, two thin matmuls per call instead of rotating
+        every example forth and back once per variable (or ``(1+V) d x d`` dense maps).
         Other sites apply :meth:`forward` once per variable.
         """
         n, d, V = stacked.shape[0], self.dim, len(subspaces)
@@ -271,30 +272,33 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
             for s, sp in zip(sources, subspaces):
                 base = self.forward(base, s, sp)
             return base
-        if not self.orthogonal():  # R may be ill-conditioned: take differences first, as forward does
-            base, *sources = stacked.float().split(d, -1)
-            Rt, Rit = self.dense_maps()
-            acc = sum(((s - base) @ Rt) * m[0] for s, m in zip(sources, masks))  # rotated changes
-            return (base + acc @ Rit).to(stacked.dtype)
-        Ps = self.projectors([m[0] for m in masks])  # orthogonal projectors: no cancellation in I - sum P
-        W = torch.cat([torch.eye(d, device=Ps[0].device) - sum(Ps), *Ps], 0)  # [(1+V) d, d]
-        return (stacked.float() @ W).to(stacked.dtype)
+        base, *sources = stacked.float().split(d, -1)
+        Us, W = self.factors([m[0] for m in masks])
+        z = torch.cat([(s - base) @ U for s, U in zip(sources, Us)], -1)  # rotated changes  [..., k]
+        return (base + z @ W).to(stacked.dtype)
 
-    def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Row-vector form of ``R^-1 M_v R`` for each mask (``x @ P_v``).  # [d, d] each
+    def factors(self, masks: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``R^-1 M_v R`` in low-rank row-vector form: ``x @ U_v @ W_v``.  # [d, k_v] each, [sum k_v, d]
 
-        For a pure rotation ``P_v = A_v^T A_v`` with ``A_v`` the rows of R that ``M_v``
-        keeps: those rows are ``R^-1 e_s`` (``R^-1 = R^T``), so R is applied to only as
-        many basis vectors as there are rotated coordinates, not to all d.
+        ``U_v = Rt[:, s_v]`` (``x @ U_v`` are the kept rotated coordinates of x) and
+        ``W`` stacks every variable's ``Rit[s_v]``. For a pure rotation these are the rows
+        ``A_v`` of R that ``M_v`` keeps (``U_v = A_v^T``, ``W_v = A_v``), and since they are
+        ``R^-1 e_s`` (``R^-1 = R^T``), R is applied to only as many basis vectors as there are
+        rotated coordinates, not to all d.
         """
+        sels = [m.nonzero().flatten() for m in masks]
         if not self.orthogonal():
             Rt, Rit = self.dense_maps()
-            return [(Rt * m) @ Rit for m in masks]
-        sels = [m.nonzero().flatten() for m in masks]
+            return [Rt[:, s] for s in sels], Rit[torch.cat(sels)]
         A = torch.eye(self.dim, device=self.theta.device)[torch.cat(sels)]  # e_s rows  [k, d]
         c1, c2 = self._table()
         A = apply_layers(A, c1, -c2, self.strides, reverse=True)  # a rotation's inverse: the same angles negated
-        return [a.T @ a for a in A.split([len(x) for x in sels])]
+        return [a.T for a in A.split([len(x) for x in sels])], A
+
+    def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Row-vector form of ``R^-1 M_v R`` for each mask (``x @ P_v``), from :meth:`factors`.  # [d, d] each"""
+        Us, W = self.factors(masks)
+        return [U @ w for U, w in zip(Us, W.split([U.shape[1] for U in Us]))]
 
     def orthogonal(self) -> bool:
         """True when R is a pure rotation (road_1, every scale exactly 1): then R^-1 = R^T."""

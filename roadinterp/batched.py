@@ -19,6 +19,7 @@ back to one ``train_dii`` per config.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import asdict
 from typing import Iterator, Sequence
@@ -316,10 +317,16 @@ def _structure(config: DIIConfig, width: int, n_vars: int):
     rest = {k: v for k, v in asdict(config).items() if k not in _FREE_FIELDS}
     if config.family == "neuron":
         return ("neuron", tuple(sorted(rest.items())))
-    iv = get_family(config.family).build(width, [config.size] * n_vars, seed=0, variant=config.variant,
-                                         depth=config.depth).interventions[0]
     rest["lr"] = config.learning_rate
-    return ("road", tuple(iv.strides), tuple(sorted(rest.items())))
+    return ("road", _strides(config.family, width, config.size, n_vars, config.variant, config.depth),
+            tuple(sorted(rest.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _strides(family: str, width: int, size: int, n_vars: int, variant: str, depth: int) -> tuple[int, ...]:
+    """The layer strides a family builds at this width (built once per distinct config)."""
+    iv = get_family(family).build(width, [size] * n_vars, seed=0, variant=variant, depth=depth).interventions[0]
+    return tuple(iv.strides)
 
 
 def batch_groups(configs: Sequence[DIIConfig], width: int, n_vars: int) -> list[list[int]]:

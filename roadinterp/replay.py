@@ -93,6 +93,24 @@ def _row_hash(raw: np.ndarray) -> np.ndarray:
     return h
 
 
+def _first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct key its first index, and every row's distinct-key number (order unspecified).
+
+    ``np.unique(..., return_index=True)`` needs a stable sort; torch's unique + an ``amin``
+    scatter is ~2x faster on the 250k-row tables of a batched search.
+    """
+    flat = np.ascontiguousarray(keys).reshape(-1)
+    if flat.dtype.kind == "V":  # raw rows (the exact fallback): torch has no void dtype
+        _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+    t = torch.from_numpy(flat.view(np.int64))  # only equality matters: the sign bit is harmless
+    _, inverse = torch.unique(t, sorted=True, return_inverse=True)
+    n = len(t)
+    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(n), "amin")
+    return first.numpy(), inverse.numpy()
+
+
 def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw: np.ndarray):
     """Table id of every row and the rows to add, matching ``keys`` against ``known_keys``.
 
@@ -101,15 +119,14 @@ def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw:
     """
     m = len(known_keys)
     both = np.concatenate([known_keys, keys])
-    _, first, inverse = np.unique(both, return_index=True, return_inverse=True)
+    first, inverse = _first_occurrence(both)
     is_new = first >= m  # distinct keys first seen among the new rows (known keys come first, distinct)
-    order = np.argsort(first[is_new])  # new distinct keys in order of first appearance
-    new_first = first[is_new][order]
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
+    seen = np.zeros(len(keys), dtype=bool)  # by position among the new rows: first sight of a new key
+    seen[first[is_new] - m] = True
+    new_first = np.flatnonzero(seen) + m  # in order of first appearance, no sort needed
     table_id = first.copy()  # a known key's first index is its table id
-    table_id[is_new] = m + rank
-    ids = table_id[inverse.reshape(-1)[m:]]
+    table_id[is_new] = m + (np.cumsum(seen) - 1)[first[is_new] - m]
+    ids = table_id[inverse[m:]]
     new_rows = new_first - m
     grown_raw = np.concatenate([known_raw, raw[new_rows]])
     if not np.array_equal(grown_raw[ids], raw):

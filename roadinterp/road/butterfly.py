@@ -50,9 +50,9 @@ def butterfly_strides(dim: int, n_layers: int | None = None, depth: int = 1) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _layer_index(dim: int, variant: str, strides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_index(dim: int, variant: str, strides: tuple[int, ...], device: torch.device):
     """Per layer: the parameter index of each element's cos and sin entry, and its partner.  # 3 x [L, d]"""
-    i = torch.arange(dim)
+    i = torch.arange(dim, device=device)
     cos_idx, sin_idx, partner = [], [], []
     for s in strides:
         g = 2 * s
@@ -66,7 +66,7 @@ def _layer_index(dim: int, variant: str, strides: tuple[int, ...]) -> tuple[torc
             cos_idx.append(c), sin_idx.append(c + g)
         else:
             raise ConfigError(f"unknown variant {variant!r}")
-        partner.append(pair_index(dim, g))
+        partner.append(pair_index(dim, g, device=device))
     return torch.stack(cos_idx), torch.stack(sin_idx), torch.stack(partner)
 
 
@@ -82,7 +82,7 @@ def layer_coefficients(
     """
     n = thetas.shape[-1]
     dim = {"road_1": 2 * n, "road_2": n, "road_4": n // 2}[variant]
-    ci, si, partner = (x.to(thetas.device) for x in _layer_index(dim, variant, tuple(strides)))
+    ci, si, partner = _layer_index(dim, variant, tuple(strides), thetas.device)
     lead = (*thetas.shape[:-2], len(strides), dim)
     if variant == "road_1":  # cos and sin read the same parameters: gather once
         t = thetas.gather(-1, ci.expand(lead))

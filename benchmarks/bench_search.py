@@ -18,6 +18,9 @@ Tasks: hierarchical equality on ``zoo:hierarchical-equality-mlp`` (width 16, the
 setting) and the interval task on ``zoo:interval-llama`` (a token task, width 64), both
 at layer 1 block_output, last position.
 
+``ksweep`` (per task): one batched group of K = 1, 2, 5, 10 seeds against one cell,
+and the fixed/per-candidate split ``F + K m`` that bounds what batching can save.
+
 ``grid``: wall time of whole ``roadinterp.search`` runs (counterfactual generation
 included, no controls, one process) on hierarchical equality, layers 0-2, butterfly,
 as the number of seeds (so cells) grows, for the same four arms; ``plot`` draws it.
@@ -37,16 +40,20 @@ from roadinterp.sites import Site
 from roadinterp.tasks import get_task
 from roadinterp.train import DIIConfig, make_data, train_dii
 
+# ``reps``/``warmup`` per task: a batched group of the MLP task takes ~0.4 s, so one
+# hiccup of the shared machine moves a median of three; it gets more repetitions
+# (cheap) and an untimed warm-up round. The token task's arms take 1-20 s each.
 TASKS = [
     dict(name="hierarchical-equality", model="zoo:hierarchical-equality-mlp", site=Site(1, "block_output", "last"),
-         size=8),
-    dict(name="interval", model="zoo:interval-llama", site=Site(1, "block_output", "last"), size=8),
+         size=8, reps=7, warmup=1),
+    dict(name="interval", model="zoo:interval-llama", site=Site(1, "block_output", "last"), size=8, reps=3,
+         warmup=0),
 ]
 # the search's defaults (SearchConfig: n_train 8192, n_test 2048, 4 epochs, batch 256), 5 seeds
-FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=3, warmup=0,
-            pyvene=True, grid_seeds=[1, 2, 4, 8])
+FULL = dict(seeds=5, family="butterfly", n_train=8192, n_test=2048, epochs=4, batch_size=256, reps=None, warmup=None,
+            pyvene=True, grid_seeds=[1, 2, 4, 8], ks=[1, 2, 5, 10])
 QUICK = dict(seeds=2, family="butterfly", n_train=64, n_test=64, epochs=1, batch_size=32, reps=1, warmup=0,
-             pyvene=True, grid_seeds=[1, 2])
+             pyvene=True, grid_seeds=[1, 2], ks=[1, 2])
 ARMS = {"sequential": (False, "auto"), "batched": (True, "auto"), "sequential_pyvene": (False, "pyvene"),
         "batched_pyvene": (True, "pyvene")}
 
@@ -95,25 +102,54 @@ def _one_task(spec: dict, cfg: dict) -> dict:
     fns = arms("auto", "")
     if cfg["pyvene"]:
         fns.update(arms("pyvene", "_pyvene"))
-    times = interleaved(fns, reps=cfg["reps"], warmup=cfg["warmup"])
+    reps = cfg["reps"] or spec["reps"]
+    warmup = spec["warmup"] if cfg["warmup"] is None else cfg["warmup"]
+    times = interleaved(fns, reps=reps, warmup=warmup)
     k = len(configs)
     timed = summary(times, k * 60.0)  # per_s of (60 k) = cells per minute
     cpm = {name: timed[name]["per_s"] for name in timed}
     iia = {name: [r.iia for r in rs] for name, rs in last.items()}
     out = {
-        "model": spec["model"], "site": site.label(), "size": spec["size"],
+        "model": spec["model"], "site": site.label(), "size": spec["size"], "reps": reps, "warmup": warmup,
         "engine": sorted({r.engine for r in last["sequential"]}),
         "cells_per_min": cpm, "seconds_per_group": {n: timed[n]["median_s"] for n in timed},
         "batched_vs_sequential": ratio(cpm["batched"], cpm["sequential"]),
         "iia": iia, "iia_sequential": iia["sequential"], "iia_batched": iia["batched"],
         "max_iia_diff": max(abs(a - b) for a, b in zip(iia["sequential"], iia["batched"])),
     }
+    out["ksweep"] = ksweep(model, task, site, spec, cfg, reps)
     if cfg["pyvene"]:
         out["batched_vs_sequential_pyvene"] = ratio(cpm["batched_pyvene"], cpm["sequential_pyvene"])
         out["replay_vs_pyvene_sequential"] = ratio(cpm["sequential"], cpm["sequential_pyvene"])
         out["replay_vs_pyvene_batched"] = ratio(cpm["batched"], cpm["batched_pyvene"])
         out["max_iia_diff_engines"] = max(abs(a - b) for a, b in zip(iia["sequential"], iia["sequential_pyvene"]))
     return out
+
+
+def ksweep(model, task, site, spec: dict, cfg: dict, reps: int) -> dict:
+    """One ``train_dii_batched`` group of K = ``cfg["ks"]`` seeds vs one ``train_dii`` cell (replay engine).
+
+    A group costs about ``F + K m`` (``F``: the per-step work paid once per group, ``m``:
+    each candidate's own rows), one cell ``F + m``, so batched_vs_sequential tends to
+    ``K (F + m) / (F + K m)``: it saturates at ``(F + m) / m`` however many seeds share a
+    group. ``F`` and ``m`` are a least-squares line through the group times.
+    """
+    ks = list(cfg["ks"])
+    configs = [DIIConfig(family=cfg["family"], size=spec["size"], seed=s, n_train=cfg["n_train"],
+                         n_test=cfg["n_test"], epochs=cfg["epochs"], batch_size=cfg["batch_size"])
+               for s in range(max(ks))]
+    data = [make_data(task, c) for c in configs]
+    fns = {"one": lambda: train_dii(model, task, site, config=configs[0], data=data[0])}
+    for k in ks:
+        fns[f"K={k}"] = lambda k=k: train_dii_batched(model, task, site, configs[:k], data=data[:k])
+    med = {name: v["median_s"] for name, v in summary(interleaved(fns, reps=reps, warmup=0)).items()}
+    xs, ys = ks, [med[f"K={k}"] for k in ks]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
+    return {
+        "seconds": med, "ratio": {f"K={k}": ratio(k * med["one"], med[f"K={k}"]) for k in ks},
+        "fit": {"F_s": my - slope * mx, "m_s": slope, "points": n},
+    }
 
 
 def run(quick: bool = False) -> dict:

@@ -35,5 +35,8 @@ def test_bench_search_quick_returns_its_keys(tmp_path):
         assert len(t["iia_sequential"]) == len(t["iia_batched"]) == out["config"]["seeds"]
         assert t["max_iia_diff"] <= 0.02 and t["max_iia_diff_engines"] <= 0.02
         assert t["engine"] == ["replay"]  # both zoo sites are block outputs: the replay engine ran
+        ks = t["ksweep"]
+        assert set(ks["seconds"]) == {"one", "K=1", "K=2"} and min(ks["seconds"].values()) > 0
+        assert set(ks["ratio"]) == {"K=1", "K=2"} and ks["fit"]["points"] == 2
     g = out["grid"]
     assert g["cells"] == [3, 6] and all(len(v) == 2 and min(v) > 0 for v in g["seconds"].values())

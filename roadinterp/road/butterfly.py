@@ -20,7 +20,7 @@ import functools
 import torch
 
 from roadinterp.errors import ConfigError
-from roadinterp.road.rotation import apply, inverse_coefficients, pair_index, rotate_half_grouped
+from roadinterp.road.rotation import apply, element_block, inverse_coefficients, pair_index, rotate_half_grouped
 
 
 def butterfly_strides(dim: int, n_layers: int | None = None, depth: int = 1) -> list[int]:
@@ -57,7 +57,7 @@ def _layer_index(dim: int, variant: str, strides: tuple[int, ...], device: torch
     for s in strides:
         g = 2 * s
         if variant == "road_1":
-            c = (i // g) * s + (i % s)  # element_block: one parameter per pair
+            c = element_block(dim, g, device)  # one parameter per pair
             cos_idx.append(c), sin_idx.append(c)
         elif variant == "road_2":
             cos_idx.append(i), sin_idx.append(i)

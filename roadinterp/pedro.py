@@ -571,11 +571,18 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def _is_decode(args, kwargs) -> bool:
+    """True when the model is handed a non-empty KV cache (a decoding step, not prefill).
+
+    transformers up to 5.23 passes the cache as ``past_key_values`` (a ``Cache`` or, in
+    older versions, a tuple of tensors); 5.24 passes it as ``cache``.
+    """
     pkv = kwargs.get("past_key_values")
-    if pkv is None:
-        return False
-    get_len = getattr(pkv, "get_seq_length", None)
-    return bool(get_len() > 0) if callable(get_len) else True
+    if pkv is not None:
+        get_len = getattr(pkv, "get_seq_length", None)
+        return bool(get_len() > 0) if callable(get_len) else True
+    cache = kwargs.get("cache")
+    get_len = getattr(cache, "get_seq_length", None)  # only a Cache object counts under the generic name
+    return bool(get_len() > 0) if callable(get_len) else False
 
 
 class PedroHandle:

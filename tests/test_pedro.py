@@ -365,3 +365,24 @@ def test_finetune_compare_quick(tmp_path):
     assert "## PEDRO" in text
     for method in ("road_1", "road_2", "road_4", "pedro", "lora", "ia3"):
         assert f"| {method}" in text
+
+
+def test_decode_step_is_recognised_under_both_cache_kwargs():
+    """transformers <= 5.23 hands the KV cache over as ``past_key_values``, 5.24 as ``cache``:
+    both must mark a decoding step (else the generator would run again at every token)."""
+    from roadinterp.pedro import _is_decode
+
+    class FakeCache:
+        def __init__(self, n):
+            self.n = n
+
+        def get_seq_length(self):
+            return self.n
+
+    t = torch.zeros(1, 2, 3, 4)
+    for name in ("past_key_values", "cache"):
+        assert _is_decode((), {name: FakeCache(5)}) is True
+        assert _is_decode((), {name: FakeCache(0)}) is False  # prefill into an empty cache
+    assert _is_decode((), {"past_key_values": ((t, t),)}) is True  # legacy tuple cache
+    assert _is_decode((), {"cache": True}) is False  # not a cache object
+    assert _is_decode((), {}) is False

@@ -28,11 +28,10 @@ as the number of seeds (so cells) grows, for the same four arms; ``plot`` draws 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
-
-import time
 
 from benchmarks.common import interleaved, machine, main, ratio, summary
 from roadinterp.batched import train_dii_batched

@@ -384,14 +384,6 @@ class ReplayRows:
 
     rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
 
-    @property
-    def base(self) -> torch.Tensor:  # [n]
-        return self.rows[:, 0]
-
-    @property
-    def sources(self) -> tuple[torch.Tensor, ...]:  # [n] per variable
-        return tuple(self.rows[:, 1:].unbind(1))
-
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 

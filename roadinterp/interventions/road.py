@@ -119,7 +119,7 @@ def check_assignment(dim: int, coords: Sequence[Sequence[int]], group_size: int)
             )
 
 
-DENSE_MAX_DIM = 128  # widths up to this apply R^-1 M R as [d, d] matrices (RoadInterchange.mix, .projectors)
+DENSE_MAX_DIM = 128  # widths up to this apply R^-1 M R through small matrices (RoadInterchange.factors)
 
 
 def uniform_mask(subspaces, n: int, d: int, device=None) -> torch.Tensor | None:
@@ -235,8 +235,8 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
             raise ConfigError("RoadInterchange needs subspaces: the rotated coordinates of each variable")
         diff = (source - base).float()
         if mask.shape[0] == 1 and self.dim <= DENSE_MAX_DIM:
-            Rt, Rit = self.dense_maps()
-            delta = ((diff @ Rt) * mask[0]) @ Rit  # same map as below, two small matmuls per row
+            (U,), W = self.factors([mask[0]])
+            delta = (diff @ U) @ W  # same map as below in low-rank form (see mix), two thin matmuls per row
         else:
             c1, c2, i1, i2 = self._table(inverse=True)
             diff = apply_layers(diff, c1, c2, self.strides)  # R (s - b)

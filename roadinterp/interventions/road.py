@@ -307,10 +307,9 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     def dense_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Rt, Rit)`` with ``x @ Rt = R x`` and ``x @ Rit = R^-1 x`` for row vectors.  # [d, d] each
 
-        Built by running the element-wise maps on the identity's rows: d rows instead
-        of the batch's, after which each example costs two small matmuls. Used for
-        narrow sites (``d <= DENSE_MAX_DIM``) where every row swaps the same
-        coordinates; the element-wise path costs ~6 kernels per layer per call.
+        Built by running the element-wise maps on the identity's rows. :meth:`factors`
+        slices them when R is not a pure rotation (for a rotation it needs only the kept
+        rows of R); also the reference for tests and figures.
         """
         orthogonal = self.orthogonal()
         c1, c2, *inv = self._table(inverse=not orthogonal)

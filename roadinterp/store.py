@@ -4,6 +4,12 @@
     runs/NAME/results.db     SQLite, one committed transaction per finished cell
     runs/NAME/results.csv    one row per finished cell, rewritten atomically after each
     runs/NAME/report.html    written at the end (roadinterp.viz.report)
+    runs/NAME/cells/SLUG/    each learned RoAd interchange (road, butterfly), roadinterp.io format
+    runs/NAME/subspaces/SLUG/  each learned subspace of a rotated family (roadinterp.subspace)
+
+``SLUG`` is :func:`cell_slug` of the cell; the random-init control's learned
+parameters sit beside it under ``SLUG-random_model``. Reports read these back
+(:func:`saved_path`) without the model.
 
 SQLite in WAL mode makes each finished cell durable the moment its transaction
 commits: a Ctrl-C or SIGKILL loses only cells still running, and ``--resume``
@@ -28,7 +34,36 @@ from roadinterp.errors import RunDirError
 RESULT_COLUMNS = [
     "task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
     "iia_random_model", "iia_rival", "rival", "seconds", "iia_null", "iia_rival_null",
+    "seed_agreement", "seed_agreement_chance",
 ]
+SAVED_KINDS = {"cell": "cells", "subspace": "subspaces"}  # what -> folder of the run directory
+CONTROL_SUFFIXES = {None: "", "random_model": "-random_model"}
+
+
+def cell_slug(family, layer, component, position, size, seed, control: str | None = None) -> str:
+    """File-system-safe name of a cell (``control="random_model"``: its random-init control).
+
+    ``position`` as the cell holds it or as a results row stores it (``str`` of it): both
+    give the same slug.
+    """
+    if control not in CONTROL_SUFFIXES:
+        raise RunDirError(f"unknown control {control!r}; known: {[c for c in CONTROL_SUFFIXES if c]}")
+    slug = "-".join(str(p) for p in (family, f"L{int(layer)}", component, position, f"s{int(size)}",
+                                     f"seed{int(seed)}")).replace("/", "_").replace(" ", "")
+    return slug + CONTROL_SUFFIXES[control]
+
+
+def row_slug(row, control: str | None = None) -> str:
+    """:func:`cell_slug` of a results row (a dict or a DataFrame row)."""
+    return cell_slug(row["family"], row["layer"], row["component"], row["position"], row["size"], row["seed"],
+                     control)
+
+
+def saved_path(run_dir: str | os.PathLike, slug: str, what: str = "cell") -> Path:
+    """Where a run keeps a cell's learned interchange (``what="cell"``) or subspace (``"subspace"``)."""
+    if what not in SAVED_KINDS:
+        raise RunDirError(f"what must be one of {sorted(SAVED_KINDS)}, got {what!r}")
+    return Path(run_dir) / SAVED_KINDS[what] / slug
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -114,20 +149,25 @@ class RunStore:
 
     def add(self, key: str, row: dict[str, Any]) -> None:
         """Record one finished cell durably, then refresh results.csv."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("INSERT OR REPLACE INTO cells (key, row) VALUES (?, ?)", (key, json.dumps(row)))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self.write_csv()
+        self.update({key: row})
 
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(r) for (r,) in self._db.execute("SELECT row FROM cells ORDER BY rowid")]
 
     def table(self) -> pd.DataFrame:
         return rows_to_frame(self.rows())
+
+    def update(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Replace several stored rows (by key) in one transaction, then refresh results.csv."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for key, row in rows.items():
+                self._db.execute("INSERT OR REPLACE INTO cells (key, row) VALUES (?, ?)", (key, json.dumps(row)))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.write_csv()
 
     def write_csv(self) -> None:
         _atomic_write(self.csv_path, self.table().to_csv(index=False))

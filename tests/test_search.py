@@ -110,7 +110,18 @@ def test_search_local_with_controls_and_summary(tmp_path):
     from roadinterp.viz import plot_angles
 
     saved = sorted((tmp_path / "run" / "cells").iterdir())
-    assert [p.name for p in saved] == ["road-L0-block_output-last-s2-seed0", "road-L0-block_output-last-s2-seed1"]
+    assert [p.name for p in saved] == ["road-L0-block_output-last-s2-seed0",
+                                       "road-L0-block_output-last-s2-seed0-random_model",
+                                       "road-L0-block_output-last-s2-seed1",
+                                       "road-L0-block_output-last-s2-seed1-random_model"]
+    assert sorted(p.name for p in (tmp_path / "run" / "subspaces").iterdir()) == [p.name for p in saved]
+    # seed agreement: from the saved subspaces, the same on both seeds' rows and in summarize
+    from roadinterp.subspace import agreement_of, load_bases
+
+    agree, chance = agreement_of(load_bases([tmp_path / "run" / "subspaces" / p.name for p in saved[::2]]))
+    assert 0 < agree <= 1 and 0 < chance < 1
+    assert stored["seed_agreement"].tolist() == pytest.approx([agree, agree])
+    assert s.loc[0, "seed_agreement"] == pytest.approx(agree) and s.loc[0, "seed_agreement_chance"] == pytest.approx(chance)
     iv = io.load(saved[0])
     assert isinstance(iv, RoadInterchange) and iv.theta.abs().sum() > 0
     again = io.load(saved[0])

@@ -36,8 +36,10 @@ HTML_SUFFIXES = (".html", ".htm")
 
 
 def _saved_objects(root: Path) -> dict[str, object]:
-    """Every roadinterp save (a dir with config.json + weights) under ``root``, loaded by name."""
+    """Every roadinterp save with learned angles (a dir with config.json + weights) under ``root``,
+    loaded by name (saved subspaces, which hold no angles, are left out)."""
     from roadinterp import io
+    from roadinterp.subspace import SubspaceBasis
 
     found = {}
     for cfg in sorted(root.rglob(io.CONFIG_NAME)):
@@ -48,7 +50,7 @@ def _saved_objects(root: Path) -> dict[str, object]:
             doc = json.loads(cfg.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(doc, dict) and doc.get("format") == io.FORMAT:
+        if isinstance(doc, dict) and doc.get("format") == io.FORMAT and doc.get("kind") != SubspaceBasis.KIND:
             found[str(d.relative_to(root)) or d.name] = io.load(d)
     return found
 

@@ -7,7 +7,7 @@ settings) are trained four ways in the same process, interleaved (benchmarks.com
 - ``batched``: one ``train_dii_batched`` call, the K candidates share every step;
 - ``sequential_pyvene`` / ``batched_pyvene``: the same with ``engine="pyvene"``, every
   step through pyvene's hooks (base + one source forward per variable), which is
-  what both paths did before :mod:`roadinterp.replay`.
+  what both paths did before :mod:`roadinterp.dii.replay`.
 
 All four get the same precomputed counterfactual data, so the numbers compare training
 + held-out scoring only. Reported: cells per minute of each, the ratios, and the
@@ -34,10 +34,10 @@ from dataclasses import replace
 import torch
 
 from benchmarks.common import interleaved, machine, main, ratio, summary
-from roadinterp.batched import train_dii_batched
+from roadinterp.dii.batched import train_dii_batched
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
-from roadinterp.train import DIIConfig, make_data, train_dii
+from roadinterp.dii.train import DIIConfig, make_data, train_dii
 
 # ``reps``/``warmup`` per task: a batched group of the MLP task takes ~0.4 s, so one
 # hiccup of the shared machine moves a median of three; it gets more repetitions

@@ -35,7 +35,7 @@ from roadinterp.compose import behaviour_table, compose, evaluate, split_blocks,
 from roadinterp.interventions.loreft import LoreftAdapter, concat_loreft  # noqa: E402
 from roadinterp.sites import validate_site  # noqa: E402
 from roadinterp.tasks import behaviour_data  # noqa: E402
-from roadinterp.train import train_adapter  # noqa: E402
+from roadinterp.dii.train import train_adapter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section  # noqa: E402

@@ -41,7 +41,7 @@ from roadinterp.road import RoadRotation, RoadSpec  # noqa: E402
 from roadinterp.search import SearchConfig, best_alignment, search, summarize  # noqa: E402
 from roadinterp.sites import Site, register_architecture  # noqa: E402
 from roadinterp.tasks import get_task, list_tasks, register_task  # noqa: E402
-from roadinterp.train import DIIConfig, TrainResult, train_dii  # noqa: E402
+from roadinterp.dii.train import DIIConfig, TrainResult, train_dii  # noqa: E402
 from roadinterp.serve import generate  # noqa: E402
 from roadinterp.zoo import load_model  # noqa: E402
 from roadinterp import viz  # noqa: E402

@@ -265,7 +265,7 @@ def train_cmd(
     from roadinterp.search import default_model, get_model
     from roadinterp.sites import Site, parse_positions, validate_site
     from roadinterp.tasks import get_task
-    from roadinterp.train import train_adapter
+    from roadinterp.dii.train import train_adapter
 
     t = get_task(task)
     spec = model or default_model(t.name if t.variables else "behaviour-base")

@@ -261,7 +261,7 @@ def train_composable(
     example routed (pyvene ``subspaces``) to its task's blocks, then split per task.
     ``task`` supplies the logits (answer tokens) used for the loss.
     """
-    from roadinterp.train import train_adapter
+    from roadinterp.dii.train import train_adapter
 
     names = list(tasks_data)
     if set(names) != set(owners):

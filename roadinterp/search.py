@@ -31,9 +31,9 @@ import pandas as pd
 
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, parse_positions
-from roadinterp.replay import ENGINES
+from roadinterp.dii.replay import ENGINES
+from roadinterp.dii.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
 from roadinterp.store import RunStore, cell_slug, rows_to_frame, saved_path
-from roadinterp.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
 
 EXECUTORS = ("local", "ray")
 
@@ -205,7 +205,7 @@ def get_random_model(spec: str):
 def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched: bool, engine: str = "auto"):
     configs = [replace(c, engine=engine) for c in configs]
     if batched and len(configs) > 1:
-        from roadinterp.batched import train_dii_batched
+        from roadinterp.dii.batched import train_dii_batched
 
         return train_dii_batched(model, task, site, configs, data=data)
     return [train_dii(model, task, site, config=c, data=d) for c, d in zip(configs, data)]
@@ -216,7 +216,7 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     """Train and score cells that differ only in seed (and their controls); one row each.
 
     Safe to run in any process. With ``batched`` the seeds of the RoAd families share
-    one forward per step (:mod:`roadinterp.batched`; IIA equal to one-at-a-time within
+    one forward per step (:mod:`roadinterp.dii.batched`; IIA equal to one-at-a-time within
     float summation order). ``engine`` is DIIConfig.engine (auto: replay where exact). With
     ``save_dir``, each learned RoAd interchange is saved to ``save_dir/cells/<slug>/`` (the angle
     figures) and each rotated family's learned subspace to ``save_dir/subspaces/<slug>/`` (seed
@@ -315,7 +315,7 @@ def group_cells(cells: Sequence[Cell], batched: bool) -> list[list[Cell]]:
     """Units of work: one cell each, or with ``batched`` all seeds of a batchable cell together."""
     if not batched:
         return [[c] for c in cells]
-    from roadinterp.batched import supports_batched
+    from roadinterp.dii.batched import supports_batched
 
     groups: dict[tuple, list[Cell]] = {}
     out: list[list[Cell]] = []
@@ -417,7 +417,7 @@ def search(
     ``overrides`` are SearchConfig fields: ``search(task="hierarchical-equality", families=["das"])``.
     ``batched`` trains the seeds of each RoAd-family cell in one batched forward; ``workers``
     runs units of work in parallel processes (local executor); ``engine`` picks how DII steps
-    run (``auto``: :mod:`roadinterp.replay` where it is exact, pyvene elsewhere; ``pyvene``:
+    run (``auto``: :mod:`roadinterp.dii.replay` where it is exact, pyvene elsewhere; ``pyvene``:
     always the reference path). It is not part of the run's config: per-step outputs agree to
     float error (long runs can still differ where seeds are unstable; docs/performance.md#replay).
     """

@@ -3,17 +3,16 @@
 import pytest
 import torch
 
-from roadinterp.batched import (
+from roadinterp.dii.batched import (
     BatchedRoadInterchange,
     batch_groups,
-    concat_batches,
     train_dii_batched,
 )
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.interventions.road import RoadInterchange
 from roadinterp.sites import Site
-from roadinterp.tasks import get_task
-from roadinterp.train import DIIConfig, train_dii
+from roadinterp.tasks import CounterfactualBatch, get_task
+from roadinterp.dii.train import DIIConfig, train_dii
 
 SMALL = dict(size=4, n_train=512, n_test=512, epochs=2, batch_size=128)
 
@@ -104,6 +103,6 @@ def test_concat_batches_keeps_row_order(setup):
     _, task = setup
     a = task.counterfactuals(5, split="train", seed=0)
     b = task.counterfactuals(3, split="train", seed=1)
-    c = concat_batches([a, b])
+    c = CounterfactualBatch.concat([a, b])
     assert len(c) == 8 and torch.equal(c.labels[5:], b.labels) and torch.equal(c.sources[0]["inputs_embeds"][:5],
                                                                                  a.sources[0]["inputs_embeds"])

@@ -253,7 +253,7 @@ def test_loreft_is_orthonormal_and_concat_stacks_rows():
 
 
 def test_loreft_trains_through_pyvene():
-    from roadinterp.train import train_adapter
+    from roadinterp.dii.train import train_adapter
     from roadinterp.tasks.base import TokenTask
 
     class _Toy(TokenTask):

@@ -12,15 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import roadinterp.interventions.road as road_mod
-import roadinterp.replay as replay_mod
-from roadinterp.batched import BatchedRoadInterchange
+import roadinterp.dii.replay as replay_mod
+from roadinterp.dii.batched import BatchedRoadInterchange
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family
 from roadinterp.interventions.road import RoadInterchange
-from roadinterp.replay import SiteReplay, make_runner, unsupported_reason
+from roadinterp.dii.replay import SiteReplay, make_runner, unsupported_reason
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
-from roadinterp.train import DIIConfig, train_dii
+from roadinterp.dii.train import DIIConfig, train_dii
 
 ARCHS = ["gpt2", "llama", "qwen2"]
 TOKEN_SITES = [

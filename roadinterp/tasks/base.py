@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +107,19 @@ class CounterfactualBatch:
             base_labels=self.base_labels[idx_t],
             variables=self.variables,
             raw=raw,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
+        """Rows of ``parts`` one after the other (``raw`` is dropped)."""
+        first = parts[0]
+        return cls(
+            base={k: torch.cat([p.base[k] for p in parts]) for k in first.base},
+            sources=[{k: torch.cat([p.sources[i][k] for p in parts]) for k in s} for i, s in enumerate(first.sources)],
+            intervened=torch.cat([p.intervened for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            base_labels=torch.cat([p.base_labels for p in parts]),
+            variables=first.variables,
         )
 
 

@@ -33,10 +33,9 @@ from roadinterp.interventions import get_family
 from roadinterp.interventions.road import DENSE_MAX_DIM, RoadInterchange, uniform_mask
 from roadinterp.road import rotation as rot
 from roadinterp.road.butterfly import apply_layers, layer_coefficients
+from roadinterp.dii.replay import make_runner
+from roadinterp.dii.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
 from roadinterp.sites import Site
-from roadinterp.tasks.base import CounterfactualBatch
-from roadinterp.replay import make_runner
-from roadinterp.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
 
 BATCHED_FAMILIES: tuple[str, ...] = ("neuron", "road", "butterfly")
 # fields that may differ between candidates of one batch (family only among road-like
@@ -261,20 +260,6 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
                 f"strides={self.strides})")
 
 
-# ------------------------------------------------------------------ data helpers
-def concat_batches(parts: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
-    """Rows of ``parts`` one after the other (``raw`` is dropped)."""
-    first = parts[0]
-    return CounterfactualBatch(
-        base={k: torch.cat([p.base[k] for p in parts]) for k in first.base},
-        sources=[{k: torch.cat([p.sources[i][k] for p in parts]) for k in s} for i, s in enumerate(first.sources)],
-        intervened=torch.cat([p.intervened for p in parts]),
-        labels=torch.cat([p.labels for p in parts]),
-        base_labels=torch.cat([p.base_labels for p in parts]),
-        variables=first.variables,
-    )
-
-
 def _route(iv, rows):
     return iv.rows(rows) if isinstance(iv, BatchedRoadInterchange) else contextlib.nullcontext()
 
@@ -284,7 +269,7 @@ def evaluate_iia_batched(runner, iv, task, handles: Sequence, labels: Sequence[t
                          batch_size: int = 1024, max_rows: int = 8192) -> list[float]:
     """IIA of candidate ``k`` on the first ``sizes[k]`` rows of ``handles[k]``, all candidates in the same forwards.
 
-    ``runner``/``handles`` come from :func:`roadinterp.replay.make_runner`. Each forward
+    ``runner``/``handles`` come from :func:`roadinterp.dii.replay.make_runner`. Each forward
     takes up to ``batch_size`` rows of every dataset (fewer when that would exceed
     ``max_rows`` in total).
     """
@@ -355,7 +340,7 @@ def _check_batchable(configs: Sequence[DIIConfig], width: int, n_vars: int) -> N
         raise ConfigError(
             f"configs cannot share one batch (families {fams}): they may differ only in seed (and road/butterfly "
             f"with the same strides); families {', '.join(BATCHED_FAMILIES)} only. "
-            "Use roadinterp.batched.batch_groups to split them"
+            "Use roadinterp.dii.batched.batch_groups to split them"
         )
 
 

@@ -366,15 +366,11 @@ class PyveneRunner:
 
     def concat(self, handles: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
         """One handle holding the rows of ``handles`` one after the other."""
-        from roadinterp.batched import concat_batches
-
-        return concat_batches(handles)
+        return CounterfactualBatch.concat(handles)
 
     def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]]):
-        from roadinterp.batched import concat_batches
-
         subs = [d.subset(idx) for d, idx in parts]
-        b = subs[0] if len(subs) == 1 else concat_batches(subs)
+        b = subs[0] if len(subs) == 1 else CounterfactualBatch.concat(subs)
         return run_dii(self.pvm, self.site, b.base, b.sources, self.coords, named_positions=self.named_positions)
 
 

@@ -27,7 +27,7 @@ import torch
 
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family, list_families, run_dii
-from roadinterp.replay import ENGINES, make_runner
+from roadinterp.dii.replay import ENGINES, make_runner
 from roadinterp.sites import Site, validate_site
 
 DEFAULT_LR = {"neuron": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01, "boundless": 0.01}
@@ -51,7 +51,7 @@ class DIIConfig:
     variant: str = "road_1"  # RoAd variant for road/butterfly
     threads: int | None = 1  # torch threads during the run (1 = reproducible across executors)
     depth: int | None = None  # butterfly factors (strides 1..d/2 repeated); None = family default (2)
-    engine: str = "auto"  # auto | replay | pyvene: how steps run (roadinterp.replay; results agree to float error)
+    engine: str = "auto"  # auto | replay | pyvene: how steps run (roadinterp.dii.replay; results agree to float error)
 
     def __post_init__(self) -> None:
         if self.family not in list_families():

@@ -262,10 +262,10 @@ def train_cmd(
     from roadinterp import io
     from roadinterp.adapter import RoadAdapter
     from roadinterp.compose import adapter_interventions, evaluate
+    from roadinterp.dii.train import train_adapter
     from roadinterp.search import default_model, get_model
     from roadinterp.sites import Site, parse_positions, validate_site
     from roadinterp.tasks import get_task
-    from roadinterp.dii.train import train_adapter
 
     t = get_task(task)
     spec = model or default_model(t.name if t.variables else "behaviour-base")

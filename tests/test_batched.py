@@ -8,11 +8,11 @@ from roadinterp.dii.batched import (
     batch_groups,
     train_dii_batched,
 )
+from roadinterp.dii.train import DIIConfig, train_dii
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.interventions.road import RoadInterchange
 from roadinterp.sites import Site
 from roadinterp.tasks import CounterfactualBatch, get_task
-from roadinterp.dii.train import DIIConfig, train_dii
 
 SMALL = dict(size=4, n_train=512, n_test=512, epochs=2, batch_size=128)
 

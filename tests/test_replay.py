@@ -11,16 +11,16 @@ from conftest import tiny_mlp, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import roadinterp.interventions.road as road_mod
 import roadinterp.dii.replay as replay_mod
+import roadinterp.interventions.road as road_mod
 from roadinterp.dii.batched import BatchedRoadInterchange
+from roadinterp.dii.replay import SiteReplay, make_runner, unsupported_reason
+from roadinterp.dii.train import DIIConfig, train_dii
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family
 from roadinterp.interventions.road import RoadInterchange
-from roadinterp.dii.replay import SiteReplay, make_runner, unsupported_reason
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
-from roadinterp.dii.train import DIIConfig, train_dii
 
 ARCHS = ["gpt2", "llama", "qwen2"]
 TOKEN_SITES = [

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from roadinterp.dii.replay import ENGINES, make_runner
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family, list_families, run_dii
-from roadinterp.dii.replay import ENGINES, make_runner
 from roadinterp.sites import Site, validate_site
 
 DEFAULT_LR = {"neuron": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01, "boundless": 0.01}

@@ -17,8 +17,9 @@ factual data, counterfactual batches in the three modes, seeding — lives here 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch

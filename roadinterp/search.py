@@ -163,13 +163,33 @@ def get_model(spec: str):
     return _MODELS[spec]
 
 
+_BOUND: dict[tuple[str, str], Any] = {}
+
+
+def get_bound_task(task_name: str, spec: str):
+    """The task ready for model ``spec`` (once per process): prompt tasks are bound to the
+    model's own tokenizer and filtered to the prompts it answers correctly (cached on disk)."""
+    from roadinterp.tasks import get_task
+
+    key = (task_name, spec)
+    if key not in _BOUND:
+        task = get_task(task_name)
+        if task.needs_tokenizer:
+            from roadinterp import zoo
+
+            task = task.bind(tokenizer=zoo.load_tokenizer(spec), model=get_model(spec),
+                             cache_dir=zoo.cache_dir() / "filters")
+        _BOUND[key] = task
+    return _BOUND[key]
+
+
 def resolve(config: SearchConfig):
     """(task, model_spec, model, cells); validates every cell before any training."""
     from roadinterp.tasks import get_task
 
-    task = get_task(config.task)
-    spec = config.model or default_model(task.name)
+    spec = config.model or default_model(get_task(config.task).name)
     model = get_model(spec)
+    task = get_bound_task(config.task, spec)
     layers = config.layers if config.layers is not None else list(range(n_layers(model)))
     cells = [
         Cell(f, l, c, p, s, seed)
@@ -223,10 +243,8 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     agreement), the random-init control's under ``<slug>-random_model``; the store's rows are the
     results.
     """
-    from roadinterp.tasks import get_task
-
     config = SearchConfig.from_json(config_json)
-    task = get_task(config.task)
+    task = get_bound_task(config.task, model_spec)
     model = get_model(model_spec)
     site = cells[0].site
     if any(c.site != site or (c.family, c.size) != (cells[0].family, cells[0].size) for c in cells):

@@ -6,6 +6,11 @@ pyvene's abstract names (``block_output``, ``mlp_output``, ``attention_output``,
 ``positions`` picks the token positions (``"last"``, ``"all"``, an int, a tuple of
 ints, or a name the task defines, such as ``"carry"``).
 
+Prompts of different lengths are **left-padded** (with ``attention_mask`` and
+``position_ids``, so every real token computes exactly what it computes unpadded):
+``"last"`` is then every row's last real token, and a named position that differs per
+example (the indirect object's name in IOI) comes from the batch's per-row positions.
+
 We always hand pyvene *full per-example* ``unit_locations``: its shortcuts switch
 on ``use_fast`` for good, after which per-example positions silently reuse
 example 0's. New architectures are added with :func:`register_architecture`
@@ -69,6 +74,9 @@ class Site:
             if not named or p not in named:
                 known = dict.fromkeys(["last", "all", *(named or {})])
                 raise SiteError(f"unknown position {p!r}; known positions: {', '.join(known)}")
+            if named[p] is None:
+                raise SiteError(f"position {p!r} differs per example: it resolves from a batch's per-row "
+                                "positions (CounterfactualBatch.positions), not from the task alone")
             idx = [named[p]]
         elif isinstance(p, int):
             idx = [p]
@@ -82,8 +90,19 @@ class Site:
             out.append(j)
         return out
 
-    def unit_locations(self, batch_size: int, seq_len: int, named=None) -> list[list[int]]:
-        """Full per-example locations ``[batch][n_positions]`` for pyvene."""
+    def unit_locations(self, batch_size: int, seq_len: int, named=None, rows=None) -> list[list[int]]:
+        """Full per-example locations ``[batch][n_positions]`` for pyvene.
+
+        ``rows`` (name -> int tensor ``[batch]``) gives the per-row named positions of this
+        batch; a site at such a name gets each row's own index.
+        """
+        p = self.positions
+        if rows is not None and isinstance(p, str) and p in rows:
+            col = [int(j) for j in torch.as_tensor(rows[p]).tolist()]
+            if len(col) != batch_size or any(not 0 <= j < seq_len for j in col):
+                raise SiteError(f"per-row position {p!r} has {len(col)} rows for a batch of {batch_size} "
+                                f"or an index outside 0..{seq_len - 1}")
+            return [[j] for j in col]
         idx = self.position_indices(seq_len, named)
         return [list(idx) for _ in range(batch_size)]
 
@@ -153,6 +172,15 @@ def sequence_length(inputs: Mapping[str, torch.Tensor]) -> int:
         if key in inputs:
             return int(inputs[key].shape[1])
     raise ConfigError(f"model inputs need input_ids or inputs_embeds, got keys {sorted(inputs)}")
+
+
+def check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
+    """Refuse right-padded inputs: ``"last"`` and the answer are read at the last column."""
+    mask = inputs.get("attention_mask")
+    if mask is not None and not bool((mask[:, -1] != 0).all()):
+        raise SiteError("inputs are right-padded (attention_mask is 0 in the last column); roadinterp reads "
+                        "'last' and the answer at the last column: pad on the left and pass position_ids "
+                        "(roadinterp.tasks.PromptTask does both)")
 
 
 def parse_positions(text: str) -> Positions:

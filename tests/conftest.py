@@ -40,3 +40,32 @@ def tiny_mlp():
 
     torch.manual_seed(0)
     return MLPForClassification(MLPConfig(h_dim=16, n_layer=3, num_classes=2, pdrop=0.0)).eval()
+
+
+def word_tokenizer(*tasks, extra=()):
+    """A word-level HF tokenizer covering every prompt and answer of the given prompt tasks
+    (split on whitespace and punctuation, so an answer like " Mary" is one token); pad = 0."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from roadinterp.tasks.base import SPLITS
+
+    pre = pre_tokenizers.Whitespace()
+    vocab = {"<pad>": 0, "<unk>": 1}
+    texts = [*extra]
+    for task in tasks:
+        texts += list(task.answer_tokens)
+        for split in SPLITS:
+            pool = task.pool(split)
+            texts += ["".join(t for t, _ in task._pieces(pool, i)) for i in range(len(next(iter(pool.values()))))]
+    for text in texts:
+        for word, _ in pre.pre_tokenize_str(text):
+            vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def ready(task):
+    """``task`` bound to a word tokenizer if it is a prompt task (no model: no filtering)."""
+    return task.bind(tokenizer=word_tokenizer(task)) if task.needs_tokenizer else task

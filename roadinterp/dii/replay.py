@@ -371,7 +371,8 @@ class PyveneRunner:
     def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]]):
         subs = [d.subset(idx) for d, idx in parts]
         b = subs[0] if len(subs) == 1 else CounterfactualBatch.concat(subs)
-        return run_dii(self.pvm, self.site, b.base, b.sources, self.coords, named_positions=self.named_positions)
+        return run_dii(self.pvm, self.site, b.base, b.sources, self.coords, named_positions=self.named_positions,
+                       row_positions=b.positions)
 
 
 @dataclass(frozen=True)
@@ -488,6 +489,9 @@ def make_runner(model, site: Site, task, interventions: Sequence, coords, *, sha
     reason = ""
     if engine != "pyvene":
         reason = unsupported_reason(model, site, datasets[0].base) or ""
+        rows = datasets[0].positions or {}
+        if not reason and isinstance(site.positions, str) and site.positions in rows:
+            reason = f"position {site.positions!r} differs per row (replay takes one position for every row)"
         if not reason:
             try:
                 replay = SiteReplay(model, site)

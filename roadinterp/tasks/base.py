@@ -83,6 +83,9 @@ class CounterfactualBatch:
     base_labels: torch.Tensor  # long [n]
     variables: tuple[str, ...]
     raw: dict[str, Any] | None = field(default=None, repr=False)
+    # Named positions that differ per row: name -> long [n, 1 + n_vars] (column 0 the base,
+    # column 1 + i source i). None when the task's positions are fixed (task.positions).
+    positions: dict[str, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -108,6 +111,7 @@ class CounterfactualBatch:
             base_labels=self.base_labels[idx_t],
             variables=self.variables,
             raw=raw,
+            positions=None if self.positions is None else {k: v[idx_t] for k, v in self.positions.items()},
         )
 
     @classmethod
@@ -121,6 +125,8 @@ class CounterfactualBatch:
             labels=torch.cat([p.labels for p in parts]),
             base_labels=torch.cat([p.base_labels for p in parts]),
             variables=first.variables,
+            positions=None if first.positions is None else {
+                k: torch.cat([p.positions[k] for p in parts]) for k in first.positions},  # type: ignore[index]
         )
 
 
@@ -129,8 +135,10 @@ class Task:
 
     Attributes: ``name``, ``description``, ``kind`` ("vector" or "tokens"),
     ``variables`` (main hypothesis), ``rivals`` (name -> variables), ``n_classes``,
-    ``positions`` (named positions -> index). Token tasks also have ``vocab``,
-    ``answer_tokens`` and ``decode``.
+    ``positions`` (named positions -> index; ``None`` for a position that differs per
+    example, given per row by :meth:`encode_rows`). Token tasks also have ``vocab``,
+    ``answer_tokens`` and ``decode``. ``needs_tokenizer`` tasks run on a pretrained
+    model's own tokenizer: :meth:`bind` them to it first (the search does).
     """
 
     name: str = ""
@@ -139,7 +147,8 @@ class Task:
     variables: tuple[str, ...] = ()
     rivals: ClassVar[dict[str, tuple[str, ...]]] = {}
     n_classes: int = 2
-    positions: ClassVar[dict[str, int]] = {"last": 0}
+    positions: ClassVar[dict[str, int | None]] = {"last": 0}
+    needs_tokenizer: ClassVar[bool] = False
 
     # ----- hooks for subclasses ---------------------------------------------------------
     def _sample(self, n: int, rng: np.random.Generator, split: str) -> Raw:
@@ -157,6 +166,23 @@ class Task:
     def _sample_source(self, base: Raw, variable: str, rng: np.random.Generator, split: str) -> Raw:
         """Source inputs used to swap ``variable`` into ``base``. Default: independent draws."""
         return self._sample(len(next(iter(base.values()))), rng, split)
+
+    def encode_rows(self, raw: Raw) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray] | None]:
+        """Model kwargs and the per-row named positions (name -> int array [n]), if any.
+
+        Default: :meth:`encode` and no per-row positions. Tasks whose prompts differ in
+        length (the LM prompt tasks) return where each named token sits in each row.
+        """
+        return self.encode(raw), None
+
+    def bind(self, *, tokenizer: Any = None, model: Any = None, cache_dir: Any = None) -> "Task":
+        """This task, ready for ``model`` and its ``tokenizer``.
+
+        Tasks on their own small vocabulary need neither and return themselves; tasks
+        that read a pretrained model's tokenizer (``needs_tokenizer``) return a bound copy
+        whose answer ids come from ``tokenizer`` (see :class:`roadinterp.tasks.PromptTask`).
+        """
+        return self
 
     # ----- public API -----------------------------------------------------------------
     def hypothesis_variables(self, hypothesis: str = "main") -> tuple[str, ...]:
@@ -257,14 +283,20 @@ class Task:
             dos[var] = (mask[:, i], self._evaluate(src, hypothesis, None)[var])
         labels = self._evaluate(base, hypothesis, dos)["output"].astype(np.int64)
         base_labels = self._evaluate(base, hypothesis, None)["output"].astype(np.int64)
+        encoded = [self.encode_rows(r) for r in (base, *sources_raw)]
+        positions = None
+        if encoded[0][1] is not None:  # per-row positions: [n, 1 + n_vars], base first
+            positions = {name: torch.as_tensor(np.stack([e[1][name] for e in encoded], 1), dtype=torch.long)
+                         for name in encoded[0][1]}
         return CounterfactualBatch(
-            base=self.encode(base),
-            sources=[self.encode(s) for s in sources_raw],
+            base=encoded[0][0],
+            sources=[e[0] for e in encoded[1:]],
             intervened=torch.as_tensor(mask),
             labels=torch.as_tensor(labels),
             base_labels=torch.as_tensor(base_labels),
             variables=variables,
             raw={"base": base, "sources": sources_raw},
+            positions=positions,
         )
 
     def logits(self, model_output: Any) -> torch.Tensor:

@@ -13,7 +13,7 @@ from tokenizers import pre_tokenizers
 
 from roadinterp.errors import ConfigError, SiteError, TokenizerError
 from roadinterp.interventions import get_family
-from roadinterp.replay import make_runner
+from roadinterp.dii.replay import make_runner
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
 from roadinterp.tasks.ioi import NAMES

@@ -16,9 +16,10 @@ import copy
 import torch
 
 from benchmarks.common import interleaved, machine, ratio, summary
-from roadinterp import serve
-from roadinterp.adapter import RoadAdapter
-from roadinterp.linear import apply_road, linear_targets, to_peft
+from roadinterp.adapters import serve
+from roadinterp.adapters.adapter import RoadAdapter
+from roadinterp.adapters.linear import apply_road, linear_targets
+from roadinterp.adapters.peft_interop import to_peft
 
 FULL = dict(hidden=512, intermediate=1408, layers=4, heads=8, vocab=1000, batch=16, prompt=32, new=64,
             group_size=64, reps=5, warmup=1, lora_r=8)

@@ -31,7 +31,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import roadinterp as ri  # noqa: E402
-from roadinterp.compose import behaviour_table, compose, evaluate, split_blocks, train_composable  # noqa: E402
+from roadinterp.adapters.attach import evaluate  # noqa: E402
+from roadinterp.adapters.compose import compose, split_blocks  # noqa: E402
+from roadinterp.adapters.composition import behaviour_table, train_composable  # noqa: E402
 from roadinterp.interventions.loreft import LoreftAdapter, concat_loreft  # noqa: E402
 from roadinterp.sites import validate_site  # noqa: E402
 from roadinterp.tasks import behaviour_data  # noqa: E402

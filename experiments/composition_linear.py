@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from _results_md import write_section  # noqa: E402
 
 import roadinterp as ri  # noqa: E402
-from roadinterp.adapter import RoadAdapter  # noqa: E402
-from roadinterp.linear import apply_road, linear_targets  # noqa: E402
+from roadinterp.adapters.adapter import RoadAdapter  # noqa: E402
+from roadinterp.adapters.linear import apply_road, linear_targets  # noqa: E402
 from roadinterp.tasks import behaviour_data, get_task  # noqa: E402
 
 HEADING = "## Composition on Linear outputs (RoAd, PEFT placement)"

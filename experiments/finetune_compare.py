@@ -39,10 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from roadinterp import serve  # noqa: E402
-from roadinterp.adapter import RoadAdapter  # noqa: E402
-from roadinterp.linear import apply_road, linear_targets  # noqa: E402
-from roadinterp.pedro import PedroAdapter, PedroConfig, apply_pedro  # noqa: E402
+from roadinterp.adapters import serve  # noqa: E402
+from roadinterp.adapters.adapter import RoadAdapter  # noqa: E402
+from roadinterp.adapters.linear import apply_road, linear_targets  # noqa: E402
+from roadinterp.adapters.pedro import PedroAdapter  # noqa: E402
+from roadinterp.adapters.pedro_linear import apply_pedro  # noqa: E402
+from roadinterp.interventions.pedro import PedroConfig  # noqa: E402
 from roadinterp.tasks import behaviour_data, get_task  # noqa: E402
 
 BEGIN, END = "<!-- finetune_compare:begin -->", "<!-- finetune_compare:end -->"

@@ -13,7 +13,7 @@ See docs/index.md for a tour.
 __version__ = "0.1.0"
 
 from roadinterp import _pyvene  # noqa: F401,E402  (import pyvene quietly, once, first)
-from roadinterp.adapter import RoadAdapter  # noqa: E402
+from roadinterp.adapters.adapter import RoadAdapter  # noqa: E402
 from roadinterp.errors import (  # noqa: E402
     ConfigError,
     FileFormatError,
@@ -32,17 +32,20 @@ from roadinterp.interventions import (  # noqa: E402
     list_families,
     register_family,
 )
-from roadinterp.compose import compose  # noqa: E402
+from roadinterp.adapters.compose import compose  # noqa: E402
 from roadinterp.interventions.pedro import PedroIntervention  # noqa: E402
 from roadinterp.io import load, save  # noqa: E402
-from roadinterp.linear import apply_road, from_peft, remove_road, to_peft  # noqa: E402
-from roadinterp.pedro import PedroAdapter, PedroConfig, apply_pedro  # noqa: E402
+from roadinterp.adapters.linear import apply_road, remove_road  # noqa: E402
+from roadinterp.adapters.peft_interop import from_peft, to_peft  # noqa: E402
+from roadinterp.adapters.pedro import PedroAdapter  # noqa: E402
+from roadinterp.adapters.pedro_linear import apply_pedro  # noqa: E402
+from roadinterp.interventions.pedro import PedroConfig  # noqa: E402
 from roadinterp.road import RoadRotation, RoadSpec  # noqa: E402
 from roadinterp.search import SearchConfig, best_alignment, search, summarize  # noqa: E402
 from roadinterp.sites import Site, register_architecture  # noqa: E402
 from roadinterp.tasks import get_task, list_tasks, register_task  # noqa: E402
 from roadinterp.dii.train import DIIConfig, TrainResult, train_dii  # noqa: E402
-from roadinterp.serve import generate  # noqa: E402
+from roadinterp.adapters.serve import generate  # noqa: E402
 from roadinterp.zoo import load_model  # noqa: E402
 from roadinterp import viz  # noqa: E402
 

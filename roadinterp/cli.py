@@ -260,8 +260,8 @@ def train_cmd(
 ) -> None:
     """Fit a RoAd adapter (sourceless intervention) to a task's labels and save it."""
     from roadinterp import io
-    from roadinterp.adapter import RoadAdapter
-    from roadinterp.compose import adapter_interventions, evaluate
+    from roadinterp.adapters.adapter import RoadAdapter
+    from roadinterp.adapters.attach import adapter_interventions, evaluate
     from roadinterp.dii.train import train_adapter
     from roadinterp.search import default_model, get_model
     from roadinterp.sites import Site, parse_positions, validate_site
@@ -298,7 +298,7 @@ def compose_cmd(
     from pathlib import Path
 
     from roadinterp import io
-    from roadinterp.compose import compose
+    from roadinterp.adapters.compose import compose
 
     loaded = {Path(a).name: io.load(a) for a in adapters}
     w = None

@@ -9,16 +9,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from roadinterp.adapter import RoadAdapter
-from roadinterp.compose import (
-    adapter_interventions,
-    compose,
-    evaluate,
-    forward,
-    restrict,
-    split_blocks,
-    train_composable,
-)
+from roadinterp.adapters.adapter import RoadAdapter
+from roadinterp.adapters.attach import adapter_interventions, evaluate, forward
+from roadinterp.adapters.compose import compose, restrict, split_blocks
+from roadinterp.adapters.composition import train_composable
 from roadinterp.errors import ConfigError, OverlapError, ShapeError
 from roadinterp.interventions import attach_sourceless, run_sourceless
 from roadinterp.interventions.loreft import LoreftAdapter, LoreftIntervention, concat_loreft

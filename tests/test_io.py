@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import roadinterp.io as rio
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.errors import FileFormatError, RoadinterpError
 
 

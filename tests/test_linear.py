@@ -6,9 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapters.adapter import RoadAdapter
+from roadinterp.adapters.linear import (
+    RoadLinear,
+    apply_road,
+    linear_targets,
+    merge,
+    remove_road,
+    road_layers,
+    unmerge,
+)
 from roadinterp.errors import ConfigError, ShapeError
-from roadinterp.linear import RoadLinear, apply_road, linear_targets, merge, remove_road, road_layers, unmerge
 from roadinterp.road import apply, coefficients
 
 ATOL = 1e-5

@@ -15,13 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from roadinterp import io  # noqa: E402
+from roadinterp.adapters.attach import adapter_interventions  # noqa: E402
+from roadinterp.adapters.pedro import PedroAdapter  # noqa: E402
+from roadinterp.adapters.pedro_linear import apply_pedro  # noqa: E402
 from roadinterp.errors import ConfigError  # noqa: E402
 from roadinterp.interventions.attach import attach_sourceless, run_sourceless  # noqa: E402
-from roadinterp.interventions.pedro import PedroIntervention  # noqa: E402
-from roadinterp.pedro import (  # noqa: E402
-    PedroAdapter,
+from roadinterp.interventions.pedro import (  # noqa: E402
     PedroConfig,
-    apply_pedro,
+    PedroIntervention,  # noqa: E402
     last_index,
     pool,
 )
@@ -148,8 +149,8 @@ def test_site_adapter_save_load(tmp_path):
     io.save(adapter, tmp_path / "s")
     loaded = io.load(tmp_path / "s")
     h = torch.randn(2, 5, D)
-    a = adapter.interventions()[site.key()](h)
-    b = loaded.interventions()[site.key()](h)
+    a = adapter_interventions(adapter)[site.key()](h)
+    b = adapter_interventions(loaded)[site.key()](h)
     assert torch.equal(a, b) and not torch.allclose(a, h)
 
 
@@ -234,7 +235,7 @@ def test_serving_protocol():
     x = ids(batch=3)
     choice = torch.tensor([1, -1, 0])
     try:
-        from roadinterp import serve
+        from roadinterp.adapters import serve
     except ImportError:
         serve = None
     if serve is not None:
@@ -252,7 +253,7 @@ def test_serving_protocol():
     layers = [m for m in model.modules() if hasattr(m, "set_adapter_ids") and hasattr(m, "reset_cache")]
     assert layers
     try:
-        from roadinterp.serve import BatchedAdapterLayer  # written by another engineer
+        from roadinterp.adapters.serve import BatchedAdapterLayer  # written by another engineer
     except ImportError:
         BatchedAdapterLayer = None
     if BatchedAdapterLayer is not None:
@@ -370,7 +371,7 @@ def test_finetune_compare_quick(tmp_path):
 def test_decode_step_is_recognised_under_both_cache_kwargs():
     """transformers <= 5.23 hands the KV cache over as ``past_key_values``, 5.24 as ``cache``:
     both must mark a decoding step (else the generator would run again at every token)."""
-    from roadinterp.pedro import _is_decode
+    from roadinterp.adapters.pedro_linear import _is_decode
 
     class FakeCache:
         def __init__(self, n):

@@ -8,10 +8,11 @@ import copy
 import pytest
 import torch
 
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapters.adapter import RoadAdapter
+from roadinterp.adapters.linear import apply_road, linear_targets
+from roadinterp.adapters.peft_interop import from_peft, to_peft
+from roadinterp.adapters.serve import forward as serve_forward
 from roadinterp.errors import ConfigError, RoadinterpError
-from roadinterp.linear import apply_road, from_peft, linear_targets, to_peft
-from roadinterp.serve import forward as serve_forward
 
 pytest.importorskip("peft")
 

@@ -193,7 +193,7 @@ def test_empty_run_report_in_browser(tmp_path):
 def test_adapter_report_in_browser(tmp_path):
     import torch
 
-    from roadinterp.adapter import RoadAdapter
+    from roadinterp.adapters.adapter import RoadAdapter
     from roadinterp.viz.report import write_adapter_report
 
     adapters = {}

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from roadinterp import serve
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapters import serve
+from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import RoadIntervention, attach_sourceless, run_sourceless
-from roadinterp.linear import apply_road, linear_targets, merge, road_layers
+from roadinterp.adapters.linear import apply_road, linear_targets, merge, road_layers
 from roadinterp.sites import Site
 
 from test_linear import tiny_gpt2, tiny_llama

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from roadinterp import io
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.errors import ConfigError
 from roadinterp.road.module import RoadRotation
 from roadinterp.road.rotation import param_block

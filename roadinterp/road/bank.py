@@ -9,6 +9,8 @@ adapter: no Python loop over adapters, no per-adapter matmul.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from roadinterp.errors import ConfigError, ShapeError
@@ -32,14 +34,44 @@ def bank_tables(
     return torch.cat([c1, ones]), torch.cat([c2, torch.zeros_like(ones)])
 
 
-def check_adapter_ids(ids, n_adapters: int, device=None) -> torch.Tensor:
-    """Validate per-sample adapter ids (``-1`` = no adapter); return a LongTensor ``[batch]``."""
+def check_adapter_ids(ids, n_adapters: int | None, device=None) -> torch.Tensor:
+    """Validate per-sample adapter ids (``-1`` = no adapter); return a LongTensor ``[batch]``.
+
+    ``n_adapters=None`` checks only the shape and the lower bound (the layers that
+    hold the bank check the upper one).
+    """
     ids = torch.as_tensor(ids, dtype=torch.long, device=device)
     if ids.dim() != 1:
         raise ShapeError(f"adapter_ids must be 1-D [batch], got shape {tuple(ids.shape)}")
-    if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= n_adapters):
+    if ids.numel() and n_adapters is not None and (int(ids.min()) < -1 or int(ids.max()) >= n_adapters):
         raise ConfigError(f"adapter_ids must be in -1..{n_adapters - 1} (-1 = no adapter), got {ids.tolist()}")
+    if ids.numel() and n_adapters is None and int(ids.min()) < -1:
+        raise ConfigError(f"adapter_ids must be >= -1 (-1 = no adapter), got {ids.tolist()}")
     return ids
+
+
+def adapter_index(name: str, names: Sequence[str]) -> int:
+    """Position of adapter ``name`` in a bank (its id)."""
+    names = list(names)
+    if name not in names:
+        raise ConfigError(f"unknown adapter {name!r}; the bank holds {', '.join(map(str, names)) or 'nothing'}")
+    return names.index(name)
+
+
+def resolve_adapter_ids(adapter_ids, names: Sequence[str] | None = None, device=None) -> torch.Tensor:
+    """Per-sample adapters as names, ints or ``None`` (= none) -> validated ids ``[batch]``.
+
+    ``names``: the bank's adapter names in id order (``None``: ints only, upper bound
+    left to the layers).
+    """
+    if not isinstance(adapter_ids, torch.Tensor):
+        if names is None and any(isinstance(a, str) for a in adapter_ids):
+            bad = next(a for a in adapter_ids if isinstance(a, str))
+            raise ConfigError(f"unknown adapter {bad!r}: name adapters only with a bank (pass adapters=...)")
+        adapter_ids = [-1 if a is None else adapter_index(a, names) if isinstance(a, str) else int(a)
+                       for a in adapter_ids]
+    ids = torch.as_tensor(adapter_ids).long().reshape(-1)
+    return check_adapter_ids(ids, None if names is None else len(names), device)
 
 
 def gather_rows(c1: torch.Tensor, c2: torch.Tensor, adapter_ids: torch.Tensor):

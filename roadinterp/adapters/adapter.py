@@ -10,21 +10,19 @@ is rotated PEFT-style. Every map of an adapter uses the same variant and the sam
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from roadinterp import io
+from roadinterp.adapters.modules import module_key
 from roadinterp.errors import ConfigError, FileFormatError, ShapeError
 from roadinterp.road import rotation as rot
 from roadinterp.road.module import RoadRotation
 
 PLACEMENTS = ("site", "linear")
-
-
-def _safe(key: str) -> str:
-    return key.replace(".", "__").replace(":", "--").replace("@", "_at_").replace(",", "_")
 
 
 @io.register_kind
@@ -53,7 +51,7 @@ class RoadAdapter(nn.Module):
             g = group_size if group_size is not None and dim % group_size == 0 else rot.largest_group_size(dim)
             if group_size is not None and group_size > dim:
                 g = rot.largest_group_size(dim)
-            self.rotations[_safe(key)] = RoadRotation(dim, variant, g, blocks=self.blocks, init=init, generator=gen)
+            self.rotations[module_key(key)] = RoadRotation(dim, variant, g, blocks=self.blocks, init=init, generator=gen)
 
     @property
     def group_sizes(self) -> dict[str, int]:
@@ -63,7 +61,7 @@ class RoadAdapter(nn.Module):
     def rotation(self, target: str) -> RoadRotation:
         if target not in self.targets:
             raise ConfigError(f"adapter has no target {target!r}; targets: {', '.join(self.targets)}")
-        return self.rotations[_safe(target)]
+        return self.rotations[module_key(target)]
 
     def items(self):
         return [(k, self.rotation(k)) for k in self.targets]
@@ -78,7 +76,7 @@ class RoadAdapter(nn.Module):
             total += 2 * n
         return total
 
-    def scaled(self, lam: float) -> "RoadAdapter":
+    def scaled(self, lam: float) -> RoadAdapter:
         """A copy with every angle multiplied by ``lam`` (alpha interpolated 1 -> alpha)."""
         new = RoadAdapter.from_state(*self.to_state())
         with torch.no_grad():
@@ -117,7 +115,7 @@ class RoadAdapter(nn.Module):
         for key, r in new.items():
             g = gs.get(key)
             if not isinstance(g, int) or g != r.group_size:
-                new.rotations[_safe(key)] = RoadRotation(r.dim, r.variant, g if isinstance(g, int) else -1, blocks=blocks)
+                new.rotations[module_key(key)] = RoadRotation(r.dim, r.variant, g if isinstance(g, int) else -1, blocks=blocks)
             r = new.rotation(key)
             for name in ("theta", "alpha"):
                 t = tensors.get(f"{key}.{name}")
@@ -138,7 +136,25 @@ class RoadAdapter(nn.Module):
         return f"placement={self.placement}, variant={self.variant}, targets={len(self.targets)}, blocks={nb}"
 
 
-def stack_bank(bank: Mapping[str, "RoadAdapter"], target: str, width: int):
+def as_bank(adapters) -> dict[str, RoadAdapter]:
+    """A bank, name -> adapter in id order, from one adapter, a dict or a list."""
+    if isinstance(adapters, RoadAdapter):
+        return {"default": adapters}
+    if isinstance(adapters, Mapping):
+        bank = dict(adapters)
+    elif isinstance(adapters, (list, tuple)):
+        bank = {str(i): a for i, a in enumerate(adapters)}
+    else:
+        raise ConfigError(f"adapters must be a RoadAdapter, a dict name -> RoadAdapter or a list, got {type(adapters).__name__}")
+    if not bank:
+        raise ConfigError("the adapter bank is empty")
+    for name, a in bank.items():
+        if not isinstance(a, RoadAdapter):
+            raise ConfigError(f"adapter {name!r} is a {type(a).__name__}, not a RoadAdapter")
+    return bank
+
+
+def stack_bank(bank: Mapping[str, RoadAdapter], target: str, width: int):
     """Stack the adapters of a bank at one target for a batched layer.
 
     Returns ``(variant, group_size, thetas [n, n_params], alphas [n, n_params],

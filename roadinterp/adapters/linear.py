@@ -9,49 +9,26 @@ row pair per call, so 16 different adapters cost what one shared adapter costs.
 
 :func:`apply_road` swaps the targeted Linears for ``RoadLinear`` (a handle that is
 also a context manager); :func:`remove_road` puts the original modules back.
-:func:`merge` folds one adapter into the weights (``W' = R W``, zero overhead);
-:func:`to_peft` / :func:`from_peft` move adapters to and from ``peft.RoadConfig``
-models; the parameter layouts are the same, so nothing is permuted. peft is an
-optional (dev) dependency, imported only by those two functions.
+:func:`merge` folds one adapter into the weights (``W' = R W``, zero overhead).
+Moving adapters to and from peft: :mod:`roadinterp.adapters.peft_interop`.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roadinterp.adapter import RoadAdapter, stack_bank
-from roadinterp.errors import ConfigError, RoadinterpError, ShapeError
+from roadinterp.adapters.adapter import RoadAdapter, as_bank, stack_bank
+from roadinterp.adapters.modules import AdapterHandle, Wrapper, linear_targets, out_features, set_submodule
+from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.road import rotation as rot
-from roadinterp.road.bank import bank_tables, check_adapter_ids
+from roadinterp.road.bank import adapter_index, bank_tables, check_adapter_ids, resolve_adapter_ids
 from roadinterp.road.merge import merge_into_linear, unmerge_from_linear
 
-__all__ = [
-    "RoadHandle", "RoadLinear", "apply_road", "from_peft", "linear_targets", "merge", "remove_road",
-    "road_layers", "to_peft", "unmerge",
-]
-
-
-def _conv1d_type():
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        return ()
-    return Conv1D
-
-
-def _out_features(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, _conv1d_type()):
-        return module.nf
-    raise ConfigError(
-        f"RoAd on Linear outputs needs nn.Linear or transformers Conv1D, got {type(module).__name__}"
-    )
+__all__ = ["RoadHandle", "RoadLinear", "apply_road", "linear_targets", "merge", "remove_road", "road_layers", "unmerge"]
 
 
 def _swap_sign(dim: int, group_size: int) -> torch.Tensor:
@@ -66,7 +43,7 @@ def _swap_index(dim: int, group_size: int) -> torch.Tensor:
     return rot.pair_index(dim, group_size)
 
 
-class RoadLinear(nn.Module):
+class RoadLinear(Wrapper):
     """A Linear whose output is rotated by one of several RoAd adapters, per sample.
 
     ``theta``/``alpha``: ``[n_adapters, n_params]`` fp32 (peft layout, one row per
@@ -76,7 +53,7 @@ class RoadLinear(nn.Module):
     Routing: :meth:`set_adapter_ids` sets per-sample ids for the next call(s)
     (``-1`` = no adapter); with no ids set the layer applies ``active`` (an index or
     ``None`` = off) to every sample. This is the ``BatchedAdapterLayer`` protocol of
-    :mod:`roadinterp.serve`: the gathered rows are computed once after
+    :mod:`roadinterp.adapters.serve`: the gathered rows are computed once after
     :meth:`reset_cache` and reused for every decode step.
     """
 
@@ -86,7 +63,7 @@ class RoadLinear(nn.Module):
         active: int | None = None,
     ) -> None:
         super().__init__()
-        dim = _out_features(base)
+        dim = out_features(base)
         rot.check_layout(dim, group_size, variant)
         if theta.dim() == 1:
             theta, alpha = theta[None], alpha[None]
@@ -117,10 +94,7 @@ class RoadLinear(nn.Module):
         return self.theta.shape[0]
 
     def index(self, name: str) -> int:
-        try:
-            return self.names.index(name)
-        except ValueError:
-            raise ConfigError(f"unknown adapter {name!r}; this layer holds {', '.join(self.names)}") from None
+        return adapter_index(name, self.names)
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c1, c2s)`` ``[n_adapters + 1, d]`` fp32; the last row is the identity.
@@ -144,7 +118,7 @@ class RoadLinear(nn.Module):
         if ids is not None:
             ids = check_adapter_ids(ids, self.n_adapters, self.theta.device)
             if self.merged is not None:
-                raise ConfigError("per-sample adapter ids need an unmerged layer; call roadinterp.linear.unmerge first")
+                raise ConfigError("per-sample adapter ids need an unmerged layer; call roadinterp.adapters.unmerge first")
         self._ids = ids
         self._rows = None
 
@@ -244,80 +218,26 @@ def _merge(base: nn.Module, c1, c2, group_size: int) -> None:
 
 
 # ---------------------------------------------------------------- targets
-def _is_linear(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Linear, _conv1d_type())) and not isinstance(m, RoadLinear)
-
-
-def linear_targets(model: nn.Module, target_modules: str | Iterable[str] = "all-linear") -> dict[str, int]:
-    """Module paths -> output width of the Linears a ``target_modules`` spec selects.
-
-    Same matching as peft: a string is a regex that must match the whole path
-    (``"all-linear"`` = every Linear/Conv1D except the output embedding); a list
-    matches a path exactly or as a ``.``-separated suffix (``"q_proj"``).
-    """
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    found = {}
-    for path, m in model.named_modules():
-        if not _is_linear(m) or not path:
-            continue
-        if target_modules == "all-linear":
-            ok = m is not out_emb
-        elif isinstance(target_modules, str):
-            ok = re.fullmatch(target_modules, path) is not None
-        else:
-            ok = any(path == t or path.endswith("." + t) for t in target_modules)
-        if ok:
-            found[path] = _out_features(m)
-    if not found:
-        raise ConfigError(f"target_modules {target_modules!r} matches no Linear layer of {type(model).__name__}")
-    return found
-
-
 def road_layers(model: nn.Module) -> dict[str, RoadLinear]:
     """Every :class:`RoadLinear` in ``model`` by module path."""
     return {p: m for p, m in model.named_modules() if isinstance(m, RoadLinear)}
 
 
-def _as_bank(adapters) -> dict[str, RoadAdapter]:
-    if isinstance(adapters, RoadAdapter):
-        return {"default": adapters}
-    if isinstance(adapters, Mapping):
-        bank = dict(adapters)
-    elif isinstance(adapters, (list, tuple)):
-        bank = {str(i): a for i, a in enumerate(adapters)}
-    else:
-        raise ConfigError(f"adapters must be a RoadAdapter, a dict name -> RoadAdapter or a list, got {type(adapters).__name__}")
-    if not bank:
-        raise ConfigError("the adapter bank is empty")
-    for name, a in bank.items():
-        if not isinstance(a, RoadAdapter):
-            raise ConfigError(f"adapter {name!r} is a {type(a).__name__}, not a RoadAdapter")
-    return bank
-
-
-class RoadHandle:
+class RoadHandle(AdapterHandle):
     """What :func:`apply_road` returns: the layers it installed; ``with`` removes them."""
 
     def __init__(self, model: nn.Module, layers: dict[str, RoadLinear], names: list[str]) -> None:
         self.model, self.layers, self.names = model, layers, names
 
     def index(self, name: str) -> int:
-        if name not in self.names:
-            raise ConfigError(f"unknown adapter {name!r}; the bank holds {', '.join(self.names)}")
-        return self.names.index(name)
+        return adapter_index(name, self.names)
 
     def ids(self, names: Sequence[str | int | None]) -> torch.Tensor:
         """Adapter names (or ints, ``None``/-1 = none) -> index tensor ``[batch]``."""
-        return torch.tensor([-1 if n is None else n if isinstance(n, int) else self.index(n) for n in names])
+        return resolve_adapter_ids(names, self.names)
 
     def remove(self) -> None:
         remove_road(self.model, self.layers)
-
-    def __enter__(self) -> "RoadHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def apply_road(
@@ -327,19 +247,19 @@ def apply_road(
 
     ``adapters``: one :class:`RoadAdapter` (``placement="linear"``; it becomes the
     active adapter) or a dict name -> adapter (bank order = dict order = adapter ids;
-    none active until ids are set, see :mod:`roadinterp.serve`). ``target_modules``
+    none active until ids are set, see :mod:`roadinterp.adapters.serve`). ``target_modules``
     restricts the Linears (default: every target of every adapter); a layer that
     an adapter does not target is the identity for that adapter. Usable as
     ``with apply_road(model, bank) as h: ...`` (removed on exit).
     """
     single = isinstance(adapters, RoadAdapter)
-    bank = _as_bank(adapters)
+    bank = as_bank(adapters)
     names = list(bank)
     for name, a in bank.items():
         if a.placement != "linear":
             raise ConfigError(
                 f"adapter {name!r} has placement={a.placement!r}; apply_road needs placement='linear' "
-                "(serve hidden-state adapters with roadinterp.serve)"
+                "(serve hidden-state adapters with roadinterp.adapters.serve)"
             )
     wanted = sorted({t for a in bank.values() for t in a.targets})
     if target_modules is not None:
@@ -350,7 +270,7 @@ def apply_road(
     if road_layers(model):
         raise ConfigError("model already has RoAd layers; call remove_road(model) first")
     if isinstance(active, str):
-        active = names.index(active) if active in names else _unknown_adapter(active, names)
+        active = adapter_index(active, names)
     elif active is None and single:
         active = 0
     layers = {}
@@ -359,25 +279,15 @@ def apply_road(
             base = model.get_submodule(path)
         except AttributeError:
             raise ConfigError(f"model {type(model).__name__} has no module {path!r}") from None
-        dim = _out_features(base)
+        dim = out_features(base)
         variant, group_size, thetas, alphas, mask = stack_bank(bank, path, dim)
         layer = RoadLinear(
             base, thetas, alphas, variant=variant, group_size=group_size, names=names, element_mask=mask,
             active=active,
         ).to(base.weight.device)
-        _set_submodule(model, path, layer)
+        set_submodule(model, path, layer)
         layers[path] = layer
     return RoadHandle(model, layers, names)
-
-
-def _unknown_adapter(name, names):
-    raise ConfigError(f"unknown adapter {name!r}; the bank holds {', '.join(names)}")
-
-
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, module)
 
 
 def remove_road(model: nn.Module, layers: Mapping[str, RoadLinear] | None = None) -> None:
@@ -392,7 +302,7 @@ def remove_road(model: nn.Module, layers: Mapping[str, RoadLinear] | None = None
             continue
         layer.unmerge()
         layer.set_adapter_ids(None)
-        _set_submodule(model, path, layer.base)
+        set_submodule(model, path, layer.base)
 
 
 def merge(model: nn.Module, name: str | int | None = None) -> None:
@@ -415,107 +325,3 @@ def _resolve(layer: RoadLinear, name) -> int:
             return 0
         raise ConfigError(f"the bank holds {layer.names}: say which adapter to merge")
     return name if isinstance(name, int) else layer.index(name)
-
-
-# ---------------------------------------------------------------- peft interop
-def _peft():
-    try:
-        import peft
-    except ImportError:
-        raise RoadinterpError(
-            "peft is not installed; it is an optional dependency: pip install 'roadinterp[dev]' (or peft>=0.21.2)"
-        ) from None
-    if not hasattr(peft, "RoadConfig"):
-        raise RoadinterpError(f"peft {peft.__version__} has no RoadConfig; install peft>=0.21.2")
-    return peft
-
-
-def _peft_params(adapter: RoadAdapter, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """theta/alpha with blocks outside the subspace set to the identity (exact in peft)."""
-    r = adapter.rotation(path)
-    theta, alpha = r.theta.detach().float().clone(), r.alpha.detach().float().clone()
-    if adapter.blocks is not None:
-        keep = rot.block_param_mask(torch.tensor(adapter.blocks, dtype=torch.long), r.dim, r.variant, r.group_size)
-        theta[~keep], alpha[~keep] = 0.0, 1.0
-    return theta, alpha
-
-
-def to_peft(adapters, base_model: nn.Module):
-    """A ``peft.PeftModel`` with one ``RoadConfig`` adapter per roadinterp adapter.
-
-    Like ``peft.get_peft_model`` this wraps ``base_model`` in place. Adapters need
-    ``placement="linear"`` and one group size across their targets (peft has one per
-    config). Subspaces are written out as identity parameters outside the blocks.
-    """
-    peft = _peft()
-    bank = _as_bank(adapters)
-    if road_layers(base_model):
-        raise ConfigError("base_model has roadinterp RoAd layers; call remove_road(model) first")
-    for name, a in bank.items():  # validate everything before peft touches the model
-        if a.placement != "linear":
-            raise ConfigError(f"adapter {name!r} has placement={a.placement!r}; peft only has Linear RoAd")
-        for t in a.targets:
-            try:
-                m = base_model.get_submodule(t)
-            except AttributeError:
-                raise ConfigError(f"adapter {name!r} targets {t!r}, which {type(base_model).__name__} does not have") from None
-            if not isinstance(m, nn.Linear):
-                raise ConfigError(
-                    f"peft RoAd supports only nn.Linear, but {t!r} is a {type(m).__name__} "
-                    "(e.g. GPT-2's Conv1D); keep such adapters in roadinterp"
-                )
-        if len({a.rotation(t).group_size for t in a.targets}) != 1:
-            raise ConfigError(f"adapter {name!r} uses several group sizes; a peft RoadConfig has one")
-    pm = None
-    for name, a in bank.items():
-        sizes = {a.rotation(t).group_size for t in a.targets}
-        cfg = peft.RoadConfig(variant=a.variant, group_size=sizes.pop(), target_modules=list(a.targets))
-        if pm is None:
-            pm = peft.get_peft_model(base_model, cfg, adapter_name=name)
-        else:
-            pm.add_adapter(name, cfg)
-        model = pm.base_model.model
-        for path in a.targets:
-            layer = model.get_submodule(path)
-            theta, alpha = _peft_params(a, path)
-            with torch.no_grad():
-                layer.road_theta[name].copy_(theta)
-                layer.road_alpha[name].copy_(alpha)
-    pm.set_adapter(next(iter(bank)))
-    pm.eval()
-    return pm
-
-
-def from_peft(peft_model) -> dict[str, RoadAdapter]:
-    """Every RoAd adapter of a ``PeftModel`` as a ``placement="linear"`` :class:`RoadAdapter`."""
-    _peft()
-    from peft.tuners.road.layer import RoadLayer
-
-    model = peft_model.base_model.model if hasattr(peft_model, "base_model") else peft_model
-    layers = [(p, m) for p, m in model.named_modules() if isinstance(m, RoadLayer)]
-    names = [n for n, c in getattr(peft_model, "peft_config", {}).items() if str(c.peft_type).endswith("ROAD")]
-    if not names:
-        names = sorted({n for _, m in layers for n in m.road_theta})
-    if not names or not layers:
-        raise ConfigError(f"{type(peft_model).__name__} has no RoAd adapters")
-    out = {}
-    for name in names:
-        mine = [(p, m) for p, m in layers if name in m.road_theta]
-        variants = {m.variant[name] for _, m in mine}
-        if len(variants) != 1:
-            raise ConfigError(f"peft adapter {name!r} mixes variants {sorted(variants)}")
-        targets = {p: m.out_features for p, m in mine}
-        sizes = {m.group_size[name] for _, m in mine}
-        if len(sizes) != 1:
-            raise ConfigError(f"peft adapter {name!r} mixes group sizes {sorted(sizes)}")
-        a = RoadAdapter(targets, variant=variants.pop(), group_size=sizes.pop(), placement="linear",
-                        meta={"source": "peft", "peft_adapter": name})
-        for p, m in mine:
-            r = a.rotation(p)
-            if r.group_size != m.group_size[name]:  # cannot happen: peft checks out_features % group_size
-                raise ShapeError(f"{p}: group size {m.group_size[name]} does not fit width {m.out_features}")
-            with torch.no_grad():
-                r.theta.copy_(m.road_theta[name].detach().float())
-                r.alpha.copy_(m.road_alpha[name].detach().float())
-        out[name] = a
-    return out

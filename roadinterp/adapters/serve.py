@@ -18,7 +18,7 @@ Layers that take part implement the **BatchedAdapterLayer** protocol::
 call ``reset_cache()`` then ``set_adapter_ids(ids)``, run, and call
 ``set_adapter_ids(None)`` in ``finally``. A layer should build its per-sample rows
 at its first call after ``reset_cache()`` and reuse them for every decode step.
-:class:`~roadinterp.linear.RoadLinear` (``placement="linear"``) implements it; for
+:class:`~roadinterp.adapters.linear.RoadLinear` (``placement="linear"``) implements it; for
 hidden-state adapters (``placement="site"``) :class:`RoadSiteBank` does the same
 through a forward hook on the site's module, added and removed by :func:`serving`.
 """
@@ -26,15 +26,17 @@ through a forward hook on the site's module, added and removed by :func:`serving
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from roadinterp.adapter import RoadAdapter, stack_bank
+from roadinterp.adapters.adapter import RoadAdapter, as_bank, stack_bank
+from roadinterp.adapters.linear import apply_road
 from roadinterp.errors import ConfigError, ShapeError, SiteError
 from roadinterp.road import rotation as rot
-from roadinterp.road.bank import bank_tables, check_adapter_ids
+from roadinterp.road.bank import bank_tables, check_adapter_ids, resolve_adapter_ids
 from roadinterp.sites import Site, validate_site
 
 __all__ = ["BatchedAdapterLayer", "RoadSiteBank", "batched_layers", "forward", "generate", "serving"]
@@ -56,8 +58,9 @@ def batched_layers(model: nn.Module) -> list[BatchedAdapterLayer]:
 
 # ----------------------------------------------------------- hidden-state sites
 def _site_module(model: nn.Module, site: Site) -> tuple[nn.Module, str]:
-    from roadinterp._pyvene import modelcard
     from pyvene.models.modeling_utils import getattr_for_torch_module
+
+    from roadinterp._pyvene import modelcard
 
     validate_site(model, site)
     entry = modelcard.type_to_module_mapping[type(model)][site.component]
@@ -185,9 +188,7 @@ def _site_banks(model: nn.Module, bank: Mapping[str, RoadAdapter]) -> Iterator[l
 def _bank(adapters) -> dict[str, RoadAdapter] | None:
     if adapters is None:
         return None
-    from roadinterp.linear import _as_bank
-
-    return _as_bank(adapters)
+    return as_bank(adapters)
 
 
 @contextlib.contextmanager
@@ -195,7 +196,7 @@ def serving(model: nn.Module, adapters=None) -> Iterator[list[BatchedAdapterLaye
     """Install a bank for the duration of the block; yield every batched adapter layer.
 
     ``adapters``: ``None`` (use the layers already in the model, e.g. after
-    :func:`roadinterp.linear.apply_road` or PEDRO layers), one :class:`RoadAdapter`
+    :func:`roadinterp.adapters.linear.apply_road` or PEDRO layers), one :class:`RoadAdapter`
     or a dict name -> adapter (order = adapter ids). All adapters of a bank share a
     placement: ``"linear"`` swaps Linears for RoadLinear, ``"site"`` adds hooks.
     """
@@ -207,8 +208,6 @@ def serving(model: nn.Module, adapters=None) -> Iterator[list[BatchedAdapterLaye
     if len(placements) != 1:
         raise ConfigError(f"a bank's adapters must share one placement, got {sorted(placements)}")
     if placements == {"linear"}:
-        from roadinterp.linear import apply_road
-
         with apply_road(model, bank):
             yield batched_layers(model)
     else:
@@ -218,20 +217,7 @@ def serving(model: nn.Module, adapters=None) -> Iterator[list[BatchedAdapterLaye
 
 def _ids(adapter_ids, adapters, batch: int) -> torch.Tensor:
     names = list(_bank(adapters)) if adapters is not None else None
-    if isinstance(adapter_ids, torch.Tensor):
-        ids = adapter_ids.long().reshape(-1)
-    else:
-        out = []
-        for a in adapter_ids:
-            if a is None:
-                out.append(-1)
-            elif isinstance(a, str):
-                if names is None or a not in names:
-                    raise ConfigError(f"unknown adapter {a!r}; the bank holds {', '.join(names or [])}")
-                out.append(names.index(a))
-            else:
-                out.append(int(a))
-        ids = torch.tensor(out, dtype=torch.long)
+    ids = resolve_adapter_ids(adapter_ids, names)
     if ids.numel() != batch:
         raise ConfigError(f"adapter_ids has {ids.numel()} entries but the batch has {batch} samples")
     return ids
@@ -241,7 +227,7 @@ def _ids(adapter_ids, adapters, batch: int) -> torch.Tensor:
 def _routed(layers, ids: torch.Tensor):
     if not layers and bool((ids >= 0).any()):
         raise ConfigError(
-            "the model has no batched adapter layers: pass adapters=... or call roadinterp.linear.apply_road first"
+            "the model has no batched adapter layers: pass adapters=... or call roadinterp.apply_road first"
         )
     try:
         for layer in layers:

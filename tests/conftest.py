@@ -66,6 +66,13 @@ def word_tokenizer(*tasks, extra=()):
     return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
 
 
+_READY: dict = {}
+
+
 def ready(task):
-    """``task`` bound to a word tokenizer if it is a prompt task (no model: no filtering)."""
-    return task.bind(tokenizer=word_tokenizer(task)) if task.needs_tokenizer else task
+    """``task`` bound to a word tokenizer if it is a prompt task (no model: no filtering); cached."""
+    if not task.needs_tokenizer:
+        return task
+    if task.name not in _READY:
+        _READY[task.name] = task.bind(tokenizer=word_tokenizer(task))
+    return _READY[task.name]

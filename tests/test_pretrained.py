@@ -51,3 +51,19 @@ def test_hub_id_offline_fails_fast(monkeypatch):
 def test_smollm2_is_listed():
     assert "smollm2-135m" in PRETRAINED
     assert any(r["name"] == "smollm2-135m" for r in zoo.list_zoo())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ioi", "mcqa", "arithmetic", "ravel-city"])
+def test_prompt_tasks_tokenize_as_whole_strings_on_smollm2(name):
+    """Pieces tokenized one by one give exactly the ids of the whole prompt (no merge across pieces)."""
+    from roadinterp.tasks import get_task
+
+    tok = zoo.load_tokenizer("zoo:smollm2-135m")
+    task = get_task(name).bind(tokenizer=tok)
+    for split in ("train", "test"):
+        pool = task.pool(split)
+        inputs, _ = task.encode_rows(pool)
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+        for i, text in enumerate(task.prompts(pool)):
+            assert tok(text, add_special_tokens=False)["input_ids"] == inputs["input_ids"][i][mask[i] == 1].tolist()

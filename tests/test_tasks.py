@@ -26,7 +26,7 @@ from roadinterp.tasks import (
 )
 from roadinterp.tasks.base import do
 
-ALIGNMENT_TASKS = ["hierarchical-equality", "addition-carry", "interval"]
+ALIGNMENT_TASKS = ["hierarchical-equality", "addition-carry", "interval", "ioi", "mcqa", "arithmetic", "ravel-city"]
 
 
 # ----- independent reference causal models (plain Python, one row at a time) -------------
@@ -70,10 +70,74 @@ def ref_interval_vars(row: dict) -> dict:
     return {"left": x <= z, "right": z <= y, "mid": 2 * z - x - y}
 
 
+def ref_ioi(row: dict, hyp: str, forced: dict) -> int:
+    if hyp == "first-name":
+        return forced.get("first_name", row["a"])
+    pos = forced.get("io_position", 0 if row["io_first"] else 1)
+    return forced.get("io_token", row["a"] if pos == 0 else row["b"])
+
+
+def ref_ioi_vars(row: dict) -> dict:
+    return {"io_position": 0 if row["io_first"] else 1, "io_token": row["a"] if row["io_first"] else row["b"],
+            "first_name": row["a"]}
+
+
+def ref_mcqa(row: dict, hyp: str, forced: dict) -> int:
+    letters, options = [row["l0"], row["l1"], row["l2"]], [row["c0"], row["c1"], row["c2"]]
+    if hyp == "colour":
+        c = forced.get("colour", row["colour"])
+        return letters[options.index(c)] if c in options else letters[row["pointer"]]
+    pointer = forced.get("answer_pointer", row["pointer"])
+    return forced.get("answer", letters[pointer])
+
+
+def ref_mcqa_vars(row: dict) -> dict:
+    return {"answer_pointer": row["pointer"], "answer": [row["l0"], row["l1"], row["l2"]][row["pointer"]],
+            "colour": row["colour"]}
+
+
+def ref_arith(row: dict, hyp: str, forced: dict) -> int:
+    ones = forced.get("ones", row["a0"] + row["b0"])
+    carry = forced.get("carry", int(ones >= 10))
+    tens = forced.get("tens", row["a1"] + row["b1"])
+    t = tens if hyp == "tens-only" else tens + int(carry)
+    return t if t < 10 else 1
+
+
+def _ravel_table():
+    import csv
+    from pathlib import Path
+
+    import roadinterp.tasks as T
+
+    with open(Path(T.__file__).parent / "data" / "ravel_cities.csv") as f:
+        table = list(csv.DictReader(f))
+    answers = get_task("ravel-city").answer_tokens
+    return [{a: answers.index(" " + r[a].split()[0]) for a in ("country", "continent", "language")} for r in table]
+
+
+RAVEL = _ravel_table()
+
+
+def ref_ravel(row: dict, hyp: str, forced: dict) -> int:
+    attr = ("country", "continent", "language")[row["attr"]]
+    if hyp == "city":
+        return RAVEL[forced.get("city", row["city"])][attr]
+    return forced.get(attr, RAVEL[row["city"]][attr])
+
+
+def ref_ravel_vars(row: dict) -> dict:
+    return {**RAVEL[row["city"]], "city": row["city"]}
+
+
 REFS = {
     "hierarchical-equality": (ref_he, ref_he_vars),
     "addition-carry": (ref_add, ref_add_vars),
     "interval": (ref_interval, ref_interval_vars),
+    "ioi": (ref_ioi, ref_ioi_vars),
+    "mcqa": (ref_mcqa, ref_mcqa_vars),
+    "arithmetic": (ref_arith, ref_add_vars),
+    "ravel-city": (ref_ravel, ref_ravel_vars),
 }
 
 
@@ -116,7 +180,7 @@ HYPOTHESES = [(t, h) for t in ALIGNMENT_TASKS for h in ["main", *get_task(t).riv
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), mode=st.sampled_from(["each", "all", "mixed"]),
        split=st.sampled_from(["train", "test"]))
 def test_counterfactual_labels_match_brute_force(task_name, hyp, seed, n, mode, split):
-    task = get_task(task_name)
+    task = ready(get_task(task_name))
     batch = task.counterfactuals(n, split=split, seed=seed, hypothesis=hyp, mode=mode)
     assert batch.variables == task.hypothesis_variables(hyp)
     check_batch(task, batch, hyp)
@@ -128,7 +192,7 @@ def test_counterfactual_labels_match_brute_force(task_name, hyp, seed, n, mode, 
 
 @pytest.mark.parametrize("task_name", ALIGNMENT_TASKS)
 def test_single_variable_subset_and_factual_labels(task_name):
-    task = get_task(task_name)
+    task = ready(get_task(task_name))
     ref, _ = REFS[task_name]
     var = task.variables[-1]
     batch = task.counterfactuals(64, seed=3, variables=(var,), mode="each")

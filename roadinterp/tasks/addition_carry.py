@@ -38,14 +38,18 @@ class AdditionCarry(TokenTask):
         return _arith.sample_pairs(n, rng, split)
 
     def _evaluate(self, raw: Raw, hypothesis: str, interventions: Do | None) -> dict[str, np.ndarray]:
-        ones = do(interventions, "ones", raw["a0"] + raw["b0"])
-        carry = do(interventions, "carry", ones >= 10).astype(bool)
-        tens = do(interventions, "tens", raw["a1"] + raw["b1"])
-        if hypothesis == "tens-only":
-            output = tens % 10
-        else:
-            output = (tens + carry) % 10
-        return {"ones": ones, "carry": carry, "tens": tens, "output": output.astype(np.int64)}
+        values = carry_model(raw, hypothesis, interventions)
+        return {**values, "output": values["output"] % 10}
 
     def encode(self, raw: Raw) -> dict[str, torch.Tensor]:
         return _arith.encode_pairs(raw)
+
+
+def carry_model(raw: Raw, hypothesis: str, interventions: Do | None) -> dict[str, np.ndarray]:
+    """ones, carry, tens and ``output`` = tens + carry (tens alone for ``tens-only``), not reduced:
+    each task maps it to its answer (the tens digit mod 10, or the first digit written)."""
+    ones = do(interventions, "ones", raw["a0"] + raw["b0"])
+    carry = do(interventions, "carry", ones >= 10).astype(bool)
+    tens = do(interventions, "tens", raw["a1"] + raw["b1"])
+    output = tens if hypothesis == "tens-only" else tens + carry
+    return {"ones": ones, "carry": carry, "tens": tens, "output": output.astype(np.int64)}

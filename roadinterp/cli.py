@@ -376,13 +376,20 @@ def plot_angles_cmd(
 def report_cmd(
     run: str = typer.Argument(..., help="Run directory written by `roadinterp align`."),
     out: str = typer.Option(None, "--out", "-o", help="Output .html (default RUN/report.html)."),
+    cell: list[str] = typer.Option(None, "--cell", help="Also show this cell's learned angles and subspaces "
+                                   "(family|layer|component|position|size, as in results.csv's key); repeatable."),
+    figures: str = typer.Option(None, "--figures", help="Also write the key figures as PNG and PDF into this directory."),
 ) -> None:
     """Write one self-contained HTML page (no network requests) for an align run."""
     from pathlib import Path
 
-    from roadinterp.viz.report import write_report
+    from roadinterp.viz.report import write_figures, write_report
 
-    typer.echo(str(write_report(run, Path(out) if out else Path(run) / "report.html")))
+    cells = list(cell or [])
+    typer.echo(str(write_report(run, Path(out) if out else Path(run) / "report.html", cells)))
+    if figures:
+        for p in write_figures(run, figures, cells):
+            typer.echo(str(p))
 
 
 def _print_summary(console, summary, best, out) -> None:

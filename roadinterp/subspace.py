@@ -93,17 +93,25 @@ def seed_agreement(bases: Sequence[Sequence[np.ndarray]]) -> float:
 
 
 @lru_cache(maxsize=256)
-def chance_agreement(d: int, k: int, samples: int = 200, seed: int = 0) -> float:
-    """Expected :func:`mean_cosine` of two uniformly random k-dimensional subspaces of R^d.
+def random_angles(d: int, k: int, samples: int = 200, seed: int = 0) -> np.ndarray:
+    """Principal angles (radians) of ``samples`` pairs of uniformly random k-dim subspaces of R^d.  # [samples, k]
 
     Monte Carlo with a fixed seed (deterministic); Gaussian matrices have uniformly
-    distributed column spans. Equals 1 when k = d (the whole space always agrees).
+    distributed column spans. The reference a learned pair of subspaces is read against.
     """
     if not 1 <= k <= d:
-        raise ConfigError(f"chance_agreement needs 1 <= k <= d, got k={k}, d={d}")
+        raise ConfigError(f"random subspaces need 1 <= k <= d, got k={k}, d={d}")
     rng = np.random.default_rng(seed)
-    vals = [mean_cosine(rng.standard_normal((d, k)), rng.standard_normal((d, k))) for _ in range(samples)]
-    return float(np.mean(vals))
+    out = np.stack([principal_angles(rng.standard_normal((d, k)), rng.standard_normal((d, k)))
+                    for _ in range(samples)])
+    out.setflags(write=False)  # cached: callers share it
+    return out
+
+
+def chance_agreement(d: int, k: int, samples: int = 200, seed: int = 0) -> float:
+    """Expected :func:`mean_cosine` of two uniformly random k-dimensional subspaces of R^d
+    (1 when k = d: the whole space always agrees)."""
+    return float(np.cos(random_angles(d, k, samples, seed)).mean())
 
 
 # ------------------------------------------------------------------ saved subspaces
@@ -206,5 +214,5 @@ def agreement_of(bases: Sequence[SubspaceBasis]) -> tuple[float, float]:
 
 __all__ = [
     "SubspaceBasis", "agreement_of", "chance_agreement", "learned_basis", "load_bases", "mean_cosine",
-    "orthonormal", "pairwise_agreement", "principal_angles", "seed_agreement",
+    "orthonormal", "pairwise_agreement", "principal_angles", "random_angles", "seed_agreement",
 ]

@@ -144,6 +144,109 @@ def report(tmp_path_factory):
     return out
 
 
+# The "Learned angles" section of a real run: every plot renders, and the numbers the browser holds
+# are the parameters saved in the run directory. The probe reads each plot's data back from the
+# page (plotly keeps them on the graph div) and hides everything but the section for the screenshot.
+LEARNED_PROBE = """<script>
+window.addEventListener('load', function () {
+  setTimeout(function () {
+    var out = {};
+    document.querySelectorAll('div.figure').forEach(function (f) {
+      var gd = f.querySelector('.js-plotly-plot');
+      if (!gd || !gd._fullData) { return; }
+      out[f.getAttribute('title')] = {
+        rendered: gd.querySelectorAll('svg.main-svg').length,
+        traces: gd._fullData.map(function (t) {  // decoded arrays (the page ships them base64-encoded)
+          var arr = function (v) { return v ? Array.from(v, function (r) { return (r && r.length !== undefined && typeof r !== 'string') ? Array.from(r) : r; }) : null; };
+          return {type: t.type, name: t.name, xaxis: t.xaxis || 'x', x: arr(t.x), y: arr(t.y), z: arr(t.z)};
+        })};
+    });
+    var pre = document.createElement('pre'); pre.id = '__learned'; pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }, 1500);
+});
+</script>"""
+ONLY_SECTION = """<script>
+window.addEventListener('load', function () {
+  var inside = false;
+  Array.from(document.body.children).forEach(function (el) {
+    if (el.tagName === 'H2') { inside = el.textContent === 'Learned angles'; }
+    if (!inside) { el.style.display = 'none'; }
+  });
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def learned_report(tmp_path_factory):
+    from learned_run import small_learned_run
+
+    run = small_learned_run(tmp_path_factory.mktemp("learned") / "run", layers=(0, 1), n_train=1024, epochs=2)
+    return run, write_report(run, run / "report.html")
+
+
+def _dump(page: Path, user_data: Path, marker: str) -> str:
+    import html as _html
+
+    proc = run_chromium(["--dump-dom", "--virtual-time-budget=15000", page.as_uri()], user_data, timeout=90)
+    m = re.search(rf'<pre id="{marker}">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert m, f"probe {marker} never ran (rc {proc.returncode}):\n{proc.stderr[-2000:]}"
+    assert page_errors(proc.stderr) == [], page_errors(proc.stderr)
+    return _html.unescape(m.group(1))
+
+
+def test_learned_angles_section_renders_the_saved_parameters(learned_report, tmp_path):
+    from roadinterp import io
+    from roadinterp.store import read_run
+    from roadinterp.viz.report import learned_figures
+
+    run, report_path = learned_report
+    text = report_path.read_text(encoding="utf-8")
+    assert_no_static_network_refs(text)
+    page = tmp_path / "probe.html"
+    page.write_text(text.replace("<head>", "<head>" + PROBE + LEARNED_PROBE, 1), encoding="utf-8")
+    probe = json.loads(_dump(page, tmp_path / "ud5", "__probe"))
+    assert probe["errors"] == [], probe["errors"]
+    assert [r for r in probe["resources"] if not r.startswith(("data:", "blob:"))] == [], probe["resources"]
+    figs = json.loads(_dump(page, tmp_path / "ud6", "__learned"))
+    table = read_run(run)[1]
+    expected = [name for _, _, name, fig in learned_figures(run, table) if fig is not None]
+    assert expected and all(name in figs for name in expected), (expected, list(figs))
+    assert all(figs[name]["rendered"] >= 1 for name in expected)
+    assert probe["plots"] == text.count("Plotly.newPlot")  # every plot on the page rendered a div
+    # the angles the browser plots are the thetas saved for each seed (trained, then random-init control)
+    angles = next(figs[n] for n in expected if n.startswith("angles-butterfly"))
+    cell = next(n for n in expected if n.startswith("angles-butterfly"))[len("angles-"):].split("-")
+    layer = cell[1]
+    assert len(angles["traces"]) == 2 * 3
+    for tr in angles["traces"]:
+        control = "-random_model" if tr["xaxis"] == "x2" else ""
+        saved = io.load(run / "cells" / f"butterfly-L{layer}-block_output-last-s2-{tr['name'].replace(' ', '')}{control}")
+        np.testing.assert_allclose(tr["x"], saved.theta.detach().numpy().reshape(-1), rtol=1e-5)
+    # the subspace matrices are the pairwise principal-angle agreement of the saved subspaces
+    from roadinterp.subspace import pairwise_agreement
+
+    for name in (n for n in expected if n.startswith("subspaces-")):
+        fam, layer = name.split("-")[1:3]
+        z = figs[name]["traces"][0]["z"]
+        bases = [io.load(run / "subspaces" / f"{fam}-L{layer}-block_output-last-s2-seed{s}") for s in range(3)]
+        np.testing.assert_allclose(z, pairwise_agreement([b.bases() for b in bases]), atol=1e-6)
+
+
+def test_learned_angles_screenshot(learned_report, tmp_path):
+    _, report_path = learned_report
+    page = tmp_path / "section.html"
+    page.write_text(report_path.read_text(encoding="utf-8").replace("<head>", "<head>" + ONLY_SECTION, 1),
+                    encoding="utf-8")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-learned-angles.png"
+    shot.unlink(missing_ok=True)
+    proc = run_chromium([f"--screenshot={shot}", "--window-size=1200,1750", "--virtual-time-budget=15000",
+                         page.as_uri()], tmp_path / "ud7", timeout=90)
+    assert shot.exists() and shot.stat().st_size > 20_000, f"no screenshot (rc {proc.returncode}):\n{proc.stderr[-2000:]}"
+    assert page_errors(proc.stderr) == []
+
+
 def test_report_renders_without_errors_or_network(report, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert_no_static_network_refs(text)

@@ -2,6 +2,7 @@
 against numbers computed here from the adapter / table, not just for "it runs"."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -370,7 +371,7 @@ def test_report_partial_run_has_best_sentence_and_one_plotlyjs(tmp_path):
     assert "3 finished cells of 4" in text and "Partial run" in text
     assert "Best alignment: road at layer" in text and "random-init model 0.100" in text
     assert text.count(get_plotlyjs()[:200]) == 1
-    assert text.count("Plotly.newPlot") == 2  # one layer x position map (one family) + size x family
+    assert text.count("Plotly.newPlot") == 3  # layer x position map (one family), size x family, layer sweep
 
 
 def test_control_warnings_compare_gains_over_each_hypothesis_no_op():
@@ -387,3 +388,138 @@ def test_control_warnings_compare_gains_over_each_hypothesis_no_op():
     assert any("aligns almost as well" in w for w in _control_warnings(no_null))
     rnd = dict(best, iia_random_model_mean=0.80)
     assert any("randomly initialised" in w for w in _control_warnings(rnd))
+
+
+# ------------------------------------------------------------------ learned angles (a real run)
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    from learned_run import small_learned_run
+
+    return small_learned_run(tmp_path_factory.mktemp("learned") / "run")
+
+
+def _run_table(run):
+    from roadinterp.store import read_run
+
+    return read_run(run)[1]
+
+
+def test_seed_angles_plot_the_thetas_saved_for_each_seed_and_control(learned_run):
+    from roadinterp.viz import learned as L
+
+    rows = L.cell_rows(_run_table(learned_run), "butterfly|0|block_output|last|2")
+    fig = L.seed_angles(learned_run, rows)
+    assert [a.text for a in fig.layout.annotations] == ["trained model", "control: random-init model"]
+    assert len(fig.data) == 2 * 3  # 3 seeds x (trained, control)
+    for trace in fig.data:
+        seed = int(trace.name.split()[1])
+        control = "-random_model" if trace.xaxis == "x2" else ""
+        saved = io.load(learned_run / "cells" / f"butterfly-L0-block_output-last-s2-seed{seed}{control}")
+        np.testing.assert_allclose(np.asarray(trace.x), saved.theta.detach().numpy().reshape(-1), rtol=1e-6)
+        assert list(dict.fromkeys(trace.y)) == [f"butterfly layer {i} (stride {s})" for i, s in enumerate(saved.strides)]
+    sfig = S.seed_angles(learned_run, rows)
+    for ax, control in zip(sfig.axes[:2], ("", "-random_model")):
+        data = ax.collections[::2]  # each seed: its angles, then its medians
+        assert len(data) == 3
+        for seed, coll in enumerate(data):
+            saved = io.load(learned_run / "cells" / f"butterfly-L0-block_output-last-s2-seed{seed}{control}")
+            np.testing.assert_allclose(coll.get_offsets()[:, 0], saved.theta.detach().numpy().reshape(-1), rtol=1e-6)
+    with pytest.raises(ConfigError, match="only road and butterfly"):
+        L.seed_angles(learned_run, L.cell_rows(_run_table(learned_run), "das|0|block_output|last|2"))
+
+
+@pytest.mark.parametrize("family", ["das", "butterfly"])
+def test_seed_subspaces_match_scipy_principal_angles_of_the_saved_subspaces(learned_run, family):
+    from scipy.linalg import subspace_angles
+
+    from roadinterp.viz import learned as L
+
+    table = _run_table(learned_run)
+    rows = L.cell_rows(table, f"{family}|0|block_output|last|2")
+    fig = L.seed_subspaces(learned_run, rows)
+    for trace, control in zip(fig.data[:2], ("", "-random_model")):
+        bases = [io.load(learned_run / "subspaces" / f"{family}-L0-block_output-last-s2-seed{s}{control}")
+                 for s in range(3)]
+        want = np.eye(3)
+        for i in range(3):
+            for j in range(3):
+                if i != j:
+                    want[i, j] = np.mean([np.cos(subspace_angles(a.T, b.T)).mean()
+                                          for a, b in zip(bases[i].rows.split(bases[i].sizes),
+                                                          bases[j].rows.split(bases[j].sizes))])
+        np.testing.assert_allclose(np.asarray(trace.z, dtype=float), want, atol=1e-6)
+        if not control:  # the cell's seed agreement (results.csv, summarize) is the mean off the diagonal
+            assert rows["seed_agreement"].iloc[0] == pytest.approx(want[np.triu_indices(3, 1)].mean(), abs=1e-6)
+    lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines+markers"]
+    assert len(lines) == 2 * 3 * 2  # (trained, control) x 3 seed pairs x 2 variables
+    smat = [ax.images[0].get_array() for ax in S.seed_subspaces(learned_run, rows).axes if ax.images]
+    np.testing.assert_allclose(np.ma.getdata(smat[0]), np.asarray(fig.data[0].z, dtype=float), atol=1e-9)
+
+
+def test_layer_sweep_lines_are_the_best_cell_per_layer_and_bands_the_control_range():
+    from roadinterp.viz import learned as L
+
+    t = results_table()
+    fig = L.layer_sweep(t)
+    cells = t.groupby(["family", "layer", "position", "size"])[["iia", "iia_random_model"]].mean().reset_index()
+    for trace in [d for d in fig.data if d.name in ("road", "das")]:
+        want = cells[cells["family"] == trace.name].groupby("layer")["iia"].max()
+        np.testing.assert_allclose(np.asarray(trace.y), want.to_numpy())
+    band = next(d for d in fig.data if d.name.startswith("control: random-init"))
+    rng = cells.groupby("layer")["iia_random_model"]
+    np.testing.assert_allclose(np.asarray(band.y), np.r_[rng.max().to_numpy(), rng.min().to_numpy()[::-1]])
+    ax = S.layer_sweep(t).axes[0]
+    road = next(c for c in ax.containers if c.get_label() == "road")
+    np.testing.assert_allclose(road.lines[0].get_ydata(),
+                               cells[cells["family"] == "road"].groupby("layer")["iia"].max().to_numpy())
+
+
+def test_heatmap_has_train_panel_agreement_on_hover_and_stays_readable_at_30_layers():
+    t = results_table().assign(train_iia=0.9, seed_agreement=0.42)
+    fig = F.iia_heatmap(t, "position", "layer", reduce="best")
+    assert [a.text for a in fig.layout.annotations][:2] == ["held-out IIA (best cell, mean over seeds)",
+                                                            "train IIA (training counterfactuals)"]
+    assert "seed agreement 0.42" in fig.data[0].customdata[0][0][3]
+    assert "%{customdata[3]}" in fig.data[0].hovertemplate
+    deep = pd.concat([t.assign(layer=t["layer"] + 3 * k) for k in range(10)])  # 30 layers
+    fig = F.iia_heatmap(deep, "position", "layer", reduce="best")
+    assert len(fig.data[0].y) == 30 and fig.data[0].texttemplate is None and fig.layout.height <= 800
+    sfig = S.iia_heatmap(deep, "position", "layer", reduce="best")
+    assert not sfig.axes[0].texts and sfig.get_size_inches()[1] < 9
+
+
+def test_subspace_warning_fires_when_seeds_agree_on_iia_but_not_on_the_subspace():
+    from roadinterp.viz.learned import subspace_warnings
+
+    row = {"family": "das", "layer": 0, "component": "block_output", "position": "last", "size": 8, "n_seeds": 5,
+           "iia_mean": 0.95, "iia_std": 0.01, "iia_null_mean": 0.5, "seed_agreement": 0.66,
+           "seed_agreement_chance": 0.63}
+    assert "agree on IIA" in subspace_warnings(pd.DataFrame([row]))[0]
+    assert subspace_warnings(pd.DataFrame([dict(row, seed_agreement=0.95)])) == []  # same subspace
+    assert subspace_warnings(pd.DataFrame([dict(row, iia_std=0.12)])) == []  # seeds differ on IIA too
+    assert subspace_warnings(pd.DataFrame([dict(row, iia_mean=0.55)])) == []  # nothing learned
+
+
+def test_report_learned_section_cell_option_and_figures(learned_run, tmp_path):
+    import subprocess
+    import sys
+
+    from roadinterp.viz.report import write_report
+
+    text = write_report(learned_run, tmp_path / "r.html").read_text()
+    assert "<h2>Learned angles</h2>" in text
+    # best butterfly cell: angles + subspaces; best das cell: subspaces; + 2 heat maps per family... see run_figures
+    assert text.count('title="angles-butterfly') == 1 and text.count('title="subspaces-') == 2
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    cli = [sys.executable, "-m", "roadinterp.cli", "report", str(learned_run)]
+    r = subprocess.run([*cli, "--out", str(tmp_path / "c.html"), "--cell", "das|0|block_output|last|2|1",
+                        "--figures", str(tmp_path / "figs")], env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    pngs = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
+    assert {"layer-sweep.png", "iia-das.png", "iia-butterfly.png", "angles-butterfly-0-block_output-last-2.png",
+            "subspaces-das-0-block_output-last-2.png"} <= set(pngs)
+    assert all((tmp_path / "figs" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert (tmp_path / "figs" / "layer-sweep.pdf").read_bytes()[:4] == b"%PDF"
+    r = subprocess.run([*cli, "--out", str(tmp_path / "d.html"), "--cell", "das|7|block_output|last|2"], env=env,
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and r.stderr.startswith("error: no cell 'das|7|block_output|last|2'")

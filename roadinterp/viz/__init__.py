@@ -3,8 +3,9 @@
 ``roadinterp.viz.<name>`` are interactive plotly figures; ``roadinterp.viz.static.<name>``
 are matplotlib twins with the same names and arguments (for .png/.pdf). Both draw
 the same tidy tables (``angle_table``, ``iia_grid``, ...), which you can also use
-directly. ``roadinterp.viz.report`` turns a run directory into one self-contained
-HTML page. :func:`plot_angles` is what ``roadinterp plot angles PATH --out F`` calls.
+directly. ``roadinterp.viz.learned`` reads what a run's rotations learned (angles per
+seed, subspace agreement, the layer sweep). ``roadinterp.viz.report`` turns a run
+directory into one self-contained HTML page. :func:`plot_angles` is what ``roadinterp plot angles PATH --out F`` calls.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from roadinterp.viz.figures import (
     ownership_grid,
     save_html,
 )
+from roadinterp.viz.learned import layer_sweep, seed_angles, seed_subspaces
 from roadinterp.viz.static import save_static
 
 HTML_SUFFIXES = (".html", ".htm")
@@ -91,11 +93,18 @@ def plot_angles(path: str | os.PathLike, out: str | os.PathLike, *, kind: str = 
     return save_static(static.angles(obj, kind), out)
 
 
-def write_report(run_dir, out_html):
+def write_report(run_dir, out_html, cells=()):
     """See :func:`roadinterp.viz.report.write_report`."""
     from roadinterp.viz.report import write_report as _write
 
-    return _write(run_dir, out_html)
+    return _write(run_dir, out_html, cells)
+
+
+def write_figures(run_dir, out_dir, cells=()):
+    """See :func:`roadinterp.viz.report.write_figures`."""
+    from roadinterp.viz.report import write_figures as _write
+
+    return _write(run_dir, out_dir, cells)
 
 
 def write_adapter_report(adapters, out_html, owners=None):
@@ -107,6 +116,7 @@ def write_adapter_report(adapters, out_html, owners=None):
 
 __all__ = [
     "alphas", "angle_heatmap", "angle_table", "angles", "block_angle_grid", "composition", "examples",
-    "iia_grid", "iia_heatmap", "lambda_sweep", "load_angles_source", "ownership", "ownership_grid",
-    "plot_angles", "save_html", "save_static", "static", "write_adapter_report", "write_report",
+    "iia_grid", "iia_heatmap", "lambda_sweep", "layer_sweep", "load_angles_source", "ownership", "ownership_grid",
+    "plot_angles", "save_html", "save_static", "seed_angles", "seed_subspaces", "static", "write_adapter_report",
+    "write_figures", "write_report",
 ]

@@ -30,6 +30,8 @@ from roadinterp.errors import ConfigError
 
 ANGLE_COLUMNS = ["target", "layer", "variant", "index", "block", "theta", "alpha"]
 CONTROLS = {"iia_random_model": "control: random-init model", "iia_rival": "control: rival hypothesis"}
+TRAIN = {"train_iia": "train IIA (training counterfactuals)"}
+DENSE_ROWS = 12  # heat maps with more rows than this drop the printed values (hover keeps them)
 CONDITION_ORDER = ["base", "A", "B", "A+B"]
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
@@ -197,7 +199,7 @@ def iia_grid(table: pd.DataFrame, x: str = "layer", y: str = "position", *, redu
     (x, y). ``reduce="best"``: per (x, y), the cell (family, layer, component,
     position, size) with the highest mean over seeds, and *that cell's* controls.
     Returns ``{"iia": ..., "iia_std": ..., "n": ..., "iia_random_model": ..., "iia_rival": ...}``
-    (controls only when the table has them).
+    (controls only when the table has them; likewise ``train_iia`` and ``seed_agreement``).
     """
     if reduce not in ("mean", "best"):
         raise ConfigError(f"reduce must be 'mean' or 'best', got {reduce!r}")
@@ -208,10 +210,10 @@ def iia_grid(table: pd.DataFrame, x: str = "layer", y: str = "position", *, redu
     for k, v in (where or {}).items():
         t = t[t[k].isin(v if isinstance(v, (list, tuple, set)) else [v])]
     t = t[t["iia"].notna()]
-    controls = [c for c in CONTROLS if c in t.columns and t[c].notna().any()]
+    extras = [c for c in (*TRAIN, *CONTROLS, "seed_agreement") if c in t.columns and t[c].notna().any()]
     t["_x"], t["_y"] = t[x].map(_label), t[y].map(_label)
     xs, ys = _sort_labels(t["_x"]), _sort_labels(t["_y"])
-    values = ["iia", *controls]
+    values = ["iia", *extras]
     if reduce == "mean":
         g = t.groupby(["_y", "_x"])
         stats = g[values].mean()
@@ -360,36 +362,51 @@ def _iia_title(x: str, y: str, where, title: str | None) -> str:
     return f"IIA by {x} and {y}" + (f" ({cond})" if cond else "")
 
 
+def heatmap_panels(grid: Mapping[str, pd.DataFrame], reduce: str) -> list[tuple[str, str]]:
+    """(column, panel title) of an IIA heat map: held-out IIA, train IIA, then the controls present."""
+    first = "held-out IIA (mean over seeds)" if reduce == "mean" else "held-out IIA (best cell, mean over seeds)"
+    return [("iia", first), *[(c, t) for c, t in {**TRAIN, **CONTROLS}.items() if c in grid]]
+
+
 def iia_heatmap(table: pd.DataFrame, x: str = "layer", y: str = "position", *, reduce: str = "mean",
                 where: Mapping[str, Any] | None = None, title: str | None = None) -> go.Figure:
-    """Mean IIA over seeds on an (x, y) grid, with the control values in panels beside it.
+    """Mean IIA over seeds on an (x, y) grid, with train IIA and the controls in panels beside it.
 
-    Panels share one 0..1 colour scale: IIA, then (when present) the random-init-model
-    control and the rival-hypothesis control. A good alignment is bright on the left
-    and dark on the right. See :func:`iia_grid` for ``reduce`` and ``where``.
+    Panels share one 0..1 colour scale: held-out IIA, then (when present) train IIA, the
+    random-init-model control and the rival-hypothesis control. A good alignment is bright
+    in the first two panels and dark in the controls; train far above held-out is
+    memorisation. Hover adds the seed spread and, when stored, the seeds' subspace
+    agreement. With many rows (a 30-layer scan) the values are only on hover. See
+    :func:`iia_grid` for ``reduce`` and ``where``.
     """
     grid = iia_grid(table, x, y, reduce=reduce, where=where)
-    panels = ["iia", *[c for c in CONTROLS if c in grid]]
-    titles = ["IIA (mean over seeds)" if reduce == "mean" else "IIA (best cell, mean over seeds)",
-              *[CONTROLS[c] for c in panels[1:]]]
+    panels = heatmap_panels(grid, reduce)
+    titles = [t for _, t in panels]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True,
                         horizontal_spacing=0.04)
     iia = grid["iia"]
-    for i, p in enumerate(panels, start=1):
+    dense = len(iia.index) > DENSE_ROWS
+    agree = grid.get("seed_agreement")
+    agree_text = (np.vectorize(lambda v: f"<br>seed agreement {v:.2f}" if np.isfinite(v) else "")(
+        agree.to_numpy(dtype=float)) if agree is not None else np.full(iia.shape, "", dtype=object))
+    custom = np.dstack([grid["iia_std"].to_numpy(dtype=float), grid["n"].to_numpy(dtype=float),
+                        grid["cell"].fillna("").to_numpy(dtype=object), agree_text.astype(object)])
+    for i, (p, panel_title) in enumerate(panels, start=1):
         z = grid[p].to_numpy(dtype=float)
         text = [[_fmt(v) for v in row] for row in z]
-        custom = np.dstack([grid["iia_std"].to_numpy(dtype=float), grid["n"].to_numpy(dtype=float),
-                            grid["cell"].fillna("").to_numpy(dtype=object)])
         fig.add_trace(go.Heatmap(
             z=z, x=list(iia.columns), y=list(iia.index), zmin=0, zmax=1, colorscale="Viridis",
-            text=text, texttemplate="%{text}", customdata=custom, showscale=(i == len(panels)),
-            colorbar={"title": "accuracy"}, name=titles[i - 1],
-            hovertemplate=(f"{x} %{{x}}<br>{y} %{{y}}<br>{titles[i - 1]}: %{{z:.3f}}"
-                           "<br>IIA std %{customdata[0]:.3f}, n %{customdata[1]}<br>%{customdata[2]}<extra></extra>"),
+            text=text, texttemplate=None if dense else "%{text}", customdata=custom, showscale=(i == len(panels)),
+            colorbar={"title": "accuracy"}, name=panel_title, xgap=1, ygap=1,
+            hovertemplate=(f"{x} %{{x}}<br>{y} %{{y}}<br>{panel_title}: %{{z:.3f}}"
+                           "<br>IIA std %{customdata[0]:.3f}, n %{customdata[1]}%{customdata[3]}"
+                           "<br>%{customdata[2]}<extra></extra>"),
         ), row=1, col=i)
         fig.update_xaxes(title_text=x, type="category", row=1, col=i)
     fig.update_yaxes(title_text=y, type="category", row=1, col=1)
-    fig.update_layout(title=_iia_title(x, y, where, title), **{**_LAYOUT, "height": 220 + 40 * len(iia.index)})
+    fig.update_yaxes(autorange="reversed")
+    row_px = 18 if dense else 40
+    fig.update_layout(title=_iia_title(x, y, where, title), **{**_LAYOUT, "height": 220 + row_px * len(iia.index)})
     return fig
 
 

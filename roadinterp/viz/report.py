@@ -211,6 +211,9 @@ def _summary_html(summary: pd.DataFrame) -> str:
         header.append("random-init mean (max)")
     if has_rival:
         header.append("rival mean (max)")
+    has_agree = "seed_agreement" in summary
+    if has_agree:
+        header.append("seed agreement (random)")
     rows = []
     for _, r in summary.iterrows():
         row = [_label(r[k]) for k in _CELL_KEYS]
@@ -222,6 +225,9 @@ def _summary_html(summary: pd.DataFrame) -> str:
         if has_rival:
             own = f"; no-op {_num(r['iia_rival_null_mean'])}" if has_rival_null else ""
             row.append(f"{_num(r['iia_rival_mean'])} ({_num(r['iia_rival_max'])}{own})")
+        if has_agree:
+            a, c = r["seed_agreement"], r.get("seed_agreement_chance")
+            row.append(f"{_num(a, 2)} ({_num(c, 2)})" if _finite(a) else "")
         rows.append(row)
     numeric = [False] * len(_CELL_KEYS) + [True] * (len(header) - len(_CELL_KEYS))
     return _table(header, rows, numeric=numeric, row_class=["best"] + [""] * (len(rows) - 1))
@@ -234,23 +240,139 @@ def _cells_html(table: pd.DataFrame) -> str:
     return _table(cols, rows, numeric=numeric)
 
 
-def run_figures(table: pd.DataFrame) -> list[tuple[str, Any]]:
-    """(title, plotly figure) pairs shown in a run report."""
+def run_figures(table: pd.DataFrame, *, static: bool = False) -> list[tuple[str, Any]]:
+    """(name, figure) pairs of a run report's IIA section: plotly, or the matplotlib twins with ``static``.
+
+    Per family a layer x position heat map (layers as rows, so a 30-layer scan stays one
+    readable column per position), size x family, and the best IIA per layer with the
+    controls as bands.
+    """
+    from roadinterp.viz import learned as Ln
+    from roadinterp.viz import static as S
+
+    M = S if static else F
     figs = []
     families = list(dict.fromkeys(table["family"].map(_label)))
     for fam in families:
-        figs.append((f"{fam}: IIA by layer and position",
-                     F.iia_heatmap(table, "layer", "position", reduce="best", where={"family": fam},
-                                   title=f"{fam}: IIA by layer and position (best size and component per square)")))
-    figs.append(("IIA by size and family",
-                 F.iia_heatmap(table, "size", "family", reduce="best",
-                               title="IIA by size and family (best layer, component and position per square)")))
+        figs.append((f"iia-{fam}", M.iia_heatmap(
+            table, "position", "layer", reduce="best", where={"family": fam},
+            title=f"{fam}: IIA by layer and position (best size and component per square)")))
+    figs.append(("iia-size-family", M.iia_heatmap(
+        table, "size", "family", reduce="best",
+        title="IIA by size and family (best layer, component and position per square)")))
+    figs.append(("layer-sweep", (S if static else Ln).layer_sweep(table)))
     return figs
 
 
-def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike) -> Path:
-    """Write one self-contained HTML page for the (finished, partial or empty) run in ``run_dir``."""
+def _slug(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in key.replace("|", "-"))
+
+
+def learned_figures(run_dir, table: pd.DataFrame, cells: Sequence[str] = (), *,
+                    static: bool = False) -> list[tuple[str, str, str, Any]]:
+    """(cell key, why shown, figure name, figure) of the "Learned angles" section, focus cells in order.
+
+    Focus cells: the best cell of each family and every cell named in ``cells``
+    (``family|layer|component|position|size``). Road and butterfly cells get the angle
+    figure; every rotated family with saved subspaces the seed-agreement figure.
+    """
+    from roadinterp.viz import learned as Ln
+    from roadinterp.viz import static as S
+
+    M = S if static else Ln
+    out = []
+    for key, why in Ln.focus_cells(table, cells):
+        rows = Ln.cell_rows(table, key)
+        kinds = Ln.saved_kinds(run_dir, rows)
+        if "cell" in kinds:
+            out.append((key, why, f"angles-{_slug(key)}", M.seed_angles(run_dir, rows)))
+        if "subspace" in kinds:
+            out.append((key, why, f"subspaces-{_slug(key)}", M.seed_subspaces(run_dir, rows)))
+        if not kinds:
+            out.append((key, why, "", None))
+    return out
+
+
+def _cell_sentence(run_dir, rows: pd.DataFrame) -> str:
+    from roadinterp.viz import learned as Ln
+
+    iia = rows["iia"]
+    s = (f"Held-out IIA {iia.mean():.3f} ± {iia.std() if len(iia) > 1 else 0.0:.3f} "
+         f"(range {iia.min():.3f}–{iia.max():.3f}, {len(iia)} seed{'s' if len(iia) != 1 else ''})")
+    main = Ln.agreement_data(run_dir, rows)
+    if _finite(main["agreement"]):
+        s += (f"; seed agreement {main['agreement']:.2f} (mean principal-angle cosine between the seeds' "
+              f"subspaces; random subspaces {main['chance']:.2f})")
+    if "iia_random_model" in rows and rows["iia_random_model"].notna().any():
+        s += f". Random-init control: IIA {rows['iia_random_model'].mean():.3f}"
+        ctrl = Ln.agreement_data(run_dir, rows, "random_model")
+        if _finite(ctrl["agreement"]):
+            s += f", seed agreement {ctrl['agreement']:.2f}"
+    return s + "."
+
+
+def _learned_html(run_dir, table: pd.DataFrame, summary: pd.DataFrame, cells: Sequence[str]):
+    """HTML pieces and plotly figures of the "Learned angles" section."""
+    from roadinterp.viz import learned as Ln
+
+    intro = ('<p class="meta">What the rotations learned, read back from the cells saved in the run directory: '
+             "for the best cell of each family (and any cell named with <code>--cell</code>), the learned angles "
+             "of every RoAd layer of the road/butterfly rotation, every seed overlaid, beside the same cell trained "
+             "on the random-init model; and for every rotated family the principal angles between the seeds' "
+             "learned subspaces (agreement 1 = the seeds swap the same subspace; random subspaces already score "
+             "the level given in brackets). Seeds that reach the same IIA with different subspaces have not found "
+             "<em>the</em> place the variable lives.</p>")
+    body = ["<h2>Learned angles</h2>", intro]
+    body.extend(f'<p class="warn">{_e(w)}</p>' for w in Ln.subspace_warnings(summary))
+    figs, seen = [], set()
+    for key, why, name, fig in learned_figures(run_dir, table, cells):
+        rows = Ln.cell_rows(table, key)
+        if key not in seen:
+            seen.add(key)
+            r = rows.iloc[0]
+            body.append(f"<h3>{_e(r['family'])} at layer {_e(_label(r['layer']))} {_e(r['component'])}"
+                        f"@{_e(_label(r['position']))}, size {_e(_label(r['size']))} "
+                        f'<span class="meta">({_e(why)})</span></h3>')
+            body.append(f"<p>{_e(_cell_sentence(run_dir, rows))}</p>")
+        if fig is None:
+            body.append('<p class="meta">No learned parameters were saved for this cell (neuron and boundless '
+                        "learn no rotation to compare; runs without a run directory save nothing).</p>")
+            continue
+        figs.append(fig)
+        body.append(_figure_div(fig, name))
+    return body, figs
+
+
+def write_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike, cells: Sequence[str] = ()) -> list[Path]:
+    """The report's key figures as matplotlib PNG and PDF in ``out_dir`` (for a paper): the IIA heat
+    maps, the layer sweep and the "Learned angles" figures. Returns the files written."""
     from roadinterp.store import read_run
+    from roadinterp.viz import learned as Ln
+    from roadinterp.viz.static import save_static
+
+    config, table = read_run(run_dir)
+    if table.empty:
+        from roadinterp.errors import RunDirError
+
+        raise RunDirError(f"{run_dir} has no finished cells yet: nothing to plot")
+    table = Ln.with_seed_agreement(run_dir, _with_null_baselines(config, table))
+    figs = run_figures(table, static=True)
+    figs += [(name, fig) for _, _, name, fig in learned_figures(run_dir, table, cells, static=True) if fig is not None]
+    out = []
+    for name, fig in figs:
+        for suffix in (".png", ".pdf"):
+            out.append(save_static(fig, Path(out_dir) / f"{name}{suffix}"))
+    return out
+
+
+def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells: Sequence[str] = ()) -> Path:
+    """Write one self-contained HTML page for the (finished, partial or empty) run in ``run_dir``.
+
+    ``cells``: extra cells (``family|layer|component|position|size``) to show in the
+    "Learned angles" section beside each family's best.
+    """
+    from roadinterp.store import read_run
+    from roadinterp.viz import learned as Ln
 
     run_dir = Path(run_dir)
     config, table = read_run(run_dir)
@@ -270,7 +392,9 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike) -> Pat
     else:
         from roadinterp.search import best_alignment, summarize
 
-        table = _with_null_baselines(config, table)
+        table = Ln.with_seed_agreement(run_dir, _with_null_baselines(config, table))
+        for key in cells:
+            Ln.cell_rows(table, key)  # an unknown cell fails before any work
         summary = summarize(table)
         best = best_alignment(table)
         body.append("<h2>Best alignment</h2>")
@@ -290,8 +414,12 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike) -> Pat
                     "hypothesis; a real alignment scores high on IIA and low on both.</p>")
         body.append(_summary_html(summary))
         body.append("<h2>IIA heat maps</h2>")
-        figs = run_figures(table)
-        body.extend(_figure_div(fig, t) for t, fig in figs)
+        named = run_figures(table)
+        body.extend(_figure_div(fig, t) for t, fig in named)
+        figs = [fig for _, fig in named]
+        learned_body, learned_figs = _learned_html(run_dir, table, summary, cells)
+        body.extend(learned_body)
+        figs += learned_figs
         body.append(f"<h2>All cells ({done})</h2>")
         body.append(_cells_html(table))
     body.append("<h2>Configuration (run.json)</h2>")

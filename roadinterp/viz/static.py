@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from roadinterp.errors import ConfigError
 from roadinterp.viz import figures as F
@@ -109,14 +110,17 @@ def ownership(owners: Mapping[str, Iterable[int]], n_blocks: int | None = None) 
 
 def iia_heatmap(table: pd.DataFrame, x: str = "layer", y: str = "position", *, reduce: str = "mean",
                 where: Mapping[str, Any] | None = None, title: str | None = None) -> Figure:
-    """IIA on an (x, y) grid with control panels beside it (shared 0..1 colour scale)."""
+    """IIA on an (x, y) grid with train-IIA and control panels beside it (shared 0..1 colour scale).
+
+    Values are printed in the squares up to ``figures.DENSE_ROWS`` rows (a 30-layer scan shows colour only).
+    """
     grid = F.iia_grid(table, x, y, reduce=reduce, where=where)
-    panels = ["iia", *[c for c in F.CONTROLS if c in grid]]
-    titles = ["IIA (mean over seeds)" if reduce == "mean" else "IIA (best cell)",
-              *[F.CONTROLS[c] for c in panels[1:]]]
+    panels, titles = zip(*F.heatmap_panels(grid, reduce))
     iia = grid["iia"]
+    dense = len(iia.index) > F.DENSE_ROWS
     w = max(3.0, 0.7 * len(iia.columns) + 1.5)
-    fig = Figure(figsize=(w * len(panels) + 1, max(2.5, 0.45 * len(iia.index) + 1.5)), layout="constrained")
+    h = 0.22 * len(iia.index) + 1.5 if dense else 0.45 * len(iia.index) + 1.5
+    fig = Figure(figsize=(w * len(panels) + 1, max(2.5, h)), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     im = None
     for ax, p, panel_title in zip(axes, panels, titles):
@@ -124,7 +128,7 @@ def iia_heatmap(table: pd.DataFrame, x: str = "layer", y: str = "position", *, r
         im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="viridis", vmin=0, vmax=1,
                        interpolation="nearest")
         for (i, j), v in np.ndenumerate(z):
-            if np.isfinite(v):
+            if np.isfinite(v) and not dense:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if v > 0.6 else "white")
         ax.set_xticks(range(len(iia.columns)), list(iia.columns))
@@ -134,6 +138,116 @@ def iia_heatmap(table: pd.DataFrame, x: str = "layer", y: str = "position", *, r
     axes[0].set_ylabel(y)
     fig.colorbar(im, ax=list(axes), label="accuracy")
     fig.suptitle(F._iia_title(x, y, where, title))
+    return fig
+
+
+def seed_angles(run_dir, rows: pd.DataFrame) -> Figure:
+    """Learned angles per RoAd layer (rows), every seed (colours, one band each); trained | random-init.
+
+    Each seed in each panel is one scatter whose x offsets are its saved thetas; a black
+    tick marks each seed's median per layer.
+    """
+    from roadinterp.viz import learned as Ln
+
+    df = Ln.seed_angle_table(run_dir, rows)
+    if df.empty:
+        raise ConfigError(f"no saved RoAd angles for {Ln._cell_title(rows)} (only road and butterfly cells have angles)")
+    conds = [c for c in Ln.CONDITIONS.values() if c in set(df["condition"])]
+    targets = list(dict.fromkeys(df.sort_values("layer", kind="stable")["target"]))
+    seeds = sorted(set(df["seed"]))
+    colors = Ln._palette(len(seeds))
+    fig = Figure(figsize=(5.0 * len(conds) + 1, 1.0 + 0.35 * len(targets) * max(1, len(seeds) / 3)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(conds), sharey=True, squeeze=False)[0]
+    band = 0.8 / len(seeds)
+    for ax, cond in zip(axes, conds):
+        for k, (seed, color) in enumerate(zip(seeds, colors)):
+            d = df[(df["condition"] == cond) & (df["seed"] == seed)]
+            if d.empty:
+                continue
+            y = d["target"].map({t: i for i, t in enumerate(targets)}).to_numpy(dtype=float) - 0.4 + (k + 0.5) * band
+            ax.scatter(d["theta"].to_numpy(), y, s=6, color=color, alpha=0.7, label=f"seed {seed}")
+            med = d.groupby("target", sort=False)["theta"].median()
+            ax.scatter(med.to_numpy(), [targets.index(t) - 0.4 + (k + 0.5) * band for t in med.index],
+                       marker="|", s=60, color="black")
+        ax.set_title(cond, fontsize=9)
+        ax.set_xlabel("theta (rad)")
+    axes[0].set_yticks(range(len(targets)), targets, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"learned angles per RoAd layer: {Ln._cell_title(rows)}", fontsize=10)
+    return fig
+
+
+def seed_subspaces(run_dir, rows: pd.DataFrame) -> Figure:
+    """Seed x seed mean principal-angle cosine of the learned subspaces; trained | random-init."""
+    from roadinterp.viz import learned as Ln
+
+    panels = [(cond, Ln.agreement_data(run_dir, rows, control)) for control, cond in Ln.CONDITIONS.items()]
+    panels = [(c, d) for c, d in panels if len(d["seeds"])]
+    if not panels:
+        raise ConfigError(f"no saved subspaces for {Ln._cell_title(rows)} (only rotated families save one)")
+    n = max(len(d["seeds"]) for _, d in panels)
+    fig = Figure(figsize=(4.2 * (len(panels) + 1) + 1, 2.2 + 0.45 * n), layout="constrained")
+    *axes, prof = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
+    im = None
+    for ax, (cond, d) in zip(axes, panels):
+        m = d["matrix"]
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        labels = [f"seed {s} ({v:.2f})" for s, v in zip(d["seeds"], d["iia"])]
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        if len(labels) <= 12:
+            for (i, j), v in np.ndenumerate(m):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 else "white")
+        ax.set_title(f"{cond}\nagreement {Ln._num(d['agreement'], 2)} (random {Ln._num(d['chance'], 2)})", fontsize=9)
+    fig.colorbar(im, ax=list(axes), label="mean principal-angle cosine")
+    rnd = panels[0][1]["random"]
+    idx = np.arange(1, rnd.shape[1] + 1)
+    prof.fill_between(idx, np.percentile(rnd, 5, axis=0), np.percentile(rnd, 95, axis=0), color="0.6", alpha=0.35,
+                      linewidth=0, label="random subspaces (5-95%)")
+    for (cond, d), color in zip(panels, ("#2a6fdb", "#d9822b")):
+        first = True
+        for (i, j), per_var in d["angles"].items():
+            for ang in per_var if i < j else []:
+                prof.plot(np.arange(1, len(ang) + 1), ang, "-o", color=color, ms=2, lw=0.8, alpha=0.6,
+                          label=cond if first else None)
+                first = False
+    prof.set_ylim(0, 91)
+    prof.set_xlabel("principal angle (sorted)")
+    prof.set_ylabel("degrees")
+    prof.set_title("principal angles per seed pair", fontsize=9)
+    prof.legend(fontsize=7)
+    fig.suptitle(f"do seeds learn the same subspace? {Ln._cell_title(rows)}", fontsize=10)
+    return fig
+
+
+def layer_sweep(table: pd.DataFrame) -> Figure:
+    """Best held-out IIA per layer (a line per family, ±std), controls as shaded bands, no-op dotted."""
+    from roadinterp.viz import learned as Ln
+
+    t = Ln.layer_sweep_table(table)
+    fig = Figure(figsize=(8.0, 3.4), layout="constrained")
+    ax = fig.subplots()
+    if t.empty:
+        return fig
+    per_layer = t.drop_duplicates("layer").set_index("layer").sort_index()
+    layers = per_layer.index.to_numpy()
+    for c, color in (("iia_random_model", "0.6"), ("iia_rival", "#d6604d")):
+        if f"{c}_lo" in per_layer:
+            ax.fill_between(layers, per_layer[f"{c}_lo"].to_numpy(dtype=float), per_layer[f"{c}_hi"].to_numpy(dtype=float),
+                            color=color, alpha=0.3, linewidth=0, label=f"{F.CONTROLS[c]} (range over cells)")
+    if "iia_null_hi" in per_layer:
+        ax.plot(layers, per_layer["iia_null_hi"].to_numpy(dtype=float), ":", color="0.3", label="no-op baseline")
+    for fam, d in t.groupby("family", sort=False):
+        ax.errorbar(d["layer"].to_numpy(), d["iia"].to_numpy(), yerr=d["iia_std"].to_numpy(), marker="o", ms=3,
+                    capsize=2, label=str(fam))
+    ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out IIA")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("best IIA per layer (best cell per family; bands: controls)", fontsize=10)
     return fig
 
 

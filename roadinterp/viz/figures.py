@@ -30,7 +30,7 @@ from roadinterp.errors import ConfigError
 
 ANGLE_COLUMNS = ["target", "layer", "variant", "index", "block", "theta", "alpha"]
 CONTROLS = {"iia_random_model": "control: random-init model", "iia_rival": "control: rival hypothesis"}
-TRAIN = {"train_iia": "train IIA (training counterfactuals)"}
+TRAIN = {"train_iia": "train IIA"}
 DENSE_ROWS = 12  # heat maps with more rows than this drop the printed values (hover keeps them)
 CONDITION_ORDER = ["base", "A", "B", "A+B"]
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
@@ -364,7 +364,7 @@ def _iia_title(x: str, y: str, where, title: str | None) -> str:
 
 def heatmap_panels(grid: Mapping[str, pd.DataFrame], reduce: str) -> list[tuple[str, str]]:
     """(column, panel title) of an IIA heat map: held-out IIA, train IIA, then the controls present."""
-    first = "held-out IIA (mean over seeds)" if reduce == "mean" else "held-out IIA (best cell, mean over seeds)"
+    first = "held-out IIA (mean over seeds)" if reduce == "mean" else "held-out IIA (best cell)"
     return [("iia", first), *[(c, t) for c, t in {**TRAIN, **CONTROLS}.items() if c in grid]]
 
 

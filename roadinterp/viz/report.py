@@ -240,6 +240,17 @@ def _cells_html(table: pd.DataFrame) -> str:
     return _table(cols, rows, numeric=numeric)
 
 
+SHOWN_ROWS = 25  # longer tables (a 30-layer scan) show their first rows; the rest is one click away
+
+
+def _collapsed(frame: pd.DataFrame, render, what: str) -> str:
+    """``render(frame)``, or its first SHOWN_ROWS rows and the whole table in a closed <details>."""
+    if len(frame) <= SHOWN_ROWS:
+        return render(frame)
+    return (render(frame.head(SHOWN_ROWS))
+            + f"<details><summary>all {len(frame)} {_e(what)}</summary>{render(frame)}</details>")
+
+
 def run_figures(table: pd.DataFrame, *, static: bool = False) -> list[tuple[str, Any]]:
     """(name, figure) pairs of a run report's IIA section: plotly, or the matplotlib twins with ``static``.
 
@@ -412,7 +423,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
         body.append('<p class="meta">One row per cell (family, layer, component, position, size), best mean first. '
                     "Controls: IIA of the same cell on a randomly initialised model and for the task's rival "
                     "hypothesis; a real alignment scores high on IIA and low on both.</p>")
-        body.append(_summary_html(summary))
+        body.append(_collapsed(summary, _summary_html, "cells"))
         body.append("<h2>IIA heat maps</h2>")
         named = run_figures(table)
         body.extend(_figure_div(fig, t) for t, fig in named)
@@ -421,7 +432,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
         body.extend(learned_body)
         figs += learned_figs
         body.append(f"<h2>All cells ({done})</h2>")
-        body.append(_cells_html(table))
+        body.append(_collapsed(table, _cells_html, "rows"))
     body.append("<h2>Configuration (run.json)</h2>")
     body.append(_table(["field", "value"], [[k, json.dumps(v)] for k, v in sorted(config.items())]))
     return _write_atomic(Path(out_html), _page(title, body, with_plotly=bool(figs)))

@@ -60,7 +60,7 @@ def _console():
 
     console = Console(stderr=False)
     if not console.is_terminal:  # pipes and logs: wide enough that the result table is not truncated
-        console = Console(stderr=False, width=130)
+        console = Console(stderr=False, width=160)
     return console
 
 
@@ -397,18 +397,19 @@ def _print_summary(console, summary, best, out) -> None:
 
     t = Table(title="alignment search: held-out IIA over seeds")
     for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "no-op", "random-init",
-                "rival"):
+                "rival", "seed agree (random)"):
         t.add_column(col, no_wrap=True)
 
-    def f(r, c):
+    def f(r, c, digits=3):
         v = r.get(c)
-        return "-" if v is None or v != v else f"{v:.3f}"
+        return "-" if v is None or v != v else f"{v:.{digits}f}"
 
     for _, r in summary.iterrows():
+        agree = f(r, "seed_agreement", 2)
         t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
                   str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
                   f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "iia_null_mean"), f(r, "iia_random_model_mean"),
-                  f(r, "iia_rival_mean"))
+                  f(r, "iia_rival_mean"), agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})")
     console.print(t)
     if best:
         ctrl = ""

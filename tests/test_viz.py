@@ -533,3 +533,22 @@ def test_report_learned_section_cell_option_and_figures(learned_run, tmp_path):
     r = subprocess.run([*cli, "--out", str(tmp_path / "d.html"), "--cell", "das|7|block_output|last|2"], env=env,
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2 and r.stderr.startswith("error: no cell 'das|7|block_output|last|2'")
+
+
+def test_align_prints_seed_agreement_with_its_chance_level(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from roadinterp.search import summarize
+    from roadinterp.store import read_run
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    r = subprocess.run([sys.executable, "-m", "roadinterp.cli", "align", "--task", "hierarchical-equality",
+                        "--layers", "0", "--family", "road", "--size", "2", "--seeds", "2", "--n-train", "256",
+                        "--n-test", "256", "--epochs", "1", "--no-controls", "--no-report", "--workers", "1",
+                        "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    s = summarize(read_run(tmp_path / "run")[1]).iloc[0]
+    assert "seed agree (random)" in r.stdout and "…" not in r.stdout  # nothing truncated
+    assert f"{s['seed_agreement']:.2f} ({s['seed_agreement_chance']:.2f})" in r.stdout

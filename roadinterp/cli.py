@@ -137,8 +137,8 @@ def zoo_train(name: str = typer.Argument(..., help="Zoo model name (see `roadint
 # ------------------------------------------------------------------ align
 @app.command("align")
 def align_cmd(
-    task: str = typer.Option(None, "--task", "-t", help="Task name (roadinterp tasks)."),
-    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir or hub id (default: the task's zoo model)."),
+    task: str = typer.Option(None, "--task", "-t", help="Task: a name (roadinterp tasks), path/to/file.py:NAME or package.module:NAME (docs/byo.md)."),
+    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir, .gguf file or hub id (default: the task's zoo model)."),
     layers: str = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
     component: str = typer.Option(None, "--component", help="Comma-separated pyvene components (default block_output)."),
     positions: str = typer.Option(None, "--positions", help="Comma-separated positions: last, all, an index or a task-named position."),

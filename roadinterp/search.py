@@ -154,8 +154,46 @@ def default_model(task_name: str) -> str:
     raise ConfigError(f"no zoo model is trained for task {task_name!r}; pass --model")
 
 
+_TOKENIZERS: dict[str, Any] = {}
+MODULE_PREFIX = "module:"
+
+
+def use_module(model, tokenizer=None) -> str:
+    """Register an in-memory model (an ``nn.Module``) for searches in this process; its spec.
+
+    The spec (``module:ClassName#N``) is what run.json records; the model itself never
+    leaves the process, so such a search runs with ``workers=1`` and the local executor.
+    ``tokenizer`` is the model's own tokenizer, for prompt tasks.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model must be a spec string or a torch.nn.Module, got {type(model).__name__}")
+    for spec, known in _MODELS.items():
+        if known is model and spec.startswith(MODULE_PREFIX):
+            break
+    else:
+        spec = f"{MODULE_PREFIX}{type(model).__name__}#{sum(k.startswith(MODULE_PREFIX) for k in _MODELS)}"
+        _MODELS[spec] = model.eval()
+    if tokenizer is not None:
+        _TOKENIZERS[spec] = tokenizer
+    return spec
+
+
+def get_tokenizer(spec: str):
+    """The tokenizer that goes with model ``spec`` (None for the toy zoo)."""
+    if spec.startswith(MODULE_PREFIX):
+        return _TOKENIZERS.get(spec)
+    from roadinterp import zoo
+
+    return zoo.load_tokenizer(spec)
+
+
 def get_model(spec: str):
     """Load (once per process) the model a search runs on."""
+    if spec.startswith(MODULE_PREFIX) and spec not in _MODELS:
+        raise ConfigError(f"model {spec!r} was an in-memory nn.Module of another process; pass the module "
+                          "again (ri.search(model=module)) or save it (save_pretrained) and pass its directory")
     if spec not in _MODELS:
         from roadinterp import zoo
 
@@ -177,7 +215,7 @@ def get_bound_task(task_name: str, spec: str):
         if task.needs_tokenizer:
             from roadinterp import zoo
 
-            task = task.bind(tokenizer=zoo.load_tokenizer(spec), model=get_model(spec),
+            task = task.bind(tokenizer=get_tokenizer(spec), model=get_model(spec),
                              cache_dir=zoo.cache_dir() / "filters")
         _BOUND[key] = task
     return _BOUND[key]
@@ -232,7 +270,7 @@ def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched
 
 
 def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: str, save_dir: str | None = None,
-              batched: bool = False, engine: str = "auto") -> list[dict[str, Any]]:
+              batched: bool = False, engine: str = "auto", task_obj=None) -> list[dict[str, Any]]:
     """Train and score cells that differ only in seed (and their controls); one row each.
 
     Safe to run in any process. With ``batched`` the seeds of the RoAd families share
@@ -241,9 +279,15 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     ``save_dir``, each learned RoAd interchange is saved to ``save_dir/cells/<slug>/`` (the angle
     figures) and each rotated family's learned subspace to ``save_dir/subspaces/<slug>/`` (seed
     agreement), the random-init control's under ``<slug>-random_model``; the store's rows are the
-    results.
+    results. ``task_obj`` ships a task this process cannot find by name (registered in the
+    caller's code); it is registered here first.
     """
     config = SearchConfig.from_json(config_json)
+    if task_obj is not None:
+        from roadinterp.tasks import list_tasks, register_task
+
+        if config.task not in {t.name for t in list_tasks()}:
+            register_task(task_obj)
     task = get_bound_task(config.task, model_spec)
     model = get_model(model_spec)
     site = cells[0].site
@@ -370,8 +414,28 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def shippable_task(name: str):
+    """None when a fresh worker process finds task ``name`` by itself (built in, or a
+    ``file.py:NAME`` / ``module:NAME`` reference it re-imports); else the Task object to send
+    it (a task registered by the caller's code), checked to pickle."""
+    import pickle
+
+    from roadinterp.tasks import get_task
+
+    task = get_task(name)
+    if ":" in name or type(task).__module__.startswith("roadinterp."):
+        return None
+    try:
+        pickle.dumps(task)
+    except Exception as err:
+        raise ConfigError(f"task {name!r} was registered in this process and cannot be sent to worker processes "
+                          f"({type(err).__name__}: {err}); define it at module level in a file and pass "
+                          "'path/to/file.py:NAME' as the task, or use workers=1") from None
+    return task
+
+
 def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False,
-               engine="auto"):
+               engine="auto", task_obj=None):
     if workers <= 1 or len(groups) <= 1:
         for group in groups:
             for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched, engine)):
@@ -383,7 +447,8 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine): g for g in groups}
+        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine, task_obj): g
+                   for g in groups}
         try:
             while futures:
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
@@ -397,7 +462,7 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
 
 
 def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False,
-             engine="auto"):
+             engine="auto", task_obj=None):
     try:
         import ray
     except ImportError:
@@ -409,7 +474,7 @@ def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, bat
         started = True
     try:
         remote = ray.remote(num_cpus=1)(run_cells)
-        pending = {remote.remote(config_json, g, spec, save_dir, batched, engine): g for g in groups}
+        pending = {remote.remote(config_json, g, spec, save_dir, batched, engine, task_obj): g for g in groups}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -428,7 +493,7 @@ def search(
     config: SearchConfig | None = None, *, out: str | None = None, resume: bool = False,
     overwrite: bool = False, executor: str = "local", ray_address: str | None = None, workers: int = 1,
     batched: bool = False, engine: str = "auto", on_cell: Callable[[Cell, dict, int, int], None] | None = None,
-    **overrides,
+    tokenizer=None, **overrides,
 ) -> pd.DataFrame:
     """Run a search; return one row per cell. With ``out``, results are stored crash-safely.
 
@@ -438,8 +503,18 @@ def search(
     run (``auto``: :mod:`roadinterp.dii.replay` where it is exact, pyvene elsewhere; ``pyvene``:
     always the reference path). It is not part of the run's config: per-step outputs agree to
     float error (long runs can still differ where seeds are unstable; docs/performance.md#replay).
+
+    ``model`` may be a spec (``zoo:NAME``, a directory, a ``.gguf`` file, a hub id) or an
+    ``nn.Module`` (with ``tokenizer=`` for prompt tasks; it runs in this process only).
+    ``task`` may be a registered name or ``path/to/file.py:NAME`` / ``package.module:NAME``;
+    a task registered by the caller's own code is sent to worker processes.
     """
     base = asdict(config) if config else {}
+    if not isinstance(overrides.get("model", base.get("model")), (str, type(None))):
+        overrides["model"] = use_module(overrides.pop("model", None) or base["model"], tokenizer)
+        if workers > 1 or executor != "local":
+            raise ConfigError("a model given as an nn.Module lives in this process: use workers=1 and the local "
+                              "executor, or save it (save_pretrained) and pass its directory")
     config = SearchConfig(**{**base, **overrides})
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive int, got {workers!r}")
@@ -471,11 +546,14 @@ def search(
         if on_cell:
             on_cell(cell, row, finished, total)
 
+    task_obj = shippable_task(config.task) if workers > 1 or executor != "local" else None
     try:
         if executor == "local":
-            _run_local(config_json, group_cells(todo, batched), spec, on_row, workers, out, batched, engine)
+            _run_local(config_json, group_cells(todo, batched), spec, on_row, workers, out, batched, engine,
+                       task_obj)
         else:
-            _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched, engine)
+            _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched, engine,
+                     task_obj)
     finally:
         if store:
             store.close()

@@ -18,6 +18,7 @@ local HF directory or a hub id (which fails with :class:`OfflineError` when offl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -412,8 +413,25 @@ def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
     ``AutoModel``). Anything else is a hub id; if the hub is unreachable this raises
     :class:`OfflineError`.
     """
-    dev = _resolve_device(device)
-    text = os.fspath(spec)
+    with _quiet_loading():
+        return _load_model(os.fspath(spec), _resolve_device(device), progress).eval()
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers' per-tensor "Loading weights" bars off while loading (an error stays one line)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(text: str, dev: torch.device, progress: bool) -> torch.nn.Module:
     if text.startswith("zoo:") and text[len("zoo:"):] in PRETRAINED:
         model = _load_local_dir(ensure_cached(text[len("zoo:"):], cache_dir(), progress=progress))
     elif text.endswith(".gguf"):
@@ -430,7 +448,7 @@ def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
                           f"(known zoo models: {', '.join(sorted(_ZOO))}) or a hub id")
     else:
         model = _load_hub(text)
-    return model.to(dev).eval()
+    return model.to(dev)
 
 
 def _load_hub(model_id: str) -> torch.nn.Module:

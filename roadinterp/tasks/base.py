@@ -367,14 +367,109 @@ def register_task(task: Task, *, overwrite: bool = False) -> None:
 
 
 def get_task(name: str | Task) -> Task:
-    """The registered task called ``name`` (a Task instance is returned as is)."""
+    """A task by name: registered, installed as a plugin, or a reference to user code.
+
+    ``name`` may be a registered name (``"ioi"``), the name of an installed plugin (entry
+    point group ``roadinterp.tasks``), ``"path/to/file.py:NAME"`` or
+    ``"package.module:NAME"``, where ``NAME`` is a Task instance or a Task subclass (built
+    with no arguments). A referenced task is registered under its own ``name`` too, and a
+    search keeps the reference in its config, so worker processes import the same code.
+    A Task instance is returned as is.
+    """
     if isinstance(name, Task):
         return name
+    if not isinstance(name, str):
+        raise ConfigError(f"a task is a name or a Task, got {type(name).__name__}")
+    if name in _TASKS:
+        return _TASKS[name]
+    if ":" in name:
+        return _load_reference(name)
+    _load_plugins()
     if name not in _TASKS:
         raise unknown("task", name, list(_TASKS))
     return _TASKS[name]
 
 
+_REFERENCES: dict[str, Task] = {}
+
+
+def _load_reference(ref: str) -> Task:
+    """Import ``file.py:NAME`` or ``package.module:NAME`` once per process and register its task."""
+    if ref in _REFERENCES:
+        return _REFERENCES[ref]
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    where, _, attr = ref.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ConfigError(f"a task reference looks like path/to/file.py:NAME or package.module:NAME, got {ref!r}")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"task file {where!r} does not exist (from --task {ref!r})")
+        mod_name = f"roadinterp_user_task_{zlib.crc32(str(path).encode()):08x}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[mod_name] = module  # dataclasses and pickling look classes up here
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except BaseException:
+            sys.modules.pop(mod_name, None)
+            raise
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as err:
+            raise ConfigError(f"cannot import module {where!r} for task {ref!r}: {err}") from None
+    if not hasattr(module, attr):
+        names = sorted(k for k, v in vars(module).items() if _is_task(v))
+        raise ConfigError(f"{where} defines no {attr!r}; tasks it defines: {', '.join(names) or '(none)'}")
+    task = _as_task(getattr(module, attr), ref)
+    register_task(task, overwrite=True)
+    _REFERENCES[ref] = task
+    return task
+
+
+def _is_task(obj: object) -> bool:
+    return isinstance(obj, Task) or (isinstance(obj, type) and issubclass(obj, Task) and obj is not Task
+                                     and bool(getattr(obj, "name", "")))
+
+
+def _as_task(obj: object, where: str) -> Task:
+    if isinstance(obj, type) and issubclass(obj, Task):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise ConfigError(f"{where} is a {type(obj).__name__}, not a roadinterp Task; point it at a Task "
+                          "instance or a Task subclass (roadinterp.tasks.Task, TokenTask or PromptTask)")
+    return obj
+
+
+_PLUGINS_LOADED = False
+
+
+def _load_plugins() -> None:
+    """Register the tasks of installed packages (entry point group ``roadinterp.tasks``), once."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="roadinterp.tasks"):
+        if ep.name in _TASKS:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as err:  # name the broken plugin in one error line
+            raise ConfigError(f"task plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
+        task = _as_task(obj, f"task plugin {ep.name!r} ({ep.value})")
+        if task.name not in _TASKS:
+            register_task(task)
+
+
 def list_tasks() -> list[Task]:
-    """Registered tasks, in registration order."""
+    """Registered tasks (built-in, then installed plugins and user tasks), in registration order."""
+    _load_plugins()
     return list(_TASKS.values())

@@ -242,10 +242,10 @@ class PromptTask(TokenTask):
                                  "base_accuracy": float(hit_vocab.float().mean()),
                                  "base_accuracy_answers": float(hit_answers.float().mean())}
             if len(kept[split]) < self.min_kept:
-                raise TokenizerError(
+                raise ConfigError(
                     f"the model answers only {len(kept[split])} of {n} {split} prompts of task {self.name!r} "
-                    f"correctly (need {self.min_kept}); if the model should know this task, check that the "
-                    "tokenizer is the model's own")
+                    f"correctly (need {self.min_kept} to align anything): the task is beyond this model, or the "
+                    "tokenizer is not the model's own")
         self.kept = kept
 
 

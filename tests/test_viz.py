@@ -510,6 +510,7 @@ def test_subspace_warning_fires_when_seeds_agree_on_iia_but_not_on_the_subspace(
     assert subspace_warnings(pd.DataFrame([dict(row, iia_mean=0.55)])) == []  # nothing learned
 
 
+@pytest.mark.slow
 def test_report_learned_section_cell_option_and_figures(learned_run, tmp_path):
     import subprocess
     import sys
@@ -533,6 +534,10 @@ def test_report_learned_section_cell_option_and_figures(learned_run, tmp_path):
     r = subprocess.run([*cli, "--out", str(tmp_path / "d.html"), "--cell", "das|7|block_output|last|2"], env=env,
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2 and r.stderr.startswith("error: no cell 'das|7|block_output|last|2'")
+    (tmp_path / "afile").write_text("x")
+    r = subprocess.run([*cli, "--out", str(tmp_path / "e.html"), "--figures", str(tmp_path / "afile")], env=env,
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: cannot write figures to {tmp_path / 'afile'}"), r.stderr
 
 
 def test_align_prints_seed_agreement_with_its_chance_level(tmp_path):

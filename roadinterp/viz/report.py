@@ -361,11 +361,15 @@ def write_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike, cells:
     from roadinterp.viz import learned as Ln
     from roadinterp.viz.static import save_static
 
+    from roadinterp.errors import RunDirError
+
     config, table = read_run(run_dir)
     if table.empty:
-        from roadinterp.errors import RunDirError
-
         raise RunDirError(f"{run_dir} has no finished cells yet: nothing to plot")
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot write figures to {out_dir}: {e.strerror or e}; pass a directory you can write to") from None
     table = Ln.with_seed_agreement(run_dir, _with_null_baselines(config, table))
     figs = run_figures(table, static=True)
     figs += [(name, fig) for _, _, name, fig in learned_figures(run_dir, table, cells, static=True) if fig is not None]

@@ -100,7 +100,8 @@ def test_pruned_tail_runs_only_on_the_positions_the_task_reads():
     built = get_family("butterfly").build(32, [4, 4], seed=0)
     for site, keep in ((Site(1, "block_output", "last"), [4]), (Site(1, "block_output", "x"), [1, 4]),
                        (Site(0, "block_output", "last"), None)):
-        runner, _ = make_runner(model, site, task, built.interventions, built.coords, shared=True, datasets=[data])
+        runner, _ = make_runner(model, site, task, built.interventions, built.coords, shared=True, datasets=[data],
+                                engine="replay")
         assert runner.engine == "replay" and runner.replay.keep == keep, site
 
 
@@ -158,7 +159,8 @@ def test_state_table_budget_is_enforced():
 
 def test_replay_leaves_the_model_frozen_and_without_gradients():
     model, task = tiny_model("qwen2"), get_task("interval")
-    r = train_dii(model, task, Site(0), family="butterfly", size=4, n_train=64, n_test=32, epochs=1, batch_size=32)
+    r = train_dii(model, task, Site(0), family="butterfly", size=4, n_train=64, n_test=32, epochs=1, batch_size=32,
+                  engine="replay")
     assert r.engine == "replay"
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
 

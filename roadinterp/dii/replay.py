@@ -39,7 +39,7 @@ import torch
 
 from roadinterp._pyvene import pv  # first: imports pyvene quietly
 from pyvene.models.modeling_utils import do_intervention, get_module_hook  # noqa: E402 (after _pyvene)
-from roadinterp.errors import ConfigError
+from roadinterp.errors import ConfigError, RoadinterpError
 from roadinterp.interventions import attach_dii, run_dii
 from roadinterp.sites import Site, n_layers, sequence_length
 from roadinterp.tasks.base import CounterfactualBatch
@@ -47,8 +47,8 @@ from roadinterp.tasks.base import CounterfactualBatch
 REPLAY_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
 CONTENT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds")
 DEFAULT_MAX_BYTES = 1 << 30  # state table budget (1 GiB); larger runs use pyvene
-Engine = Literal["auto", "replay", "pyvene"]
-ENGINES: tuple[str, ...] = ("auto", "replay", "pyvene")
+Engine = Literal["auto", "kv", "kv-bf16", "replay", "pyvene"]
+ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.kvreplay
 
 
 class _Stop(Exception):
@@ -459,15 +459,7 @@ class ReplayRunner:
         n, V, (u, d) = rows.shape[0], len(self.coords), units.shape[1:]
         # base and every source, one gather (index_select: ~3x faster than units[rows] on CPU)
         X = units.index_select(0, rows.reshape(-1).to(units.device)).view(n, 1 + V, u, d)  # [N, 1 + V, u, d]
-        subspaces = [[c] * n for c in self.coords]  # pyvene's per-row form (one list object repeated)
-        first = self.interventions[0]
-        if hasattr(first, "mix") and all(iv is first for iv in self.interventions):
-            b = first.mix(X.transpose(1, 2).reshape(n, u, (1 + V) * d), subspaces)  # all variables at once
-        else:
-            b = X[:, 0]
-            for v, (iv, sp) in enumerate(zip(self.interventions, subspaces)):  # as pyvene's hooks, in turn
-                b = do_intervention(b, X[:, 1 + v], iv, sp)
-        b = b.to(tail.dtype)
+        b = interchange(self.interventions, self.coords, X).to(tail.dtype)
         if tail.shape[1] == u and torch.equal(tail_pos, torch.arange(u)):  # the tail is the site positions
             return self.replay.run(b)
         h = tail.index_select(0, base_rows.to(tail.device))  # [N, seq or kept, d], fresh: written in place
@@ -475,24 +467,57 @@ class ReplayRunner:
         return self.replay.run(h)
 
 
+def interchange(interventions: Sequence, coords, X: torch.Tensor) -> torch.Tensor:
+    """Base states after every variable's interchange, as pyvene's setter hooks apply them.
+
+    ``X`` holds the base and one source per variable at the site positions
+    (``[N, 1 + V, u, d]``); returns ``[N, u, d]``. One ``do_intervention`` per variable,
+    each on the previous one's output, or all variables in one ``mix`` when they share
+    one intervention that has it.
+    """
+    n, V, u, d = X.shape[0], X.shape[1] - 1, X.shape[2], X.shape[3]
+    subspaces = [[list(c)] * n for c in coords]  # pyvene's per-row form (one list object repeated)
+    first = interventions[0]
+    if hasattr(first, "mix") and all(iv is first for iv in interventions):
+        return first.mix(X.transpose(1, 2).reshape(n, u, (1 + V) * d), subspaces)  # all variables at once
+    b = X[:, 0]
+    for v, (iv, sp) in enumerate(zip(interventions, subspaces)):  # as pyvene's hooks, in turn
+        b = do_intervention(b, X[:, 1 + v], iv, sp)
+    return b
+
+
 def make_runner(model, site: Site, task, interventions: Sequence, coords, *, shared: bool,
                 datasets: Sequence[CounterfactualBatch], engine: Engine = "auto"):
     """A DII runner for ``datasets`` and the prepared handle of each, in order.
 
-    ``engine="auto"`` uses :class:`ReplayRunner` when the site and inputs allow it and
-    :meth:`SiteReplay.verify` passes, else :class:`PyveneRunner` (``runner.reason``
-    says why); ``"replay"`` raises instead of falling back; ``"pyvene"`` always uses pyvene.
+    ``engine="auto"`` uses :class:`roadinterp.kvreplay.KVReplayRunner` on causal LMs
+    (only the intervened positions run, on cached keys/values), else :class:`ReplayRunner`
+    when the site and inputs allow it, each only once its check against plain forwards
+    passes, else :class:`PyveneRunner` (``runner.reason`` says why); ``"kv"``,
+    ``"kv-bf16"`` (its cache in bf16) and ``"replay"`` raise instead of falling back;
+    ``"pyvene"`` always uses pyvene.
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     named = task.positions
     reason = ""
+    if engine in ("auto", "kv", "kv-bf16"):
+        from roadinterp.kvreplay import make_kv_runner
+
+        try:
+            return make_kv_runner(model, site, task, interventions, coords, datasets=datasets,
+                                  engine="kv" if engine == "auto" else engine)
+        except RoadinterpError as err:  # e.g. a SiteError: a position that differs per row
+            if engine != "auto":
+                raise ConfigError(f"engine={engine!r} is not possible here: {err}") from None
+            reason = f"kv: {err}; "
     if engine != "pyvene":
-        reason = unsupported_reason(model, site, datasets[0].base) or ""
+        why = unsupported_reason(model, site, datasets[0].base) or ""
         rows = datasets[0].positions or {}
-        if not reason and isinstance(site.positions, str) and site.positions in rows:
-            reason = f"position {site.positions!r} differs per row (replay takes one position for every row)"
-        if not reason:
+        if not why and isinstance(site.positions, str) and site.positions in rows:
+            why = f"position {site.positions!r} differs per row (replay takes one position for every row)"
+        reason += why
+        if not why:
             try:
                 replay = SiteReplay(model, site)
                 base = datasets[0].base
@@ -501,7 +526,7 @@ def make_runner(model, site: Site, task, interventions: Sequence, coords, *, sha
                 runner = ReplayRunner(replay, interventions, coords, named_positions=named)
                 return runner, runner.prepare_all(datasets)
             except ConfigError as err:
-                reason = str(err)
+                reason += str(err)
         if engine == "replay":
             raise ConfigError(f"engine='replay' is not possible here: {reason}")
     runner = PyveneRunner(model, site, interventions, coords, shared=shared, named_positions=named, reason=reason)

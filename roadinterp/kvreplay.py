@@ -1,0 +1,520 @@
+"""KV replay: DII steps on a causal LM that run only the intervened positions.
+
+Under causal attention, an intervention at positions ``p0, p0+1, ...`` of a block's
+residual stream cannot change anything at earlier positions: their hidden states,
+and so the keys and values every later layer computes from them, are those of the
+clean run. A DII step at the last token therefore only has to run the *tail*: the
+positions from ``p0`` to the end (one position for a last-token site), through the
+layers after the site, attending to the clean run's cached keys/values of positions
+``< p0``. And the task reads a few answer logits, not the whole vocabulary.
+
+:class:`CleanRuns` holds, per distinct input (deduplicated as in
+:mod:`roadinterp.replay`), one clean forward's
+
+* keys/values of positions ``< p0`` at *every* layer (``[m, kv_heads, p0, head_dim]``
+  per layer and K/V; fp32, or bf16 with engine ``kv-bf16``),
+* the residual stream entering every block, and after the last, at the tail positions
+  (``[m, layers + 1, T, d]``, fp32: the site states the interventions mix),
+* the attention pattern of the tail queries (padding included) and their rotary
+  position embeddings, exactly as the model built them for that input.
+
+Nothing in it depends on the site's layer, so one table serves a whole layer scan (and
+every seed and family): it lives as long as the model, at most ``max_bytes`` for all
+tables of the process (LRU; a full table is cleared before it refuses). Memory per input
+is ``2 x layers x kv_heads x head_dim x p0`` cache elements: SmolLM2-135M (30 layers,
+3 KV heads of 64) with 19 prefix tokens is 0.88 MB in fp32, 0.44 MB in bf16, plus
+71 kB of residuals at one tail position.
+
+A step (:class:`KVReplayRunner`) gathers base and source residuals at the site,
+applies the interventions (:func:`roadinterp.replay.interchange`, what the replay
+engine does), runs the model's own decoder layers after the site on ``[N, T, d]`` with a
+small cache object that hands each attention its row's cached prefix, then the final
+norm and the rows of the unembedding the task reads (``task.answer_ids``). The output's
+``logits`` are ``[N, 1, vocab]``, zero outside those columns, so ``task.logits`` reads it
+unchanged. :func:`prepare` refuses (``None`` and a reason) what it cannot run exactly;
+``make_runner`` verifies on a few rows before use and otherwise falls back to replay.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from roadinterp.errors import ConfigError
+from roadinterp.sites import Site, sequence_length
+
+KV_ENGINES: dict[str, torch.dtype] = {"kv": torch.float32, "kv-bf16": torch.bfloat16}
+KV_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
+INPUT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds", "attention_mask", "position_ids")
+DEFAULT_MAX_BYTES = 3 << 30  # every clean-run table of the process together (3 GiB)
+_CACHE_KWARGS = ("cache", "past_key_values")  # the cache argument of a decoder layer (transformers 5.24 / 5.23)
+_SLICED = ("position_ids", "cache_position")  # per-position layer arguments: the tail takes its positions
+
+
+class _Stop(Exception):
+    """Raised after the last block: the clean run needs no norm and no unembedding."""
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+# ------------------------------------------------------------------ the model's parts
+@dataclass
+class LMParts:
+    """Where a causal LM keeps what the tail runs: its blocks, final norm and unembedding."""
+
+    layers: torch.nn.ModuleList
+    norm: torch.nn.Module
+    head: torch.nn.Module  # nn.Linear [vocab, d] (+ bias)
+    cache_kwarg: str  # the decoder layer's cache argument
+    params: tuple[str, ...]  # the decoder layer's argument names, in order
+
+
+def lm_parts(model) -> LMParts | str:
+    """The parts of ``model`` the KV engine drives, or why it cannot (a reason string)."""
+    from roadinterp._pyvene import modelcard
+
+    if model.training:
+        return "the model is in training mode (dropout); call .eval()"
+    mapping = modelcard.type_to_module_mapping.get(type(model), {})
+    path = mapping.get("block_output", ("",))[0]
+    if not path.endswith("[%s]") or mapping.get("block_input", ("",))[0] != path:
+        return f"{type(model).__name__} has no per-block site map the KV engine understands"
+    owner = model
+    for name in path[: -len("[%s]")].split("."):
+        owner = getattr(owner, name, None)
+    if not isinstance(owner, torch.nn.ModuleList):
+        return f"cannot find the blocks of {type(model).__name__} at {path!r}"
+    base = model.base_model
+    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layernorm") if hasattr(base, n)), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if norm is None or not isinstance(head, torch.nn.Linear):
+        return f"cannot find the final norm and unembedding of {type(model).__name__}"
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in ("eager", "sdpa"):
+        return f"attention implementation {impl!r}: the KV engine builds eager/sdpa masks only"
+    if any(t != "full_attention" for t in getattr(model.config, "layer_types", None) or ["full_attention"]):
+        return "sliding-window layers: the tail's masks would differ per layer"
+    params = tuple(inspect.signature(owner[0].forward).parameters)
+    cache = next((c for c in _CACHE_KWARGS if c in params), None)
+    if cache is None:
+        return f"the decoder layers of {type(model).__name__} take no KV cache argument"
+    return LMParts(owner, norm, head, cache, params)
+
+
+def _named(params: tuple[str, ...], args: tuple, kwargs: dict) -> dict:
+    """A layer call's positional and keyword arguments, all by name."""
+    named = dict(zip(params, args))
+    named.update(kwargs)
+    return named
+
+
+def _allowed(mask, n: int, seq: int, device) -> torch.Tensor:
+    """Which keys every query may attend to, from the mask the model built.  # bool [n, seq, seq]"""
+    if mask is None:  # sdpa without padding: plain causal
+        return torch.ones(seq, seq, dtype=torch.bool, device=device).tril().expand(n, seq, seq)
+    m = mask[:, 0] if mask.dim() == 4 else mask
+    allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+    return allowed.expand(n, seq, seq)
+
+
+# ------------------------------------------------------------------ the clean-run table
+class _Recorder:
+    """Stands in for the KV cache during the clean run: keeps each layer's prefix keys/values."""
+
+    def __init__(self, p0: int, dtype: torch.dtype) -> None:
+        self.p0, self.dtype = p0, dtype
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.kv[layer_idx] = (key_states[:, :, : self.p0].to(self.dtype), value_states[:, :, : self.p0].to(self.dtype))
+        return key_states, value_states
+
+
+class _Prefix:
+    """Stands in for the KV cache during a step: each layer's keys/values are the rows' cached
+    prefix followed by the tail's own."""
+
+    def __init__(self, table: CleanRuns, rows: torch.Tensor) -> None:
+        self.table, self.rows = table, rows
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.table.kv[layer_idx]
+        k = k.index_select(0, self.rows).to(key_states.dtype)
+        v = v.index_select(0, self.rows).to(value_states.dtype)
+        return torch.cat([k, key_states], -2), torch.cat([v, value_states], -2)
+
+
+class CleanRuns:
+    """Keys/values before ``p0`` and tail residuals of every distinct input, for one model.
+
+    Inputs must be ``seq`` tokens long; ``p0`` is the first position the tail runs.
+    Get the shared table of a model with :func:`clean_runs`; :meth:`add` returns row ids.
+    """
+
+    def __init__(self, model, parts: LMParts, seq: int, p0: int, kv_dtype: torch.dtype) -> None:
+        if not 0 <= p0 < seq:
+            raise ConfigError(f"the tail must start inside the sequence (0..{seq - 1}), got {p0}")
+        self.model, self.parts, self.seq, self.p0, self.kv_dtype = model, parts, seq, p0, kv_dtype
+        self.T = seq - p0
+        self.generation = 0  # bumped when the table is cleared: row ids of older runners are void
+        self.n_forward_rows = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self._known_raw: np.ndarray | None = None
+        self._known_hash = np.zeros(0, dtype=np.uint64)
+        self._chunks: list[dict] = []
+        self._cat: dict | None = None
+        self.generation += 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for c in self._chunks for t in _tensors(c))
+
+    def per_row_bytes(self) -> int:
+        return self.nbytes // max(self.rows, 1)
+
+    @property
+    def rows(self) -> int:
+        return 0 if self._known_raw is None else len(self._known_raw)
+
+    # ----- building
+    @torch.no_grad()
+    def _run(self, inputs: Mapping[str, torch.Tensor]) -> dict:
+        """One clean forward of ``inputs`` (every block, no norm/unembedding), what the table keeps."""
+        parts, p0, n = self.parts, self.p0, next(iter(inputs.values())).shape[0]
+        rec = _Recorder(p0, self.kv_dtype)
+        res: list[torch.Tensor] = []  # per block input, then the last block's output: [n, T, d]
+        got: dict = {}
+        handles = []
+
+        def pre(module, args, kwargs):
+            named = _named(parts.params, args, kwargs)
+            h = named[parts.params[0]]
+            res.append(h[:, p0:].float())
+            if not got:
+                got.update(named)
+            named[parts.cache_kwarg] = rec
+            return (), named
+
+        def post(module, args, kwargs, output):
+            res.append(_first(output)[:, p0:].float())
+            raise _Stop
+
+        try:
+            for layer in parts.layers:
+                handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(parts.layers[-1].register_forward_hook(post, with_kwargs=True))
+            kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
+            try:
+                self.model(**inputs, **kwargs)
+            except _Stop:
+                pass
+        finally:
+            for h in handles:
+                h.remove()
+        if len(res) != len(parts.layers) + 1:
+            raise ConfigError("the clean run did not pass through every block once")
+        device = res[0].device
+        allowed = _allowed(got.get("attention_mask"), n, self.seq, device)[:, p0:]  # [n, T, seq]
+        out = {"res": torch.stack(res, 1), "allowed": allowed.contiguous(),
+               "kv": [rec.kv[i] for i in sorted(rec.kv)]}
+        if len(out["kv"]) != len(parts.layers):
+            raise ConfigError("not every attention used the KV cache argument")
+        pe = got.get("position_embeddings")
+        if pe is not None:
+            out["pe"] = tuple(t[:, p0:].expand(n, -1, -1).contiguous() for t in pe)  # ([n, T, hd], ...)
+        for k in _SLICED:
+            if isinstance(got.get(k), torch.Tensor):
+                t = got[k]
+                out[k] = (t[..., p0:] if t.dim() == 1 else t[:, p0:].expand(n, -1)).contiguous()
+        extra = [k for k, v in got.items() if isinstance(v, torch.Tensor) and k not in
+                 (parts.params[0], "attention_mask", *_SLICED)]
+        if extra:
+            raise ConfigError(f"decoder layers get per-input arguments {extra} the KV engine does not know")
+        out["static"] = {k: v for k, v in got.items() if k not in (parts.params[0], "attention_mask",
+                                                                    "position_embeddings", parts.cache_kwarg, *_SLICED)}
+        return out
+
+    def add(self, inputs: Mapping[str, torch.Tensor], *, max_bytes: int) -> torch.Tensor:
+        """Row ids of ``inputs``, running the clean forward of inputs not seen yet.  # [n]"""
+        from roadinterp.replay import _match, _row_hash
+
+        keys = sorted(inputs)
+        n = next(iter(inputs.values())).shape[0]
+        raw = np.ascontiguousarray(torch.cat([inputs[k].reshape(n, -1).contiguous().cpu().view(torch.uint8)
+                                              for k in keys], 1).numpy())
+        if self._known_raw is not None and self._known_raw.shape[1] != raw.shape[1]:
+            raise ConfigError("KV replay inputs must all have the same keys, shapes and dtypes")
+        known = self._known_raw if self._known_raw is not None else raw[:0]
+        ids, new_rows, hashes, grown = _match(_row_hash(raw), self._known_hash, raw, known)
+        if ids is None:  # a hash collision: match on the raw bytes
+            as_void = np.dtype((np.void, raw.shape[1]))
+            ids, new_rows, _, grown = _match(raw.view(as_void).ravel(), known.view(as_void).ravel(), raw, known)
+            hashes = _row_hash(grown)
+        if len(new_rows) and self.rows and self.per_row_bytes() * (self.rows + len(new_rows)) > max_bytes:
+            self._clear()  # full: forget earlier cells' inputs rather than refuse
+            return self.add(inputs, max_bytes=max_bytes)
+        self._known_raw, self._known_hash = grown, hashes
+        sel = torch.from_numpy(new_rows)
+        chunk = 256
+        for start in range(0, len(new_rows), chunk):
+            part = {k: inputs[k][sel[start : start + chunk]] for k in keys}
+            self._chunks.append(self._run(part))
+            self._cat = None
+            self.n_forward_rows += len(sel[start : start + chunk])
+            if self.nbytes > max_bytes:
+                self._clear()
+                raise ConfigError(f"the KV replay table of {n} inputs exceeds {max_bytes / 2**30:.2f} GiB; "
+                                  "use engine='kv-bf16', fewer inputs, or engine='replay'")
+        return torch.from_numpy(ids)
+
+    # ----- looking up
+    def _table(self) -> dict:
+        if self._cat is None:
+            if not self._chunks:
+                raise ConfigError("the KV replay table is empty: add inputs first")
+            cs = self._chunks
+            cat = {k: torch.cat([c[k] for c in cs]) for k in ("res", "allowed", *_SLICED) if k in cs[0]}
+            cat["kv"] = [tuple(torch.cat([c["kv"][i][j] for c in cs]) for j in range(2)) for i in range(len(cs[0]["kv"]))]
+            if "pe" in cs[0]:
+                cat["pe"] = tuple(torch.cat([c["pe"][j] for c in cs]) for j in range(2))
+            cat["static"] = cs[0]["static"]
+            self._chunks, self._cat = [cat], cat
+        return self._cat
+
+    @property
+    def res(self) -> torch.Tensor:
+        """Residual stream entering block l (l = layers: after the last) at the tail positions.  # [m, L+1, T, d]"""
+        return self._table()["res"]
+
+    @property
+    def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, keys and values of positions < p0.  # [m, kv_heads, p0, head_dim] each"""
+        return self._table()["kv"]
+
+    def tail(self, h: torch.Tensor, start: int, rows: torch.Tensor) -> torch.Tensor:
+        """Run blocks ``start..`` on tail states ``h`` of inputs ``rows``; the final block's output.  # [N, T, d]"""
+        t, parts = self._table(), self.parts
+        rows = rows.to(h.device)
+        allowed = t["allowed"].index_select(0, rows)[:, None]  # [N, 1, T, seq]
+        if self.model.config._attn_implementation == "eager":
+            mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min)
+        else:
+            mask = allowed
+        named = dict(t["static"])
+        named["attention_mask"] = mask
+        named[parts.cache_kwarg] = _Prefix(self, rows)
+        if "pe" in t:
+            named["position_embeddings"] = tuple(x.index_select(0, rows).to(h.dtype) for x in t["pe"])
+        for k in _SLICED:
+            if k in t:
+                named[k] = t[k] if t[k].dim() == 1 else t[k].index_select(0, rows)
+        for layer in parts.layers[start:]:
+            h = _first(layer(h, **named))
+        return h
+
+    def logits(self, h: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """Logits at the last position from the final block's output, only ``columns`` filled.  # [N, 1, vocab]"""
+        z = self.parts.norm(h[:, -1:])  # [N, 1, d]
+        head = self.parts.head
+        if columns is None:
+            return head(z)
+        w = head.weight.index_select(0, columns)
+        b = head.bias.index_select(0, columns) if head.bias is not None else None
+        part = torch.nn.functional.linear(z, w, b)  # [N, 1, k]
+        out = torch.zeros(*part.shape[:-1], head.weight.shape[0], dtype=part.dtype, device=part.device)
+        return out.index_copy(-1, columns, part)
+
+
+def _tensors(c: dict):
+    for k, v in c.items():
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif k in ("kv", "pe"):
+            for x in v:
+                yield from (x if isinstance(x, tuple) else (x,))
+
+
+_TABLES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+_LRU: OrderedDict[int, CleanRuns] = OrderedDict()
+
+
+def clean_runs(model, parts: LMParts, seq: int, p0: int, kv_dtype: torch.dtype, *,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> CleanRuns:
+    """The process-wide table of ``model`` for inputs of ``seq`` tokens and tails from ``p0``.
+
+    Tables of other models/shapes are dropped, least recently used first, while all
+    tables together exceed ``max_bytes``.
+    """
+    tables = _TABLES.setdefault(model, {})
+    key = (seq, p0, kv_dtype)
+    if key not in tables:
+        tables[key] = CleanRuns(model, parts, seq, p0, kv_dtype)
+    table = tables[key]
+    _LRU.pop(id(table), None)
+    _LRU[id(table)] = table
+    while sum(t.nbytes for t in _LRU.values()) > max_bytes and len(_LRU) > 1:
+        _, old = _LRU.popitem(last=False)
+        old._clear()
+    return table
+
+
+def clear_tables() -> None:
+    """Forget every clean-run table (frees their memory)."""
+    for t in _LRU.values():
+        t._clear()
+    _LRU.clear()
+    _TABLES.clear()
+
+
+# ------------------------------------------------------------------ the runner
+def unsupported_reason(model, site: Site, inputs: Mapping[str, torch.Tensor] | None = None) -> str | None:
+    """Why the KV engine cannot run this model/site/inputs (``None``: it can)."""
+    if site.component not in KV_COMPONENTS:
+        return f"component {site.component!r}: the KV engine needs the residual stream ({', '.join(KV_COMPONENTS)})"
+    parts = lm_parts(model)
+    if isinstance(parts, str):
+        return parts
+    if inputs is not None:
+        bad = sorted(set(inputs) - set(INPUT_KEYS))
+        if bad:
+            return f"inputs {bad} are not model inputs the KV engine knows ({', '.join(INPUT_KEYS)})"
+    return None
+
+
+@dataclass(frozen=True)
+class KVRows:
+    """One dataset in a clean-run table: the table row of each base and source input."""
+
+    rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+class KVReplayRunner:
+    """DII through :class:`CleanRuns`: look up residuals, intervene, run the tail only."""
+
+    def __init__(self, model, site: Site, task, interventions: Sequence, coords, *, engine: str = "kv",
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if engine not in KV_ENGINES:
+            raise ConfigError(f"KV engine must be one of {', '.join(KV_ENGINES)}, got {engine!r}")
+        parts = lm_parts(model)
+        if isinstance(parts, str):
+            raise ConfigError(f"the KV engine cannot run this model: {parts}")
+        self.model, self.parts, self.site, self.engine = model, parts, site, engine
+        for p in model.parameters():  # frozen, as pyvene's disable_model_gradients leaves it: no weight grads
+            p.requires_grad_(False)
+        self.interventions, self.coords = list(interventions), [list(c) for c in coords]
+        self.named_positions, self.max_bytes, self.reason = task.positions, max_bytes, ""
+        ids = getattr(task, "answer_ids", None)
+        self.columns = None if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
+        # the tail starts at the site's block (block_input) or the next one (block_output)
+        self.start = site.layer + (site.component == "block_output")
+        self.table: CleanRuns | None = None
+        self._generation = 0
+
+    def _positions(self, seq: int) -> list[int]:
+        return self.site.position_indices(seq, self.named_positions)
+
+    def prepare(self, data) -> KVRows:
+        return self.prepare_all([data])[0]
+
+    def concat(self, handles: Sequence[KVRows]) -> KVRows:
+        return KVRows(torch.cat([h.rows for h in handles]))
+
+    def prepare_all(self, datasets) -> list[KVRows]:
+        """Table rows of every base and source input of ``datasets`` (one pass over all of them)."""
+        parts: list[Mapping[str, torch.Tensor]] = []
+        seqs = set()
+        for data in datasets:
+            if len(data.sources) != len(self.interventions):
+                raise ConfigError(f"{len(data.sources)} sources for {len(self.interventions)} interventions")
+            seqs.add(sequence_length(data.base))
+            parts.extend([data.base, *data.sources])
+        if len(seqs) != 1:
+            raise ConfigError(f"KV replay datasets must have one sequence length, got {sorted(seqs)}")
+        keys = sorted(parts[0])
+        if any(sorted(p) != keys for p in parts):
+            raise ConfigError("KV replay datasets must all have the same input keys")
+        bad = sorted(set(keys) - set(INPUT_KEYS))
+        if bad:
+            raise ConfigError(f"inputs {bad} are not model inputs the KV engine knows ({', '.join(INPUT_KEYS)})")
+        seq = seqs.pop()
+        pos = self._positions(seq)
+        if self.table is None:
+            self.table = clean_runs(self.model, self.parts, seq, min(pos), KV_ENGINES[self.engine],
+                                    max_bytes=self.max_bytes)
+        elif self.table.seq != seq:
+            raise ConfigError("KV replay datasets must have one sequence length")
+        self._pos = torch.as_tensor([p - self.table.p0 for p in pos])  # site positions within the tail
+        ids = self.table.add({k: torch.cat([p[k] for p in parts]) for k in keys}, max_bytes=self.max_bytes)
+        self._generation = self.table.generation
+        chunks = iter(ids.split([len(next(iter(p.values()))) for p in parts]))
+        return [KVRows(torch.stack([next(chunks) for _ in range(1 + len(d.sources))], 1)) for d in datasets]
+
+    def __call__(self, parts: Sequence[tuple[KVRows, torch.Tensor]]):
+        from transformers.modeling_outputs import CausalLMOutput
+
+        from roadinterp.replay import interchange
+
+        table = self.table
+        if table is None or table.generation != self._generation:
+            raise ConfigError("this runner's clean-run table was cleared (another run needed the memory); "
+                              "prepare its data again")
+        rows = torch.cat([r.rows.index_select(0, i) for r, i in parts]) if len(parts) > 1 \
+            else parts[0][0].rows.index_select(0, parts[0][1])
+        res = table.res[:, self.start]  # [m, T, d] (a view)
+        n, V = rows.shape[0], len(self.coords)
+        dev = res.device
+        h = res.index_select(0, rows[:, 0].to(dev))  # [N, T, d] fresh: written in place
+        pos = self._pos.to(dev)
+        X = res.index_select(0, rows.reshape(-1).to(dev)).view(n, 1 + V, table.T, -1)[:, :, pos]  # [N, 1+V, u, d]
+        h[:, pos] = interchange(self.interventions, self.coords, X).to(h.dtype)
+        h = table.tail(h.to(self.parts.head.weight.dtype), self.start, rows[:, 0].to(dev))
+        cols = None if self.columns is None else self.columns.to(dev)
+        return CausalLMOutput(logits=table.logits(h, cols))
+
+    @torch.no_grad()
+    def verify(self, data, read, *, rows: int = 4, atol: float = 1e-4) -> float:
+        """Max |KV-replayed - plain| of what ``read`` takes, without interventions, on ``rows`` inputs."""
+        from transformers.modeling_outputs import CausalLMOutput
+
+        part = {k: v[:rows] for k, v in data.base.items()}
+        ids = self.table.add(part, max_bytes=self.max_bytes)
+        if self.table.generation != self._generation:
+            raise ConfigError("the clean-run table was cleared while verifying")
+        h = self.table.res[:, self.start].index_select(0, ids)
+        h = self.table.tail(h.to(self.parts.head.weight.dtype), self.start, ids)
+        cols = None if self.columns is None else self.columns
+        got = read(CausalLMOutput(logits=self.table.logits(h, cols)))
+        kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
+        ref = read(self.model(**part, **kwargs))
+        if ref.shape != got.shape:
+            raise ConfigError(f"KV-replayed reading has shape {list(got.shape)}, the model's {list(ref.shape)}")
+        err = float((ref.float() - got.float()).abs().max())
+        scale = max(float(ref.float().abs().max()), 1.0)
+        if not err <= atol * scale:
+            raise ConfigError(f"KV-replayed outputs differ from plain forwards by {err:.2e} (> {atol:g} x {scale:.3g})")
+        return err
+
+
+def make_kv_runner(model, site: Site, task, interventions, coords, *, datasets, engine: str = "kv"):
+    """A verified :class:`KVReplayRunner` and its handles, or raise ConfigError saying why not."""
+    reason = unsupported_reason(model, site, datasets[0].base)
+    if reason:
+        raise ConfigError(reason)
+    runner = KVReplayRunner(model, site, task, interventions, coords, engine=engine)
+    handles = runner.prepare_all(datasets)
+    runner.verify(datasets[0], task.logits, atol=1e-4 if engine == "kv" else 2e-2)
+    return runner, handles

@@ -1,0 +1,220 @@
+"""The KV engine: same DII outputs and gradients as pyvene, running only the intervened positions.
+
+References are independent: pyvene's own hooks (``engine="pyvene"``, full forwards of
+base and sources) and plain model forwards. Tiny random gpt2/llama/qwen2, token-id
+counterfactual batches with and without padding (per-row attention masks); no network.
+"""
+
+from typing import ClassVar
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import roadinterp.kvreplay as kv
+from roadinterp.errors import ConfigError
+from roadinterp.interventions import get_family
+from roadinterp.replay import make_runner
+from roadinterp.sites import Site
+from roadinterp.tasks import get_task
+from roadinterp.tasks.base import CounterfactualBatch
+from roadinterp.train import train_dii
+
+ARCHS = ["gpt2", "llama", "qwen2"]
+SITES = [
+    Site(0, "block_output", "last"),
+    Site(1, "block_output", "last"),  # the last block: the tail is the norm and the answer rows only
+    Site(0, "block_input", "last"),  # the tail runs every block
+    Site(1, "block_input", (2, 5)),  # positions 2..5 run, 0..1 come from the cache
+    Site(0, "block_output", "all"),  # nothing cached: the tail is the whole sequence
+]
+FAMILIES = ["butterfly", "road", "das", "lowrank", "neuron", "boundless"]
+
+
+class AnswerTask:
+    """The reading of a token task: the last position's logits of a few answer tokens."""
+
+    positions: ClassVar[dict] = {}
+    answer_ids: ClassVar[list[int]] = [3, 7, 11, 19]
+
+    def logits(self, output):
+        return output.logits[:, -1, self.answer_ids]
+
+
+def token_batch(n: int, seq: int, n_vars: int, *, padded: str | None, seed: int = 0, vocab: int = 50):
+    """Random token-id counterfactuals; ``padded`` = "left"/"right" gives rows 0..3 tokens of padding."""
+    g = torch.Generator().manual_seed(seed)
+
+    def inputs():
+        ids = torch.randint(1, vocab, (n, seq), generator=g)
+        out = {"input_ids": ids}
+        if padded:
+            pad = torch.randint(0, 4, (n,), generator=g)
+            mask = torch.ones(n, seq, dtype=torch.long)
+            for r, p in enumerate(pad.tolist()):
+                if p:
+                    mask[r, :p] = 0 if padded == "left" else 1
+                    if padded == "right":
+                        mask[r, seq - p:] = 0
+            ids[mask == 0] = 0
+            out["attention_mask"] = mask
+        return out
+
+    base = inputs()
+    sources = []
+    for _ in range(n_vars):
+        s = inputs()
+        keep = torch.rand(n, generator=g) < 0.3  # some rows keep the base (a no-op variable), as tasks build them
+        sources.append({k: torch.where(keep[:, None], base[k], v) for k, v in s.items()})
+    labels = torch.randint(0, 4, (n,), generator=g)
+    return CounterfactualBatch(base=base, sources=sources, intervened=torch.ones(n, n_vars, dtype=torch.bool),
+                               labels=labels, base_labels=labels.clone(), variables=tuple(f"v{i}" for i in range(n_vars)))
+
+
+def _outputs_and_grads(model, site, task, built, data, engine):
+    runner, (h,) = make_runner(model, site, task, built.interventions, built.coords, shared=built.shared,
+                               datasets=[data], engine=engine)
+    params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    out = task.logits(runner([(h, torch.arange(len(data)))]))
+    if params:
+        torch.nn.functional.cross_entropy(out.float(), data.labels).backward()
+    return runner.engine, out.detach(), [p.grad.clone() for p in params]
+
+
+def _compare(model, site, task, family, data, engine="kv", atol=1e-5):
+    built = get_family(family).build(32, [4] * len(data.sources), seed=1)
+    e_ref, ref, g_ref = _outputs_and_grads(model, site, task, built, data, "pyvene")
+    e_kv, got, g_kv = _outputs_and_grads(model, site, task, built, data, engine)
+    assert (e_ref, e_kv) == ("pyvene", engine)
+    assert torch.allclose(ref, got, atol=atol), (ref - got).abs().max()
+    for a, b in zip(g_ref, g_kv):
+        assert torch.allclose(a, b, atol=atol, rtol=1e-4), (a - b).abs().max()
+    return float((ref - got).abs().max()), max([float((a - b).abs().max()) for a, b in zip(g_ref, g_kv)] or [0.0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("site", SITES, ids=lambda s: s.label())
+@pytest.mark.parametrize("padded", [None, "left"])
+def test_kv_outputs_and_gradients_equal_pyvene(arch, site, padded):
+    model = tiny_model(arch)
+    data = token_batch(24, 8, 2, padded=padded, seed=len(arch))
+    _compare(model, site, AnswerTask(), "butterfly", data)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_every_family_equals_pyvene_on_padded_prompts(family, arch):
+    model = tiny_model(arch)
+    data = token_batch(20, 7, 2, padded="left", seed=5)
+    site = Site(1, "block_input", "last")
+    _compare(model, site, AnswerTask(), family, data)
+
+
+def test_right_padding_and_multi_position_sites_equal_pyvene():
+    model = tiny_model("llama")
+    data = token_batch(20, 8, 1, padded="right", seed=2)
+    for site in (Site(0, "block_output", (3, 6)), Site(1, "block_input", "all")):
+        _compare(model, site, AnswerTask(), "das", data)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_on_a_registered_token_task(arch):
+    model, task = tiny_model(arch), get_task("interval")
+    data = task.counterfactuals(32, split="train", seed=1)
+    for site in (Site(0, "block_output", "last"), Site(1, "block_input", "x")):
+        _compare(model, site, task, "butterfly", data)
+
+
+def test_bf16_cache_stays_within_its_tolerance():
+    model = tiny_model("llama")
+    data = token_batch(24, 8, 2, padded="left", seed=1)
+    out, _ = _compare(model, Site(0, "block_output", "last"), AnswerTask(), "butterfly", data, engine="kv-bf16",
+                         atol=2e-2)
+    assert out > 0  # the bf16 cache really is used (not bit-identical to fp32)
+
+
+def test_the_tail_only_runs_the_intervened_positions():
+    model, task = tiny_model("llama"), AnswerTask()
+    kv.clear_tables()
+    data = token_batch(16, 8, 2, padded="left", seed=0)
+    built = get_family("butterfly").build(32, [4, 4], seed=0)
+    runner, _ = make_runner(model, Site(0), task, built.interventions, built.coords, shared=True, datasets=[data])
+    table = runner.table
+    assert runner.engine == "kv" and (table.p0, table.T) == (7, 1)
+    assert table.res.shape == (table.rows, 3, 1, 32)  # entering block 0, 1, and after block 1
+    assert [k.shape for k, v in table.kv] == [(table.rows, 4, 7, 8)] * 2  # every layer's prefix keys
+
+
+def test_one_table_serves_every_layer_and_seed():
+    model, task = tiny_model("qwen2"), AnswerTask()
+    kv.clear_tables()
+    data = token_batch(16, 6, 2, padded=None, seed=0)
+    built = get_family("butterfly").build(32, [4, 4], seed=0)
+    r0, _ = make_runner(model, Site(0), task, built.interventions, built.coords, shared=True, datasets=[data])
+    n = r0.table.n_forward_rows
+    assert 16 <= n <= 48
+    r1, _ = make_runner(model, Site(1, "block_input", "last"), task, built.interventions, built.coords, shared=True,
+                        datasets=[data])
+    assert r1.table is r0.table and r0.table.n_forward_rows == n  # no new forwards for another layer
+
+
+def test_a_full_table_is_cleared_and_old_runners_refuse():
+    model, task = tiny_model("gpt2"), AnswerTask()
+    kv.clear_tables()
+    built = get_family("neuron").build(32, [4, 4], seed=0)
+    a = token_batch(8, 6, 2, padded=None, seed=0)
+    b = token_batch(8, 6, 2, padded=None, seed=1)
+    old = kv.DEFAULT_MAX_BYTES
+    try:
+        r_a, (h_a,) = make_runner(model, Site(0), task, built.interventions, built.coords, shared=True, datasets=[a])
+        per_row = r_a.table.per_row_bytes()
+        kv.DEFAULT_MAX_BYTES = per_row * (r_a.table.rows + 4)  # room for 4 more inputs only
+        import roadinterp.kvreplay as kvm
+
+        runner = kvm.KVReplayRunner(model, Site(0), task, built.interventions, built.coords,
+                                    max_bytes=kv.DEFAULT_MAX_BYTES)
+        h_b = runner.prepare(b)
+        assert runner.table is r_a.table and runner.table.rows <= 24
+        assert runner([(h_b, torch.arange(8))]).logits.shape == (8, 1, 50)
+        with pytest.raises(ConfigError, match="cleared"):
+            r_a([(h_a, torch.arange(8))])
+    finally:
+        kv.DEFAULT_MAX_BYTES = old
+
+
+def test_unsupported_sites_fall_back_with_the_reason():
+    model, task = tiny_model("llama"), get_task("interval")
+    data = task.counterfactuals(16, split="train", seed=0)
+    built = get_family("butterfly").build(32, [4, 4], seed=0)
+    runner, _ = make_runner(model, Site(0, "mlp_output", "last"), task, built.interventions, built.coords,
+                            shared=True, datasets=[data])
+    assert runner.engine == "pyvene" and "kv:" in runner.reason and "mlp_output" in runner.reason
+    with pytest.raises(ConfigError, match="kv"):
+        make_runner(model, Site(0, "mlp_output", "last"), task, built.interventions, built.coords, shared=True,
+                    datasets=[data], engine="kv")
+
+
+def test_train_dii_with_kv_matches_pyvene():
+    model, task = tiny_model("llama"), get_task("interval")
+    common = {"family": "butterfly", "size": 4, "n_train": 256, "n_test": 128, "epochs": 2, "batch_size": 64}
+    a = train_dii(model, task, Site(0), engine="pyvene", **common)
+    b = train_dii(model, task, Site(0), **common)
+    assert (a.engine, b.engine) == ("pyvene", "kv")
+    assert max(abs(x - y) for x, y in zip(a.losses, b.losses)) < 1e-4
+    assert abs(a.iia - b.iia) <= 0.01
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_batched_seeds_run_on_the_kv_engine():
+    from roadinterp.batched import train_dii_batched
+
+    model, task = tiny_model("gpt2"), get_task("interval")
+    configs = [{"family": "butterfly", "size": 4, "n_train": 128, "n_test": 64, "epochs": 1, "batch_size": 32, "seed": s}
+               for s in range(2)]
+    batched = train_dii_batched(model, task, Site(1, "block_input", "last"), configs)
+    one = [train_dii(model, task, Site(1, "block_input", "last"), engine="pyvene", **c) for c in configs]
+    assert {r.engine for r in batched} == {"kv"}
+    for a, b in zip(batched, one):
+        assert abs(a.iia - b.iia) <= 0.02

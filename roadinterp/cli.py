@@ -156,7 +156,9 @@ def align_cmd(
     executor: str = typer.Option("local", "--executor", help="local or ray."),
     workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes."),
     batched: bool = typer.Option(True, "--batched/--sequential", help="Train the seeds of a RoAd-family cell in one batched forward."),
-    engine: str = typer.Option("auto", "--engine", help="How DII steps run: auto (replay the model from the site where exact), replay, or pyvene."),
+    engine: str = typer.Option("auto", "--engine", help="How DII steps run: auto (the KV engine on causal LMs, else replay from the site, where exact), kv, kv-bf16, replay, or pyvene."),
+    device: str = typer.Option("auto", "--device", help="Where the frozen model runs: auto (a GPU if there is one), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("float32", "--dtype", help="The frozen model's dtype: float32, bfloat16 or float16 (interventions train in fp32)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no progress)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory."),
@@ -207,7 +209,7 @@ def align_cmd(
     try:
         table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
                        ray_address=ray_address, workers=workers, batched=batched, engine=engine,
-                       on_cell=on_cell)
+                       device=device, dtype=dtype, on_cell=on_cell)
     finally:
         if progress is not None:
             progress.stop()

@@ -28,6 +28,7 @@ from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 import pandas as pd
+import torch
 
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, parse_positions
@@ -189,16 +190,58 @@ def get_tokenizer(spec: str):
     return zoo.load_tokenizer(spec)
 
 
-def get_model(spec: str):
-    """Load (once per process) the model a search runs on."""
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")  # the frozen model's dtype (interventions stay fp32)
+
+
+def check_placement(device: str, dtype: str) -> None:
+    """Refuse a device or dtype the search cannot place the frozen model on."""
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def get_model(spec: str, device: str = "cpu", dtype: str = "float32"):
+    """Load (once per process, device and dtype) the frozen model a search runs on.
+
+    ``device="auto"`` is resolved where the model loads (a Ray worker picks its own GPU or CPU).
+    An in-memory module is copied, not moved, when it must go elsewhere.
+    """
+    import copy
+
+    from roadinterp import zoo
+
+    check_placement(device, dtype)
     if spec.startswith(MODULE_PREFIX) and spec not in _MODELS:
         raise ConfigError(f"model {spec!r} was an in-memory nn.Module of another process; pass the module "
                           "again (ri.search(model=module)) or save it (save_pretrained) and pass its directory")
-    if spec not in _MODELS:
-        from roadinterp import zoo
+    dev = str(zoo._resolve_device(device))
+    key = spec if (dev, dtype) == ("cpu", "float32") else f"{spec}@{dev}:{dtype}"
+    if key not in _MODELS:
+        if spec in _MODELS:  # an in-memory module (or the float32 copy): placed copy
+            p = next(_MODELS[spec].parameters())
+            same = (str(p.device), p.dtype) == (dev, getattr(torch, dtype))
+            _MODELS[key] = _MODELS[spec] if same else copy.deepcopy(_MODELS[spec]).to(dev, getattr(torch, dtype))
+        else:
+            _MODELS[key] = zoo.load_model(spec, device=dev).to(getattr(torch, dtype))
+    return _MODELS[key]
 
-        _MODELS[spec] = zoo.load_model(spec, device="cpu")
-    return _MODELS[spec]
+
+def place(batch, model):
+    """``batch`` with every tensor on the model's device and float inputs in its dtype."""
+    p = next(model.parameters())
+
+    def move(t):
+        return t.to(p.device, p.dtype) if t.is_floating_point() else t.to(p.device)
+
+    def inputs(d):
+        return {k: move(v) for k, v in d.items()}
+
+    if p.device.type == "cpu" and p.dtype == torch.float32:
+        return batch
+    return replace(batch, base=inputs(batch.base), sources=[inputs(s) for s in batch.sources],
+                   intervened=batch.intervened.to(p.device), labels=batch.labels.to(p.device),
+                   base_labels=batch.base_labels.to(p.device))
 
 
 _BOUND: dict[tuple[str, str], Any] = {}
@@ -221,12 +264,12 @@ def get_bound_task(task_name: str, spec: str):
     return _BOUND[key]
 
 
-def resolve(config: SearchConfig):
+def resolve(config: SearchConfig, device: str = "cpu", dtype: str = "float32"):
     """(task, model_spec, model, cells); validates every cell before any training."""
     from roadinterp.tasks import get_task
 
     spec = config.model or default_model(get_task(config.task).name)
-    model = get_model(spec)
+    model = get_model(spec, device, dtype)
     task = get_bound_task(config.task, spec)
     layers = config.layers if config.layers is not None else list(range(n_layers(model)))
     cells = [
@@ -250,13 +293,14 @@ def resolve(config: SearchConfig):
 RANDOM_MODEL_SEED = 10_000
 
 
-def get_random_model(spec: str):
+def get_random_model(spec: str, device: str = "cpu", dtype: str = "float32"):
     """The random-init control: one freshly initialised copy of the model per search
     (seed ``RANDOM_MODEL_SEED``), so a cell's seeds differ only in DII init and data, as
     in the main run, and can share a batched forward."""
-    key = f"{spec}#random{RANDOM_MODEL_SEED}"
+    model = get_model(spec, device, dtype)
+    key = f"{spec}#random{RANDOM_MODEL_SEED}" + ("" if model is _MODELS.get(spec) else f"@{model.device}:{dtype}")
     if key not in _MODELS:
-        _MODELS[key] = randomized_copy(get_model(spec), seed=RANDOM_MODEL_SEED)
+        _MODELS[key] = randomized_copy(model, seed=RANDOM_MODEL_SEED)
     return _MODELS[key]
 
 
@@ -270,7 +314,8 @@ def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched
 
 
 def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: str, save_dir: str | None = None,
-              batched: bool = False, engine: str = "auto", task_obj=None) -> list[dict[str, Any]]:
+              batched: bool = False, engine: str = "auto", task_obj=None, device: str = "cpu",
+              dtype: str = "float32") -> list[dict[str, Any]]:
     """Train and score cells that differ only in seed (and their controls); one row each.
 
     Safe to run in any process. With ``batched`` the seeds of the RoAd families share
@@ -289,13 +334,13 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
         if config.task not in {t.name for t in list_tasks()}:
             register_task(task_obj)
     task = get_bound_task(config.task, model_spec)
-    model = get_model(model_spec)
+    model = get_model(model_spec, device, dtype)
     site = cells[0].site
     if any(c.site != site or (c.family, c.size) != (cells[0].family, cells[0].size) for c in cells):
         raise ConfigError("run_cells needs cells that differ only in seed")
     t0 = time.perf_counter()
     configs = [config.dii(c.family, c.size, c.seed) for c in cells]
-    data = [make_data(task, d) for d in configs]
+    data = [tuple(place(b, model) for b in make_data(task, d)) for d in configs]
     mains = _train_many(model, task, site, configs, data, batched, engine)
     rows = []
     for cell, main, (_, test) in zip(cells, mains, data):
@@ -306,7 +351,7 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
         if save_dir is not None:
             save_learned(save_dir, cell.slug, main)
     if config.controls:
-        rnd = _train_many(get_random_model(model_spec), task, site, configs, data, batched, engine)
+        rnd = _train_many(get_random_model(model_spec, device, dtype), task, site, configs, data, batched, engine)
         for cell, row, r in zip(cells, rows, rnd):
             row["iia_random_model"] = r.iia
             if save_dir is not None:
@@ -314,7 +359,7 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
         if task.rivals:
             rival = next(iter(task.rivals))
             rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
-            rdata = [make_data(task, d) for d in rconfigs]
+            rdata = [tuple(place(b, model) for b in make_data(task, d)) for d in rconfigs]
             rivals = _train_many(model, task, site, rconfigs, rdata, batched, engine)
             for row, r, (_, rtest) in zip(rows, rivals, rdata):
                 row["iia_rival"], row["rival"], row["iia_rival_null"] = r.iia, rival, null_iia(rtest)
@@ -435,10 +480,10 @@ def shippable_task(name: str):
 
 
 def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False,
-               engine="auto", task_obj=None):
+               engine="auto", task_obj=None, placement=("cpu", "float32")):
     if workers <= 1 or len(groups) <= 1:
         for group in groups:
-            for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched, engine)):
+            for cell, row in zip(group, run_cells(config_json, group, spec, save_dir, batched, engine, None, *placement)):
                 on_row(cell, row)
         return
     import multiprocessing as mp
@@ -447,7 +492,7 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
     # spawn: workers start clean (no forked torch threads); each loads the cached model once
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine, task_obj): g
+        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine, task_obj, *placement): g
                    for g in groups}
         try:
             while futures:
@@ -462,7 +507,7 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
 
 
 def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False,
-             engine="auto", task_obj=None):
+             engine="auto", task_obj=None, placement=("cpu", "float32")):
     try:
         import ray
     except ImportError:
@@ -474,7 +519,7 @@ def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, bat
         started = True
     try:
         remote = ray.remote(num_cpus=1)(run_cells)
-        pending = {remote.remote(config_json, g, spec, save_dir, batched, engine, task_obj): g for g in groups}
+        pending = {remote.remote(config_json, g, spec, save_dir, batched, engine, task_obj, *placement): g for g in groups}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -492,17 +537,20 @@ def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, bat
 def search(
     config: SearchConfig | None = None, *, out: str | None = None, resume: bool = False,
     overwrite: bool = False, executor: str = "local", ray_address: str | None = None, workers: int = 1,
-    batched: bool = False, engine: str = "auto", on_cell: Callable[[Cell, dict, int, int], None] | None = None,
-    tokenizer=None, **overrides,
+    batched: bool = False, engine: str = "auto", device: str = "auto", dtype: str = "float32",
+    on_cell: Callable[[Cell, dict, int, int], None] | None = None, tokenizer=None, **overrides,
 ) -> pd.DataFrame:
     """Run a search; return one row per cell. With ``out``, results are stored crash-safely.
 
     ``overrides`` are SearchConfig fields: ``search(task="hierarchical-equality", families=["das"])``.
     ``batched`` trains the seeds of each RoAd-family cell in one batched forward; ``workers``
     runs units of work in parallel processes (local executor); ``engine`` picks how DII steps
-    run (``auto``: :mod:`roadinterp.dii.replay` where it is exact, pyvene elsewhere; ``pyvene``:
-    always the reference path). It is not part of the run's config: per-step outputs agree to
-    float error (long runs can still differ where seeds are unstable; docs/performance.md#replay).
+    run (``auto``: :mod:`roadinterp.dii.kvreplay` on causal LMs, :mod:`roadinterp.dii.replay`
+    elsewhere, where each is exact, pyvene otherwise; ``pyvene``: always the reference path).
+    ``device`` (``auto``: a GPU when there is one) and ``dtype`` place the frozen model in every
+    worker; the interventions train in fp32 either way. None of these is part of the run's
+    config: per-step outputs agree to float error in float32 (long runs can still differ where
+    seeds are unstable; docs/performance.md#replay), to bf16 rounding in bfloat16.
 
     ``model`` may be a spec (``zoo:NAME``, a directory, a ``.gguf`` file, a hub id) or an
     ``nn.Module`` (with ``tokenizer=`` for prompt tasks; it runs in this process only).
@@ -522,7 +570,8 @@ def search(
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    task, spec, model, cells = resolve(config)
+    check_placement(device, dtype)
+    task, spec, model, cells = resolve(config, device, dtype)
     config_json = config.to_json()
     config_json["model"] = spec
     store = RunStore(out, config_json, resume=resume, overwrite=overwrite) if out else None
@@ -550,10 +599,10 @@ def search(
     try:
         if executor == "local":
             _run_local(config_json, group_cells(todo, batched), spec, on_row, workers, out, batched, engine,
-                       task_obj)
+                       task_obj, (device, dtype))
         else:
             _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched, engine,
-                     task_obj)
+                     task_obj, (device, dtype))
     finally:
         if store:
             store.close()

@@ -11,14 +11,14 @@ import pytest
 import torch
 from conftest import tiny_model
 
-import roadinterp.kvreplay as kv
+import roadinterp.dii.kvreplay as kv
+from roadinterp.dii.replay import make_runner
+from roadinterp.dii.train import train_dii
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family
-from roadinterp.replay import make_runner
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import CounterfactualBatch
-from roadinterp.train import train_dii
 
 ARCHS = ["gpt2", "llama", "qwen2"]
 SITES = [
@@ -171,7 +171,7 @@ def test_a_full_table_is_cleared_and_old_runners_refuse():
         r_a, (h_a,) = make_runner(model, Site(0), task, built.interventions, built.coords, shared=True, datasets=[a])
         per_row = r_a.table.per_row_bytes()
         kv.DEFAULT_MAX_BYTES = per_row * (r_a.table.rows + 4)  # room for 4 more inputs only
-        import roadinterp.kvreplay as kvm
+        import roadinterp.dii.kvreplay as kvm
 
         runner = kvm.KVReplayRunner(model, Site(0), task, built.interventions, built.coords,
                                     max_bytes=kv.DEFAULT_MAX_BYTES)
@@ -208,7 +208,7 @@ def test_train_dii_with_kv_matches_pyvene():
 
 
 def test_batched_seeds_run_on_the_kv_engine():
-    from roadinterp.batched import train_dii_batched
+    from roadinterp.dii.batched import train_dii_batched
 
     model, task = tiny_model("gpt2"), get_task("interval")
     configs = [{"family": "butterfly", "size": 4, "n_train": 128, "n_test": 64, "epochs": 1, "batch_size": 32, "seed": s}

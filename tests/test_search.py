@@ -204,6 +204,8 @@ BAD = [
     (["--layers", "a"], "--layers must be comma-separated integers"),
     (["--seeds", "0"], "seeds must be a positive int"),
     (["--executor", "spark"], "executor must be one of"),
+    (["--device", "tpu"], "device must be auto, cpu or cuda"),
+    (["--dtype", "int8"], "dtype must be one of"),
 ]
 
 
@@ -244,3 +246,14 @@ def test_batched_search_matches_one_cell_at_a_time(tmp_path):
     assert list(a["key"]) == list(b["key"]) if "key" in a else True
     for col in ("iia", "iia_random_model", "iia_rival"):
         assert (a[col] - b[col]).abs().max() <= 0.02, (col, a[col].tolist(), b[col].tolist())
+
+
+def test_dtype_places_the_frozen_model_and_results_follow_float32():
+    from roadinterp.search import _MODELS
+
+    cfg = {**SMALL_CFG, "families": ["road"], "layers": [1]}  # inputs_embeds: cast to the model's dtype
+    ref = search(**cfg)
+    half = search(device="cpu", dtype="bfloat16", **cfg)
+    assert any(k.endswith("@cpu:bfloat16") and next(m.parameters()).dtype == torch.bfloat16
+               for k, m in _MODELS.items())
+    assert (ref["iia"] - half["iia"]).abs().max() <= 0.05  # bf16 rounding of the frozen MLP only

@@ -31,14 +31,15 @@ unsupported or the check fails, and says why in ``runner.reason``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
+from pyvene.models.modeling_utils import do_intervention, get_module_hook
 
 from roadinterp._pyvene import pv  # first: imports pyvene quietly
-from pyvene.models.modeling_utils import do_intervention, get_module_hook  # noqa: E402 (after _pyvene)
 from roadinterp.errors import ConfigError, RoadinterpError
 from roadinterp.interventions import attach_dii, run_dii
 from roadinterp.sites import Site, n_layers, sequence_length
@@ -48,7 +49,7 @@ REPLAY_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
 CONTENT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds")
 DEFAULT_MAX_BYTES = 1 << 30  # state table budget (1 GiB); larger runs use pyvene
 Engine = Literal["auto", "kv", "kv-bf16", "replay", "pyvene"]
-ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.kvreplay
+ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.dii.kvreplay
 
 
 class _Stop(Exception):
@@ -490,7 +491,7 @@ def make_runner(model, site: Site, task, interventions: Sequence, coords, *, sha
                 datasets: Sequence[CounterfactualBatch], engine: Engine = "auto"):
     """A DII runner for ``datasets`` and the prepared handle of each, in order.
 
-    ``engine="auto"`` uses :class:`roadinterp.kvreplay.KVReplayRunner` on causal LMs
+    ``engine="auto"`` uses :class:`roadinterp.dii.kvreplay.KVReplayRunner` on causal LMs
     (only the intervened positions run, on cached keys/values), else :class:`ReplayRunner`
     when the site and inputs allow it, each only once its check against plain forwards
     passes, else :class:`PyveneRunner` (``runner.reason`` says why); ``"kv"``,
@@ -502,7 +503,7 @@ def make_runner(model, site: Site, task, interventions: Sequence, coords, *, sha
     named = task.positions
     reason = ""
     if engine in ("auto", "kv", "kv-bf16"):
-        from roadinterp.kvreplay import make_kv_runner
+        from roadinterp.dii.kvreplay import make_kv_runner
 
         try:
             return make_kv_runner(model, site, task, interventions, coords, datasets=datasets,

@@ -9,7 +9,7 @@ layers after the site, attending to the clean run's cached keys/values of positi
 ``< p0``. And the task reads a few answer logits, not the whole vocabulary.
 
 :class:`CleanRuns` holds, per distinct input (deduplicated as in
-:mod:`roadinterp.replay`), one clean forward's
+:mod:`roadinterp.dii.replay`), one clean forward's
 
 * keys/values of positions ``< p0`` at *every* layer (``[m, kv_heads, p0, head_dim]``
   per layer and K/V; fp32, or bf16 with engine ``kv-bf16``),
@@ -26,7 +26,7 @@ is ``2 x layers x kv_heads x head_dim x p0`` cache elements: SmolLM2-135M (30 la
 71 kB of residuals at one tail position.
 
 A step (:class:`KVReplayRunner`) gathers base and source residuals at the site,
-applies the interventions (:func:`roadinterp.replay.interchange`, what the replay
+applies the interventions (:func:`roadinterp.dii.replay.interchange`, what the replay
 engine does), runs the model's own decoder layers after the site on ``[N, T, d]`` with a
 small cache object that hands each attention its row's cached prefix, then the final
 norm and the rows of the unembedding the task reads (``task.answer_ids``). The output's
@@ -40,12 +40,13 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from roadinterp.dii.replay import ReplayRows, interchange
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, sequence_length
 
@@ -246,7 +247,7 @@ class CleanRuns:
 
     def add(self, inputs: Mapping[str, torch.Tensor], *, max_bytes: int) -> torch.Tensor:
         """Row ids of ``inputs``, running the clean forward of inputs not seen yet.  # [n]"""
-        from roadinterp.replay import _match, _row_hash
+        from roadinterp.dii.replay import _match, _row_hash
 
         keys = sorted(inputs)
         n = next(iter(inputs.values())).shape[0]
@@ -392,16 +393,6 @@ def unsupported_reason(model, site: Site, inputs: Mapping[str, torch.Tensor] | N
     return None
 
 
-@dataclass(frozen=True)
-class KVRows:
-    """One dataset in a clean-run table: the table row of each base and source input."""
-
-    rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
-
-    def __len__(self) -> int:
-        return int(self.rows.shape[0])
-
-
 class KVReplayRunner:
     """DII through :class:`CleanRuns`: look up residuals, intervene, run the tail only."""
 
@@ -427,13 +418,13 @@ class KVReplayRunner:
     def _positions(self, seq: int) -> list[int]:
         return self.site.position_indices(seq, self.named_positions)
 
-    def prepare(self, data) -> KVRows:
+    def prepare(self, data) -> ReplayRows:
         return self.prepare_all([data])[0]
 
-    def concat(self, handles: Sequence[KVRows]) -> KVRows:
-        return KVRows(torch.cat([h.rows for h in handles]))
+    def concat(self, handles: Sequence[ReplayRows]) -> ReplayRows:
+        return ReplayRows(torch.cat([h.rows for h in handles]))
 
-    def prepare_all(self, datasets) -> list[KVRows]:
+    def prepare_all(self, datasets) -> list[ReplayRows]:
         """Table rows of every base and source input of ``datasets`` (one pass over all of them)."""
         parts: list[Mapping[str, torch.Tensor]] = []
         seqs = set()
@@ -461,12 +452,10 @@ class KVReplayRunner:
         ids = self.table.add({k: torch.cat([p[k] for p in parts]) for k in keys}, max_bytes=self.max_bytes)
         self._generation = self.table.generation
         chunks = iter(ids.split([len(next(iter(p.values()))) for p in parts]))
-        return [KVRows(torch.stack([next(chunks) for _ in range(1 + len(d.sources))], 1)) for d in datasets]
+        return [ReplayRows(torch.stack([next(chunks) for _ in range(1 + len(d.sources))], 1)) for d in datasets]
 
-    def __call__(self, parts: Sequence[tuple[KVRows, torch.Tensor]]):
+    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
         from transformers.modeling_outputs import CausalLMOutput
-
-        from roadinterp.replay import interchange
 
         table = self.table
         if table is None or table.generation != self._generation:

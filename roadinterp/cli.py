@@ -322,12 +322,13 @@ def compose_cmd(
 
 
 # --------------------------------------------------------------------- bench
-BENCHES = {"batching": "benchmarks.bench_batching", "dii": "benchmarks.bench_dii", "search": "benchmarks.bench_search"}
+BENCHES = {"batching": "benchmarks.bench_batching", "dii": "benchmarks.bench_dii", "lm": "benchmarks.bench_lm",
+           "search": "benchmarks.bench_search"}
 
 
 @app.command("bench")
 def bench_cmd(
-    name: str = typer.Argument(..., help="batching, dii or search."),
+    name: str = typer.Argument(..., help="batching, dii, lm or search."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds; for smoke tests)."),
 ) -> None:

@@ -30,10 +30,10 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from roadinterp.errors import ConfigError
-from roadinterp.sites import Site, n_layers, parse_positions
 from roadinterp.dii.replay import ENGINES
 from roadinterp.dii.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
+from roadinterp.errors import ConfigError
+from roadinterp.sites import Site, n_layers, parse_positions
 from roadinterp.store import RunStore, cell_slug, rows_to_frame, saved_path
 
 EXECUTORS = ("local", "ray")

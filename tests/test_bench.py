@@ -41,3 +41,17 @@ def test_bench_search_quick_returns_its_keys(tmp_path):
         assert set(ks["ratio"]) == {"K=1", "K=2"} and ks["fit"]["points"] == 2
     g = out["grid"]
     assert g["cells"] == [3, 6] and all(len(v) == 2 and min(v) > 0 for v in g["seconds"].values())
+
+
+@pytest.mark.slow
+def test_bench_lm_quick_returns_its_keys():
+    from benchmarks.bench_lm import run
+
+    out = run(quick=True)
+    json.dumps(out)  # what `roadinterp bench lm --json` prints
+    assert out["benchmark"] == "lm" and out["quick"] is True and out["engine"] == "kv" and out["device"] == "cpu"
+    assert out["cells"] == {"scan": 4, "naive": 1, "layers": 2}
+    assert out["ratios"]["scan_vs_naive"] > 0 and out["seconds"]["scan"] > 0 and out["peak_rss_gb"] > 0
+    assert out["ratios"]["iia_gap"] <= 0.02  # fp32 on both arms in the quick setting: the same IIA
+    assert set(out["step_ms"]) == {"butterfly", "das"}
+    assert all(r["kv"] > 0 and r["pyvene"] > 0 for r in out["step_ms"].values())

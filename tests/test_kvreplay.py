@@ -112,11 +112,16 @@ def test_every_family_equals_pyvene_on_padded_prompts(family, arch):
     _compare(model, site, AnswerTask(), family, data)
 
 
-def test_right_padding_and_multi_position_sites_equal_pyvene():
+def test_multi_position_sites_on_padded_prompts_equal_pyvene_and_right_padding_is_refused():
     model = tiny_model("llama")
-    data = token_batch(20, 8, 1, padded="right", seed=2)
+    data = token_batch(20, 8, 1, padded="left", seed=2)
     for site in (Site(0, "block_output", (3, 6)), Site(1, "block_input", "all")):
         _compare(model, site, AnswerTask(), "das", data)
+    right = token_batch(8, 8, 1, padded="right", seed=2)
+    built = get_family("neuron").build(32, [4], seed=0)
+    with pytest.raises(ConfigError, match="right-padded"):
+        make_runner(model, Site(0), AnswerTask(), built.interventions, built.coords, shared=True, datasets=[right],
+                    engine="kv")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -218,3 +223,21 @@ def test_batched_seeds_run_on_the_kv_engine():
     assert {r.engine for r in batched} == {"kv"}
     for a, b in zip(batched, one):
         assert abs(a.iia - b.iia) <= 0.02
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_ioi_padded_prompts_with_position_ids_equal_pyvene(arch):
+    """The IOI task's left-padded prompts (attention_mask + position_ids per row) on its own tokenizer."""
+    from conftest import word_tokenizer
+    from test_prompt_tasks import tiny_lm
+
+    tok = word_tokenizer(get_task("ioi"))
+    model, task = tiny_lm(arch, len(tok)), get_task("ioi").bind(tokenizer=tok)
+    data = task.counterfactuals(24, split="train", seed=0)
+    assert (data.base["attention_mask"] == 0).any() and "position_ids" in data.base
+    for site in (Site(0, "block_output", "last"), Site(1, "block_input", "last")):
+        _compare(model, site, task, "butterfly", data)
+    built = get_family("butterfly").build(32, [4, 4], seed=0)
+    runner, _ = make_runner(model, Site(0, "block_output", "io"), task, built.interventions, built.coords,
+                            shared=True, datasets=[data])
+    assert runner.engine == "pyvene" and "differs per row" in runner.reason

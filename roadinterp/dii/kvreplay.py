@@ -48,7 +48,7 @@ import torch
 
 from roadinterp.dii.replay import ReplayRows, interchange
 from roadinterp.errors import ConfigError
-from roadinterp.sites import Site, sequence_length
+from roadinterp.sites import Site, check_left_padded, sequence_length
 
 KV_ENGINES: dict[str, torch.dtype] = {"kv": torch.float32, "kv-bf16": torch.bfloat16}
 KV_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
@@ -429,6 +429,8 @@ class KVReplayRunner:
         parts: list[Mapping[str, torch.Tensor]] = []
         seqs = set()
         for data in datasets:
+            for inputs in (data.base, *data.sources):
+                check_left_padded(inputs)  # a SiteError: "last" must be every row's last token
             if len(data.sources) != len(self.interventions):
                 raise ConfigError(f"{len(data.sources)} sources for {len(self.interventions)} interventions")
             seqs.add(sequence_length(data.base))
@@ -501,6 +503,9 @@ class KVReplayRunner:
 def make_kv_runner(model, site: Site, task, interventions, coords, *, datasets, engine: str = "kv"):
     """A verified :class:`KVReplayRunner` and its handles, or raise ConfigError saying why not."""
     reason = unsupported_reason(model, site, datasets[0].base)
+    rows = getattr(datasets[0], "positions", None) or {}
+    if not reason and isinstance(site.positions, str) and site.positions in rows:
+        reason = f"position {site.positions!r} differs per row (the tail starts at one position for every row)"
     if reason:
         raise ConfigError(reason)
     runner = KVReplayRunner(model, site, task, interventions, coords, engine=engine)

@@ -1,0 +1,160 @@
+"""``roadinterp bench lm``: a full-depth site scan of SmolLM2-135M on IOI, KV engine vs the previous one.
+
+The scan: every layer of ``zoo:smollm2-135m`` (30) at ``block_output`` / last token,
+family butterfly, 3 seeds, with controls (random-init model, rival hypothesis), batched
+seeds, through :func:`roadinterp.search.search` as a user runs it, with the KV engine
+(``engine="auto"``, :mod:`roadinterp.dii.kvreplay`) and the frozen model in ``DTYPE``.
+
+The naive arm is the previous engine: ``auto`` before the KV engine meant pyvene on
+IOI's left-padded prompts (replay refuses per-row attention masks), every step running
+base and sources through the whole model and the 49,152-way unembedding at every
+position. It costs minutes per cell here, so it runs only the cells of ``naive_layers``
+/ ``naive_seeds`` (same settings, fp32) and the whole naive scan is **extrapolated** per
+cell: ``ratios.scan_vs_naive`` = mean naive seconds per cell / mean KV seconds per cell
+(the KV scan's whole wall time / its cells, table building included). ``ratios.iia_gap``
+is the largest |IIA difference| between the two arms over the cells both ran (main,
+random-model and rival IIA). ``step_ms``: one forward+backward at batch 32 at layer 15
+per family by the KV engine, and by pyvene for butterfly (pyvene's das/lowrank take minutes
+per step on this machine).
+``peak_rss_gb`` is this process's peak resident memory after the KV scan (before the
+naive arm runs). ``--quick``: the 2-layer ``zoo:interval-llama`` on the interval task.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import torch
+
+from benchmarks.common import machine, main, ratio
+from roadinterp.interventions import get_family
+from roadinterp.sites import Site, n_layers
+
+FULL = dict(model="zoo:smollm2-135m", task="ioi", dtype="bfloat16", seeds=3, n_train=128, n_test=64, epochs=2,
+            batch_size=32, size=8, naive_layers=[15], naive_seeds=1, step_layer=15, step_batch=32,
+            step_families=["butterfly", "road", "neuron", "das", "lowrank"], naive_step_families=["butterfly"], reps=3)
+QUICK = dict(model="zoo:interval-llama", task="interval", dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
+             batch_size=32, size=4, naive_layers=[1], naive_seeds=1, step_layer=1, step_batch=8,
+             step_families=["butterfly", "das"], naive_step_families=["butterfly", "das"], reps=1)
+
+
+def _progress(phase: str, **data) -> None:
+    """One JSON line on stderr per finished phase or cell (a long run can be followed, or cut short)."""
+    print(json.dumps({"t": round(time.time(), 1), "phase": phase, **data}, default=str), file=sys.stderr, flush=True)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _scan(cfg: dict, layers, seeds: int, engine: str, dtype: str):
+    from roadinterp.search import search
+
+    t0 = time.perf_counter()
+
+    def on_cell(cell, row, done, total):
+        _progress(f"cell/{engine}", layer=cell.layer, seed=cell.seed, done=done, total=total, iia=row["iia"],
+                  iia_random_model=row.get("iia_random_model"), iia_rival=row.get("iia_rival"),
+                  elapsed=round(time.perf_counter() - t0, 1))
+
+    table = search(task=cfg["task"], model=cfg["model"], layers=list(layers), positions=["last"],
+                   families=["butterfly"], sizes=[cfg["size"]], seeds=seeds, controls=True, n_train=cfg["n_train"],
+                   n_test=cfg["n_test"], epochs=cfg["epochs"], batch_size=cfg["batch_size"], batched=True,
+                   engine=engine, device="cpu", dtype=dtype, on_cell=on_cell)
+    return table, time.perf_counter() - t0
+
+
+def _steps(cfg: dict) -> dict:
+    """Milliseconds of one fwd+bwd DII step per family at ``step_layer``: the KV engine, and pyvene
+    for ``naive_step_families`` (median of ``reps`` after a warm-up)."""
+    from roadinterp.dii.replay import make_runner
+    from roadinterp.search import get_bound_task, get_model
+    from roadinterp.sites import site_width
+
+    model = get_model(cfg["model"], "cpu", "float32")
+    task = get_bound_task(cfg["task"], cfg["model"])
+    data = task.counterfactuals(cfg["step_batch"], split="train", seed=0)
+    site = Site(cfg["step_layer"], "block_output", "last")
+    width = site_width(model, site)
+    out: dict = {}
+    for fam in cfg["step_families"]:
+        row = {}
+        for engine in ("kv", "pyvene") if fam in cfg["naive_step_families"] else ("kv",):
+            built = get_family(fam).build(width, [cfg["size"]] * len(data.sources), seed=0)
+            runner, (h,) = make_runner(model, site, task, built.interventions, built.coords, shared=built.shared,
+                                       datasets=[data], engine=engine)
+            params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters()
+                      if p.requires_grad]
+            idx = torch.arange(len(data))
+            times = []
+            for _ in range(cfg["reps"] + 1):  # the first is a warm-up
+                t0 = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(task.logits(runner([(h, idx)])).float(), data.labels)
+                if params:
+                    loss.backward()
+                times.append(time.perf_counter() - t0)
+            row[engine] = 1000 * sorted(times[1:])[len(times[1:]) // 2]
+        if "pyvene" in row:
+            row["ratio"] = ratio(row["pyvene"], row["kv"])
+        out[fam] = row
+        _progress("step", family=fam, **row)
+    built = get_family("butterfly").build(width, [cfg["size"]] * len(data.sources), seed=0)
+    runner, _ = make_runner(model, site, task, built.interventions, built.coords, shared=True, datasets=[data])
+    out["_auto_picks"] = runner.engine  # what the scan's engine="auto" ran
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    """The scan by the KV engine, the naive arm on a subset, the gaps, the step costs."""
+    cfg = QUICK if quick else FULL
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(cfg, quick)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(cfg: dict, quick: bool) -> dict:
+    from roadinterp.search import get_bound_task, get_model
+
+    layers = list(range(n_layers(get_model(cfg["model"], "cpu", cfg["dtype"]))))
+    get_bound_task(cfg["task"], cfg["model"])  # untimed: binding filters the prompts once (cached on disk)
+    fast, fast_s = _scan(cfg, layers, cfg["seeds"], "auto", cfg["dtype"])
+    peak = _peak_rss_gb()
+    _progress("scan", seconds=fast_s, cells=len(fast), peak_rss_gb=peak)
+    steps = _steps(cfg)
+    naive, naive_s = _scan(cfg, cfg["naive_layers"], cfg["naive_seeds"], "pyvene", "float32")
+    keys = ["layer", "seed"]
+    both = fast.merge(naive, on=keys, suffixes=("_kv", "_naive"))
+    gaps = {c: float((both[f"{c}_kv"] - both[f"{c}_naive"]).abs().max())
+            for c in ("iia", "iia_random_model", "iia_rival") if f"{c}_kv" in both}
+    kv_cell = fast_s / len(fast)
+    naive_cell = naive_s / len(naive)
+    per_layer = fast.groupby("layer").agg(iia=("iia", "mean"), iia_random_model=("iia_random_model", "mean"),
+                                          iia_rival=("iia_rival", "mean"), iia_null=("iia_null", "mean"))
+    best = int(per_layer["iia"].idxmax())
+    return {
+        "benchmark": "lm", "quick": quick, "config": dict(cfg), "device": "cpu",
+        "engine": steps.pop("_auto_picks"),
+        "seconds": {"scan": fast_s, "naive_subset": naive_s, "kv_per_cell": kv_cell, "naive_per_cell": naive_cell,
+                    "naive_scan_extrapolated": naive_cell * len(fast)},
+        "cells": {"scan": len(fast), "naive": len(naive), "layers": len(layers)},
+        "naive_arm": (f"engine=pyvene, float32, layers {cfg['naive_layers']}, {cfg['naive_seeds']} seed(s), same "
+                      "settings; the full naive scan is extrapolated per cell"),
+        "ratios": {"scan_vs_naive": ratio(naive_cell, kv_cell), "iia_gap": max(gaps.values()) if gaps else None},
+        "iia_gaps": gaps,
+        "peak_rss_gb": peak,
+        "step_ms": steps,
+        "per_layer": {int(k): {c: float(v) for c, v in r.items()} for k, r in per_layer.iterrows()},
+        "best_layer": best,
+        "targets": {"seconds.scan": "<= 900", "scan_vs_naive": ">= 10", "iia_gap": "<= 0.02", "peak_rss_gb": "< 4"},
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_lm [--quick]
+    main(run)

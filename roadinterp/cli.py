@@ -303,22 +303,87 @@ def compose_cmd(
     from roadinterp.adapters.compose import compose
 
     loaded = {Path(a).name: io.load(a) for a in adapters}
-    w = None
-    if weights:
-        w = {}
-        for part in weights.split(","):
-            name, _, val = part.partition("=")
-            try:
-                w[name.strip()] = float(val)
-            except ValueError:
-                raise fail(f"--weights must look like name=1.0,other=0.5, got {weights!r}") from None
-        unknown_names = sorted(set(w) - set(loaded))
-        if unknown_names:
-            raise fail(f"--weights names {unknown_names} are not among the adapters {sorted(loaded)}")
-    composed = compose(loaded, weights=w, resolve=resolve)
+    composed = compose(loaded, weights=_weights(weights, loaded), resolve=resolve)
     io.save(composed, out)
     owners = composed.meta.get("owners", {})
     typer.echo(f"saved {out}: " + ", ".join(f"{k} owns {len(v)} blocks" for k, v in owners.items()))
+
+
+def _weights(text: str | None, names) -> dict[str, float] | None:
+    """'op=1,format=0.5' -> {"op": 1.0, "format": 0.5}; every name must be an adapter's."""
+    if not text:
+        return None
+    w = {}
+    for part in text.split(","):
+        name, _, val = part.partition("=")
+        try:
+            w[name.strip()] = float(val)
+        except ValueError:
+            raise fail(f"--weights must look like name=1.0,other=0.5, got {text!r}") from None
+    unknown_names = sorted(set(w) - set(names))
+    if unknown_names:
+        raise fail(f"--weights names {unknown_names} are not among the adapters {sorted(names)}")
+    return w
+
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME or a local HF directory with a tokenizer."),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt (repeat for a batch)."),
+    adapter: list[str] = typer.Option(None, "--adapter", "-a",
+                                      help="Saved RoAd adapter directory (repeat; names = directory names)."),
+    weights: str = typer.Option(None, "--weights", help="Per-adapter lambda in the composition, e.g. upper=1,frame=0.5."),
+    compare: bool = typer.Option(False, "--compare",
+                                 help="Also generate with the base model and each adapter alone (one mixed batch)."),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Greedy tokens to generate."),
+    template: str = typer.Option("chatml", "--template", help="chatml (SmolLM2's chat turn, no system prompt) or raw."),
+) -> None:
+    """Generate with adapters composed (weights = lambda per adapter); --compare adds base and each alone.
+
+    Every (prompt, condition) pair is one row of a single mixed batch (roadinterp.serve):
+    each row is routed to its own adapter.
+    """
+    from pathlib import Path
+
+    from roadinterp import io
+    from roadinterp.adapters import serve
+    from roadinterp.adapters.compose import compose
+    from roadinterp.chat_behaviours import chat_prompt
+    from roadinterp.errors import ConfigError
+    from roadinterp.search import get_model
+    from roadinterp.zoo import load_tokenizer
+
+    if template not in ("chatml", "raw"):
+        raise ConfigError(f"--template must be chatml or raw, got {template!r}")
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    loaded = {}
+    for a in adapter or []:
+        name = Path(a).name
+        if name in loaded:
+            raise ConfigError(f"two adapters are named {name!r} (the directory name); rename one directory")
+        loaded[name] = io.load(a)
+    w = _weights(weights, loaded)
+    if w and not loaded:
+        raise fail("--weights needs at least one --adapter")
+    bank = {}
+    if loaded:
+        label = "+".join(f"{n}*{w[n]:g}" if w and n in w else n for n in loaded)
+        bank[label] = compose(loaded, weights=w) if len(loaded) > 1 or w else next(iter(loaded.values()))
+        if compare:
+            bank.update({n: a for n, a in loaded.items() if n != label})
+    conditions = (["base"] if compare or not loaded else []) + list(bank)
+    m = get_model(model)
+    tok = load_tokenizer(model)
+    texts = [chat_prompt(p) if template == "chatml" else p for p in prompt]
+    rows = [(c, i) for i in range(len(prompt)) for c in conditions]
+    ids = [tok(texts[i], add_special_tokens=False)["input_ids"] for _, i in rows]
+    out = serve.generate(m, ids, adapter_ids=[None if c == "base" else c for c, _ in rows],
+                         adapters=bank or None, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    width = max(map(len, ids))
+    for (c, i), row in zip(rows, out):
+        text = tok.decode(row[width:], skip_special_tokens=True).strip()
+        typer.echo(f"[{c}] {prompt[i]!r} -> {text!r}")
 
 
 # --------------------------------------------------------------------- bench

@@ -100,31 +100,37 @@ def tiny_llama_lm():
 @pytest.mark.slow
 def test_generate_cli_composes_with_weights(tmp_path):
     """Runs the real SmolLM2 (installed by `make lm`, like tests/test_pretrained.py)."""
+    import roadinterp as ri
     from roadinterp import io
     from roadinterp.adapters.adapter import RoadAdapter
+    from roadinterp.zoo import load_tokenizer
+
+    r = subprocess.run([*CLI, "generate", "--model", "zoo:smollm2-135m", "--prompt", "x", "--adapter",
+                        str(tmp_path / "nope"), "--weights", "c=1"], env=ENV, capture_output=True, text=True, check=False)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
 
     key = "24:block_output:all"
+    ads = {}
     for name, blocks, seed in (("a", list(range(144)), 1), ("b", list(range(144, 288)), 2)):
-        ad = RoadAdapter({key: 576}, variant="road_1", group_size=64, blocks=blocks, seed=seed, init="random")
-        io.save(ad, tmp_path / name)
-    prompt = "What is the opposite of hot?"
-
-    def run(*extra):
-        r = subprocess.run([*CLI, "generate", "--model", "zoo:smollm2-135m", "--prompt", prompt,
-                            "--max-new-tokens", "5", *extra], env=ENV, capture_output=True, text=True, cwd=tmp_path, check=False)
-        assert r.returncode == 0, r.stderr
-        return [line for line in r.stdout.splitlines() if line.startswith("[")]
-
-    mixed = run("--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "b"), "--weights", "a=1,b=0",
-                "--compare")
-    by = {line.split("]")[0][1:]: line.split(" -> ", 1)[1] for line in mixed}
-    assert set(by) == {"base", "a*1+b*0", "a", "b"}
-    assert by["a*1+b*0"] == by["a"]  # lambda 0 removes b exactly: the composition is a alone
-    alone = run("--adapter", str(tmp_path / "a"))  # a batch of one, no mixing
-    assert alone[0].split(" -> ", 1)[1] == by["a"]
-    base = run()
-    assert base[0].split(" -> ", 1)[1] == by["base"] != by["b"]
-    r = subprocess.run([*CLI, "generate", "--model", "zoo:smollm2-135m", "--prompt", "x", "--adapter",
-                        str(tmp_path / "a"), "--weights", "c=1"], env=ENV, capture_output=True, text=True, check=False)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and "not among the adapters ['a']" in lines[0], r.stderr
+        ads[name] = RoadAdapter({key: 576}, variant="road_1", group_size=64, blocks=blocks, seed=seed, init="random")
+        io.save(ads[name], tmp_path / name)
+    prompts = ["What is the opposite of hot?", "Name a fruit."]
+    r = subprocess.run([*CLI, "generate", "--model", "zoo:smollm2-135m", "--prompt", prompts[0], "--prompt", prompts[1],
+                        "--max-new-tokens", "5", "--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "b"),
+                        "--weights", "a=1,b=0", "--compare"],
+                       env=ENV, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    got = {(line.split("]")[0][1:], line.split("] ", 1)[1].split(" -> ")[0].strip("'")): line.split(" -> ", 1)[1]
+           for line in rows}
+    assert {c for c, _ in got} == {"base", "a*1+b*0", "a", "b"} and len(got) == 8
+    # independent reference: one prompt at a time, no mixing; lambda 0 removes b, so a*1+b*0 is a alone
+    model, tok = ri.load_model("zoo:smollm2-135m", device="cpu"), load_tokenizer("zoo:smollm2-135m")
+    for p in prompts:
+        for cond, bank in (("base", None), ("a", {"a": ads["a"]}), ("b", {"b": ads["b"]})):
+            ref = cb.generate_texts(model, tok, [p], adapters=bank, adapter_ids=[None if bank is None else cond],
+                                    max_new_tokens=5)[0]
+            want = repr(tok.decode(tok(ref, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip())
+            assert got[(cond, p)] == want, (cond, p, got[(cond, p)], want)
+        assert got[("a*1+b*0", p)] == got[("a", p)] != got[("base", p)]

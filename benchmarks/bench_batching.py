@@ -57,9 +57,11 @@ def _peft_lora(model, names, targets, r):
     return pm.eval()
 
 
-def run(quick: bool = False, threads: int | None = 1) -> dict:
+def run(quick: bool = False, threads: int | None = 1, model: str | None = None, reps: int | None = None) -> dict:
     """Run the benchmark; return throughputs (tokens/s), ratios and the setup.
 
+    ``model`` (e.g. ``"zoo:smollm2-135m"``): the real-LM setting
+    (:mod:`benchmarks.bench_batching_lm`); otherwise the toy Llama (``quick``: tiny).
     ``threads=1`` (default): on a shared 2-core machine two torch threads stall in
     small reductions (see bench_dii), which swamps the per-op costs measured here.
     """
@@ -67,6 +69,10 @@ def run(quick: bool = False, threads: int | None = 1) -> dict:
     if threads:
         torch.set_num_threads(threads)
     try:
+        if model is not None:
+            from benchmarks.bench_batching_lm import run_lm
+
+            return run_lm(model, quick=quick, reps=reps)
         return _run(quick)
     finally:
         torch.set_num_threads(old)

@@ -396,6 +396,8 @@ def bench_cmd(
     name: str = typer.Argument(..., help="batching, dii, lm or search."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds; for smoke tests)."),
+    model: str = typer.Option(None, "--model", help="batching only: a real LM (e.g. zoo:smollm2-135m)."),
+    reps: int = typer.Option(None, "--reps", min=1, help="batching --model only: repetitions (default 3)."),
 ) -> None:
     """Benchmarks measured as ratios against a baseline in the same run (see docs/performance.md)."""
     import importlib
@@ -409,7 +411,12 @@ def bench_cmd(
         mod = importlib.import_module(BENCHES[name])
     except ModuleNotFoundError as e:
         raise fail(f"benchmark {name} is not available ({e}); run from a roadinterp checkout") from None
-    result = mod.run(quick=quick)
+    if (model is not None or reps is not None) and name != "batching":
+        raise fail(f"--model/--reps are options of 'bench batching', not of 'bench {name}'")
+    if reps is not None and model is None:
+        raise fail("--reps sets the repetitions of the real-LM setting; pass --model too")
+    extra = {} if model is None else {"model": model, "reps": reps}
+    result = mod.run(quick=quick, **extra)
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_linear import tiny_gpt2, tiny_llama
 from torch import nn
 
 from roadinterp.adapters import serve
 from roadinterp.adapters.adapter import RoadAdapter
+from roadinterp.adapters.linear import apply_road, linear_targets, merge, road_layers
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import RoadIntervention, attach_sourceless, run_sourceless
-from roadinterp.adapters.linear import apply_road, linear_targets, merge, road_layers
 from roadinterp.sites import Site
-
-from test_linear import tiny_gpt2, tiny_llama
 
 ATOL = 1e-5
 MODELS = [tiny_llama, tiny_gpt2]
@@ -205,3 +204,63 @@ def test_bench_batching_quick_returns_all_ratios():
     }
     assert all(v > 0 for v in res["ratios"].values())
     assert res["checks"]["distinct_equals_peft_road"] and res["checks"]["distinct_equals_sequential"]
+
+
+# ------------------------------------------------------------ the fused tail and the LM bench
+@pytest.mark.parametrize("variant", ["road_1", "road_2", "road_4"])
+@pytest.mark.parametrize("group_size", [2, 8, 64])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_fused_tail_equals_rotation(variant, group_size, kernel, monkeypatch):
+    from roadinterp.road import fused
+    from roadinterp.road import rotation as rot
+
+    if not kernel:
+        monkeypatch.setattr(fused, "_kernel", False)  # the pure-torch fallback
+    d, b = 128, 3
+    g = torch.Generator().manual_seed(group_size)
+    n = rot.n_params(d, variant)
+    c1, c2 = rot.coefficients(torch.randn(b, n, generator=g), 1 + torch.rand(b, n, generator=g), variant, group_size)
+    sign = torch.where((torch.arange(d) % group_size) < group_size // 2, -1.0, 1.0)
+    y = torch.randn(b, 5, d, generator=g)
+    want = rot.apply(y, c1[:, None], c2[:, None], group_size)  # independent: rotate_half_grouped
+    with torch.no_grad():
+        got = fused.rotate_(y.clone(), c1, c2 * sign, group_size)
+        one = fused.rotate_(y.clone(), c1[1], (c2 * sign)[1], group_size)  # one row for every sample
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one, rot.apply(y, c1[1], c2[1], group_size), atol=1e-5, rtol=1e-5)
+
+
+def test_bank_rows_are_gathered_per_batch_without_tables():
+    model, x = tiny_llama(), prompts()
+    bank = linear_bank(model)
+    with serve.route(model, IDS, adapters=bank) as layers:
+        with torch.no_grad():
+            model(x)
+        road = [m for m in layers if hasattr(m, "_tables")]
+        assert road and all(m._tables is None for m in road)  # no [n_adapters + 1, d] tables were built
+        c1, c2s = road[0]._rows
+        assert c1.shape == (len(IDS), road[0].dim)
+        assert torch.equal(c1[1], torch.ones_like(c1[1])) and torch.equal(c2s[1], torch.zeros_like(c2s[1]))  # id -1
+
+
+def test_lm_bench_quick_mixed_equals_per_sample():
+    """The real-LM bench's code path on a tiny Llama: its checks hold and its loop is HF generate's."""
+    from benchmarks.bench_batching_lm import _prompts, greedy, run_lm
+
+    model = tiny_llama()
+    res = run_lm(model, quick=True)
+    assert res["checks"]["distinct_equals_sequential"] and res["checks"]["distinct_equals_peft_road"]
+    assert {"distinct_vs_base", "distinct_vs_base_prefill", "distinct_vs_shared", "distinct_vs_peft_road",
+            "distinct_vs_peft_lora", "distinct_vs_sequential"} <= set(res["ratios"])
+    assert all(v > 0 for v in res["ratios"].values())
+    assert 0 < res["bank"]["fraction_of_model"] and res["bank"]["adapters"] == 50
+
+    # the bench's greedy loop (left padding, position ids from the mask) == serve.generate
+    cfg = {"batch": 4, "min_prompt": 3, "max_prompt": 7}
+    _, ids, mask = _prompts(cfg, 100)
+    bank = linear_bank(model, n=4)
+    want = serve.generate(model, ids, adapter_ids=[0, 1, 2, 3], adapters=bank, attention_mask=mask,
+                          max_new_tokens=4, pad_token_id=0)[:, ids.shape[1]:]
+    with serve.route(model, [0, 1, 2, 3], adapters=bank):
+        _, _, got = greedy(model, ids, mask, 4)
+    assert torch.equal(got, want)

@@ -3,9 +3,11 @@
 ``y = R (W x + b)``: the rotation acts on a Linear's output. :class:`RoadLinear`
 wraps one Linear (or GPT-2's ``Conv1D``) and holds an *adapter bank*: the theta/alpha
 of several adapters stacked ``[n_adapters, n_params]``. Each sample of a batch names
-its adapter by index (``-1`` = none); the layer turns the bank into coefficient
-tables ``[n_adapters + 1, d]`` (last row = identity) and gathers one ``[batch, d]``
-row pair per call, so 16 different adapters cost what one shared adapter costs.
+its adapter by index (``-1`` = none); once per batch the layer gathers the batch's
+parameter rows and turns them into one ``[batch, d]`` coefficient pair, reused at every
+decoding step, and every call ends in one fused in-place pass over the output
+(:func:`roadinterp.road.fused.rotate_`), so 16 different adapters cost what one shared
+adapter costs and a bank of 1,000 costs only its parameters.
 
 :func:`apply_road` swaps the targeted Linears for ``RoadLinear`` (a handle that is
 also a context manager); :func:`remove_road` puts the original modules back.
@@ -24,6 +26,7 @@ from torch import nn
 from roadinterp.adapters.adapter import RoadAdapter, as_bank, stack_bank
 from roadinterp.adapters.modules import AdapterHandle, Wrapper, linear_targets, out_features, set_submodule
 from roadinterp.errors import ConfigError, ShapeError
+from roadinterp.road import fused
 from roadinterp.road import rotation as rot
 from roadinterp.road.bank import adapter_index, bank_tables, check_adapter_ids, resolve_adapter_ids
 from roadinterp.road.merge import merge_into_linear, unmerge_from_linear
@@ -36,11 +39,6 @@ def _swap_sign(dim: int, group_size: int) -> torch.Tensor:
     half = group_size // 2
     first = (torch.arange(dim) % group_size) < half
     return torch.where(first, -1.0, 1.0)
-
-
-def _swap_index(dim: int, group_size: int) -> torch.Tensor:
-    """Permutation that swaps the two halves of every group (its own inverse).  # [d]"""
-    return rot.pair_index(dim, group_size)
 
 
 class RoadLinear(Wrapper):
@@ -78,7 +76,6 @@ class RoadLinear(Wrapper):
         self.theta = nn.Parameter(theta.detach().float().clone(), requires_grad=False)  # [n, n_params]
         self.alpha = nn.Parameter(alpha.detach().float().clone(), requires_grad=False)  # [n, n_params]
         self.register_buffer("element_mask", None if element_mask is None else element_mask.bool(), persistent=False)
-        self.register_buffer("_swap", _swap_index(dim, group_size), persistent=False)  # [d]
         self.register_buffer("_sign", _swap_sign(dim, group_size), persistent=False)  # [d]
         self._is_conv1d = not isinstance(base, nn.Linear)
         self.active = active
@@ -86,7 +83,7 @@ class RoadLinear(Wrapper):
         self._ids: torch.Tensor | None = None
         self._tables = None  # (c1, c2 * sign) [n + 1, d], keyed on the params' versions
         self._tables_key = None
-        self._rows = None  # per call: (c1, c2s) [batch, 1, d], or False = identity for everyone
+        self._rows = None  # per batch: (c1, c2s) [batch, d], or False = identity for everyone
 
     # ------------------------------------------------------------ bank
     @property
@@ -126,7 +123,12 @@ class RoadLinear(Wrapper):
         self._rows = None
 
     def _gather(self, batch: int):
-        """Rows for this call: ``(c1, c2s)`` ``[batch, 1, d]`` or False (identity)."""
+        """Rows for this call: ``(c1, c2s)`` ``[batch, d]``, False (identity) or None (no ids).
+
+        Only the batch's own adapters are turned into coefficients (``theta[ids]``,
+        ``alpha[ids]`` -> ``[batch, d]``): a bank of 1,000 adapters keeps its parameters
+        and never builds ``[1000, d]`` tables.
+        """
         ids = self._ids
         if ids is None:
             return None  # static routing: decided per call in forward (cheap, never stale)
@@ -136,8 +138,13 @@ class RoadLinear(Wrapper):
             if ids.shape[0] == 0 or batch % ids.shape[0]:
                 raise ShapeError(f"batch of {batch} but {ids.shape[0]} adapter ids were set")
             ids = ids.repeat_interleave(batch // ids.shape[0])  # e.g. num_return_sequences
-        c1, c2s = self.tables()
-        return c1[ids].unsqueeze(1), c2s[ids].unsqueeze(1)  # identity row sits at -1
+        idx = ids.clamp_min(0)
+        mask = None if self.element_mask is None else self.element_mask[idx]
+        c1, c2 = rot.coefficients(self.theta[idx], self.alpha[idx], self.variant, self.group_size)  # [batch, d]
+        if mask is not None:
+            c1, c2 = rot.masked_coefficients(c1, c2, mask)
+        none = (ids < 0).unsqueeze(1)  # [batch, 1]: -1 = no adapter = identity row
+        return torch.where(none, 1.0, c1), torch.where(none, 0.0, c2 * self._sign.to(c2.dtype))
 
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,15 +165,10 @@ class RoadLinear(Wrapper):
         if rows is False:
             return y
         c1, c2s = rows
-        if c1.dim() == 3 and y.dim() != 3:
-            c1 = c1.reshape(c1.shape[0], *([1] * (y.dim() - 2)), c1.shape[-1])
-            c2s = c2s.reshape(c1.shape)
-        swapped = y.index_select(-1, self._swap)  # a copy: swap the halves of every group
         if y.dtype != c1.dtype:  # e.g. bf16 activations: rotate in fp32, cast back
-            return torch.addcmul(y.to(c1.dtype) * c1, swapped.to(c1.dtype), c2s).to(y.dtype)
-        if torch.is_grad_enabled():
-            return torch.addcmul(y * c1, swapped, c2s)
-        return y.mul_(c1).addcmul_(swapped, c2s)  # y is our own fresh output: in place is safe
+            return fused.rotate_(y.to(c1.dtype), c1, c2s, self.group_size).to(y.dtype)
+        return fused.rotate_(y, c1, c2s, self.group_size)  # y is our own fresh output: in place is safe
+
 
     # ------------------------------------------------------------ merge
     @torch.no_grad()

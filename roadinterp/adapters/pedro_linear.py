@@ -92,9 +92,9 @@ class _Runtime:
         idx = ids.clamp_min(0)
         self.evaluations += 1
         pooled = pool(h.float(), cfg.pooling, mask, bank["attn"][idx] if "attn" in bank else None)
-        l = bottleneck_mlp(pooled, bank["w_down"][idx], bank["b_down"][idx], bank["w_up"][idx], bank["b_up"][idx],
-                           cfg.activation)  # [batch, out]
-        return torch.where((ids >= 0).unsqueeze(1), l, torch.ones_like(l))
+        vec = bottleneck_mlp(pooled, bank["w_down"][idx], bank["b_down"][idx], bank["w_up"][idx], bank["b_up"][idx],
+                             cfg.activation)  # [batch, out]
+        return torch.where((ids >= 0).unsqueeze(1), vec, torch.ones_like(vec))
 
 
 class PedroLinear(Wrapper):
@@ -111,6 +111,7 @@ class PedroLinear(Wrapper):
         self._runtime, self._block = runtime, block
         self.segments = sorted(segments)  # (out_start, out_end, vec_start, vec_end)
         self.out_features = out_features(base)
+        self._full: tuple[torch.Tensor, torch.Tensor] | None = None  # (vectors, full-width view) for decoding
 
     def set_adapter_ids(self, ids: torch.Tensor | None) -> None:
         self._runtime.set_adapter_ids(ids)
@@ -137,7 +138,15 @@ class PedroLinear(Wrapper):
             return out
         if vec.shape[0] != out.shape[0]:
             raise ShapeError(f"PEDRO vectors were computed for a batch of {vec.shape[0]}, got {out.shape[0]}")
-        return scale(out, self._full_vector(vec))
+        if torch.is_grad_enabled():
+            return scale(out, self._full_vector(vec))
+        cached = self._full
+        if cached is None or cached[0] is not vec:  # once per prompt (the vectors change at prefill)
+            full = self._full_vector(vec)  # [batch, out_features]
+            cached = self._full = (vec, full.reshape((full.shape[0],) + (1,) * (out.dim() - 2) + (full.shape[1],)))
+        if out.dtype != cached[1].dtype:  # e.g. bf16 outputs: scale in fp32, cast back
+            return scale(out, self._full_vector(vec))
+        return out.mul_(cached[1])  # one in-place pass; out is the base layer's fresh output
 
     def extra_repr(self) -> str:
         return f"block={self._block}, segments={self.segments}"

@@ -39,7 +39,7 @@ from roadinterp.road import rotation as rot
 from roadinterp.road.bank import bank_tables, check_adapter_ids, resolve_adapter_ids
 from roadinterp.sites import Site, validate_site
 
-__all__ = ["BatchedAdapterLayer", "RoadSiteBank", "batched_layers", "forward", "generate", "serving"]
+__all__ = ["BatchedAdapterLayer", "RoadSiteBank", "batched_layers", "forward", "generate", "route", "serving"]
 
 
 @runtime_checkable
@@ -248,11 +248,23 @@ def _batch_of(inputs) -> int:
     raise ConfigError(f"inputs need input_ids or inputs_embeds, got keys {sorted(inputs)}")
 
 
+@contextlib.contextmanager
+def route(model: nn.Module, adapter_ids, *, adapters=None, batch: int | None = None):
+    """Route every forward inside the block: sample ``i`` uses adapter ``adapter_ids[i]``.
+
+    For your own decoding loops: the layers gather their rows at the first forward
+    and reuse them at every later one, until the block ends (ids are then cleared).
+    ``adapters`` as in :func:`serving`; ``batch`` (optional) checks the number of ids.
+    """
+    ids = _ids(adapter_ids, adapters, batch if batch is not None else len(adapter_ids))
+    with serving(model, adapters) as layers, _routed(layers, ids):
+        yield layers
+
+
 @torch.no_grad()
 def forward(model: nn.Module, inputs, adapter_ids, *, adapters=None):
     """One forward pass of a mixed batch. ``inputs``: ids ``[batch, seq]`` or a dict of model kwargs."""
-    ids = _ids(adapter_ids, adapters, _batch_of(inputs))
-    with serving(model, adapters) as layers, _routed(layers, ids):
+    with route(model, adapter_ids, adapters=adapters, batch=_batch_of(inputs)):
         return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
@@ -289,9 +301,8 @@ def generate(
         attention_mask = torch.ones_like(input_ids)
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    ids = _ids(adapter_ids, adapters, input_ids.shape[0])
     generate_kwargs.setdefault("do_sample", False)
-    with serving(model, adapters) as layers, _routed(layers, ids):
+    with route(model, adapter_ids, adapters=adapters, batch=input_ids.shape[0]):
         return model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
             pad_token_id=pad_token_id, **generate_kwargs,

@@ -357,11 +357,10 @@ def _learned_html(run_dir, table: pd.DataFrame, summary: pd.DataFrame, cells: Se
 def write_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike, cells: Sequence[str] = ()) -> list[Path]:
     """The report's key figures as matplotlib PNG and PDF in ``out_dir`` (for a paper): the IIA heat
     maps, the layer sweep and the "Learned angles" figures. Returns the files written."""
+    from roadinterp.errors import RunDirError
     from roadinterp.store import read_run
     from roadinterp.viz import learned as Ln
     from roadinterp.viz.static import save_static
-
-    from roadinterp.errors import RunDirError
 
     config, table = read_run(run_dir)
     if table.empty:

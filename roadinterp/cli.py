@@ -149,6 +149,7 @@ def align_cmd(
     epochs: int = typer.Option(None, "--epochs", help="DII training epochs per cell."),
     n_train: int = typer.Option(None, "--n-train", help="Training counterfactuals per cell."),
     n_test: int = typer.Option(None, "--n-test", help="Held-out counterfactuals per cell."),
+    batch_size: int = typer.Option(None, "--batch-size", help="DII minibatch (default 256; smaller on a real LM)."),
     config_file: str = typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it)."),
     out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>)."),
     resume: bool = typer.Option(False, "--resume", help="Skip cells already finished in --out."),
@@ -183,6 +184,7 @@ def align_cmd(
         "task": task, "model": model, "layers": _ints(layers, "--layers"), "components": _strs(component),
         "positions": _strs(positions), "families": _strs(family), "sizes": _ints(size, "--size"),
         "seeds": seeds, "controls": controls, "epochs": epochs, "n_train": n_train, "n_test": n_test,
+        "batch_size": batch_size,
     }
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     cfg = SearchConfig.from_json(merged)
@@ -471,8 +473,8 @@ def _print_summary(console, summary, best, out) -> None:
     from rich.table import Table
 
     t = Table(title="alignment search: held-out IIA over seeds")
-    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "no-op", "random-init",
-                "rival", "seed agree (random)"):
+    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "train IIA", "no-op",
+                "random-init", "rival", "seed agree (random)"):
         t.add_column(col, no_wrap=True)
 
     def f(r, c, digits=3):
@@ -483,7 +485,8 @@ def _print_summary(console, summary, best, out) -> None:
         agree = f(r, "seed_agreement", 2)
         t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
                   str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
-                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "iia_null_mean"), f(r, "iia_random_model_mean"),
+                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "train_iia_mean"), f(r, "iia_null_mean"),
+                  f(r, "iia_random_model_mean"),
                   f(r, "iia_rival_mean"), agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})")
     console.print(t)
     if best:

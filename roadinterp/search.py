@@ -619,7 +619,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         return table
     keys = ["family", "layer", "component", "position", "size"]
     agg = {"iia": ["mean", "std", "min", "max", "count"]}
-    for c in ("iia_random_model", "iia_rival", "iia_null", "iia_rival_null"):
+    for c in ("train_iia", "iia_random_model", "iia_rival", "iia_null", "iia_rival_null"):
         if c in table and table[c].notna().any():
             agg[c] = ["mean", "max"]
     agree = [c for c in ("seed_agreement", "seed_agreement_chance") if c in table and table[c].notna().any()]

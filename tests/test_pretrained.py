@@ -67,3 +67,26 @@ def test_prompt_tasks_tokenize_as_whole_strings_on_smollm2(name):
         mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         for i, text in enumerate(task.prompts(pool)):
             assert tok(text, add_special_tokens=False)["input_ids"] == inputs["input_ids"][i][mask[i] == 1].tolist()
+
+
+@pytest.mark.slow
+def test_align_cell_on_smollm2_ioi_through_the_cli(tmp_path):
+    """One align cell on the real LM with controls: prompts filtered to what the model answers,
+    padded prompts on the pyvene path, train IIA beside held-out IIA, the random-init control."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    r = subprocess.run([sys.executable, "-m", "roadinterp.cli", "align", "--model", "zoo:smollm2-135m", "--task", "ioi",
+                        "--layers", "27", "--family", "butterfly", "--size", "8", "--seeds", "1", "--n-train", "32",
+                        "--n-test", "32", "--epochs", "1", "--batch-size", "16", "--workers", "1", "--out", "run",
+                        "--no-report", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    (cell,) = out["cells"]
+    assert cell["task"] == "ioi" and cell["model"] == "zoo:smollm2-135m"
+    for key in ("iia", "train_iia", "iia_random_model", "iia_rival", "iia_null"):
+        assert 0.0 <= cell[key] <= 1.0, (key, cell)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["batch_size"] == 16

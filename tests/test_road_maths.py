@@ -16,9 +16,6 @@ from roadinterp.road import (
     apply_bank,
     apply_layers,
     bank_tables,
-    butterfly_apply,
-    butterfly_coefficients,
-    butterfly_inverse_apply,
     butterfly_strides,
     check_layout,
     coefficients,
@@ -178,15 +175,77 @@ def test_butterfly_orthogonal_and_zero_is_identity(log_d, seed, data):
     assert strides == sorted(strides) and strides[-1] == dim // 2
     L, n = len(strides), n_params(dim, "road_1")
     eye = torch.eye(dim)
-    zero = butterfly_coefficients(torch.zeros(L, n), torch.ones(L, n), strides)
-    torch.testing.assert_close(butterfly_apply(eye, zero, strides), eye)
+    z1, z2 = layer_coefficients(torch.zeros(L, n), torch.ones(L, n), strides)
+    torch.testing.assert_close(apply_layers(eye, z1, z2, strides), eye)
     theta = (torch.rand(L, n, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * torch.pi
-    coefs = butterfly_coefficients(theta, torch.ones(L, n), strides)
-    R = butterfly_apply(eye, coefs, strides).T  # columns are R e_k
+    c1, c2, i1, i2 = layer_coefficients(theta, torch.ones(L, n), strides, inverse=True)
+    R = apply_layers(eye, c1, c2, strides).T  # columns are R e_k
     torch.testing.assert_close(R @ R.T, eye, atol=1e-5, rtol=0)
     h = torch.randn(3, dim)
-    torch.testing.assert_close(butterfly_inverse_apply(butterfly_apply(h, coefs, strides), coefs, strides), h,
+    torch.testing.assert_close(apply_layers(apply_layers(h, c1, c2, strides), i1, i2, strides, reverse=True), h,
                                atol=1e-5, rtol=1e-5)
+
+
+def _skew_matrix(dim, q):
+    P = torch.zeros(dim, dim)
+    for j in range(dim):
+        a, r = divmod(j, q)
+        P[a * q + (r + a) % q, j] = 1.0  # coordinate j moves to a q + (r + a) mod q
+    return P
+
+
+def _reference_product(h, theta, alpha, variant, strides):
+    """Layer by layer with rotation.apply, and the skew permutation between factors written out
+    as a dense permutation matrix (an independent reading of the docstring's formula)."""
+    P = _skew_matrix(h.shape[-1], min(strides))
+    for l, s in enumerate(strides):
+        if l and s <= strides[l - 1]:
+            h = h @ P.T
+        a_, b_ = coefficients(theta[l], alpha[l], variant, 2 * s)
+        h = apply(h, a_, b_, 2 * s)
+    return h
+
+
+@pytest.mark.parametrize("dim", [576, 768, 960])
+def test_butterfly_reaches_every_coordinate_at_real_widths(dim):
+    """Two factors with the skew permutation reach every coordinate from every coordinate
+    (576 = 2^6 x 9, 768 = 2^8 x 3, 960 = 2^6 x 15); without it they stay in odd-part orbits."""
+    strides = butterfly_strides(dim, depth=2)
+    L, n = len(strides), n_params(dim, "road_1")
+    theta = (torch.rand(L, n, generator=torch.Generator().manual_seed(0)) * 2 - 1) * torch.pi
+    c1, c2 = layer_coefficients(theta, torch.ones(L, n), strides)
+    R = apply_layers(torch.eye(dim), c1, c2, strides)  # row i = R e_i
+    reach = R.abs() > 1e-9
+    assert bool(reach.all()), f"{int((~reach).sum())} of {dim * dim} entries unreachable"
+    torch.testing.assert_close(R @ R.T, torch.eye(dim), atol=1e-4, rtol=0)
+    # the same factors without the permutation: one orbit per residue mod the odd part
+    m = dim // 2 ** (len(strides) // 2)
+    no_perm = torch.eye(dim)
+    for l, s in enumerate(strides):
+        no_perm = apply(no_perm, c1[l], c2[l], 2 * s)
+    i, j = (no_perm.abs() > 1e-9).nonzero().T
+    assert bool((i % m == j % m).all()) and m > 1
+    # one factor alone reaches 2^k coordinates: the permutation is what connects the orbits
+    one = butterfly_strides(dim, depth=1)
+    d1, d2 = layer_coefficients(theta[: len(one)], torch.ones(len(one), n), one)
+    assert int((apply_layers(torch.eye(dim), d1, d2, one).abs() > 1e-9).sum(1).max()) == dim // m
+
+
+@settings(max_examples=15, deadline=None)
+@given(dim=st.sampled_from([12, 24, 36, 48, 96]), depth=st.integers(2, 3), variant=st.sampled_from(VARIANTS),
+       seed=st.integers(0, 2**31 - 1))
+def test_butterfly_with_permutation_equals_reference(dim, depth, variant, seed):
+    strides = butterfly_strides(dim, depth=depth)
+    L, n = len(strides), n_params(dim, variant)
+    g = torch.Generator().manual_seed(seed)
+    theta = (torch.rand(L, n, generator=g) * 2 - 1) * torch.pi
+    alpha = torch.rand(L, n, generator=g) + 0.5
+    h = torch.randn(4, dim, generator=g)
+    c1, c2, i1, i2 = layer_coefficients(theta, alpha, strides, variant, inverse=True)
+    out = apply_layers(h, c1, c2, strides)
+    torch.testing.assert_close(out, _reference_product(h, theta, alpha, variant, strides), atol=1e-5, rtol=1e-5)
+    if variant == "road_1":  # well conditioned: the inverse table undoes the permuted product
+        torch.testing.assert_close(apply_layers(out, i1, i2, strides, reverse=True), h, atol=1e-4, rtol=1e-4)
 
 
 @settings(max_examples=40, deadline=None)
@@ -214,9 +273,16 @@ def test_layer_coefficients_equal_layer_by_layer(log_d, depth, variant, lead, se
     first = (0,) * len(lead)
     ref = [coefficients(theta[first][l], alpha[first][l], variant, 2 * s) for l, s in enumerate(strides)]
     eye = torch.eye(dim)
-    torch.testing.assert_close(apply_layers(eye, c1[first], c2[first], strides), butterfly_apply(eye, ref, strides))
+    torch.testing.assert_close(apply_layers(eye, c1[first], c2[first], strides),
+                               _reference_product(eye, theta[first], alpha[first], variant, strides))
     Rinv = apply_layers(eye, i1[first], i2[first], strides, reverse=True)
-    torch.testing.assert_close(Rinv, butterfly_inverse_apply(eye, ref, strides))
+    ref_inv, P = eye, _skew_matrix(dim, min(strides))
+    for l in reversed(range(L)):
+        ia, ib = inverse_coefficients(*ref[l], 2 * strides[l])
+        ref_inv = apply(ref_inv, ia, ib, 2 * strides[l])
+        if l and strides[l] <= strides[l - 1]:
+            ref_inv = ref_inv @ P  # P^-1 = P^T, on row vectors
+    torch.testing.assert_close(Rinv, ref_inv)
     if variant == "road_1":  # scaled rotations are well conditioned: the inverse really inverts
         R = apply_layers(eye, c1[first], c2[first], strides)
         torch.testing.assert_close(R @ Rinv, eye, atol=1e-5, rtol=0)

@@ -28,14 +28,7 @@ from roadinterp import io
 from roadinterp._pyvene import pv
 from roadinterp.errors import ConfigError, FileFormatError, OverlapError, ShapeError
 from roadinterp.road import rotation as rot
-from roadinterp.road.butterfly import (
-    apply_layers,
-    butterfly_apply,
-    butterfly_coefficients,
-    butterfly_inverse_apply,
-    butterfly_strides,
-    layer_coefficients,
-)
+from roadinterp.road.butterfly import apply_layers, butterfly_strides, layer_coefficients
 
 
 # ------------------------------------------------------------------ helpers
@@ -212,20 +205,19 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         """Pair layout of the layer next to the mask (the one axes are assigned in)."""
         return 2 * self.strides[-1]
 
-    def _coefs(self):
-        return butterfly_coefficients(self.theta, self.alpha, self.strides, self.variant)
-
     def _table(self, inverse: bool = False) -> tuple[torch.Tensor, ...]:
         """Every layer's coefficients (and the inverse's): :func:`layer_coefficients`.  # [L, d] each"""
         return layer_coefficients(self.theta, self.alpha, self.strides, self.variant, inverse=inverse)
 
     def rotate(self, h: torch.Tensor) -> torch.Tensor:
         """``R h`` (fp32)."""
-        return butterfly_apply(h.float(), self._coefs(), self.strides)
+        c1, c2 = self._table()
+        return apply_layers(h.float(), c1, c2, self.strides)
 
     def unrotate(self, h: torch.Tensor) -> torch.Tensor:
         """``R^-1 h`` (fp32)."""
-        return butterfly_inverse_apply(h.float(), self._coefs(), self.strides)
+        _, _, i1, i2 = self._table(inverse=True)
+        return apply_layers(h.float(), i1, i2, self.strides, reverse=True)
 
     def forward(self, base, source, subspaces=None, **kwargs):
         if base.shape[-1] != self.dim:

@@ -7,6 +7,16 @@ pairs ``j`` with ``j + s`` inside groups of ``2s``, i.e. peft's layout with
 every coordinate can reach every other, at ``O(d log d)`` element-wise cost,
 versus ``O(d^2)`` or worse for a dense orthogonal rotation.
 
+Widths that are not powers of two. With ``d = 2^k m`` (m odd; 576 = 2^6 x 9) the strides
+run ``m, 2m, ..., d/2`` and only ever pair coordinates that agree modulo ``m``: one
+factor splits the width into ``m`` orbits of ``2^k`` coordinates that never mix. So
+between consecutive factors (``depth >= 2``) we insert a fixed *skew permutation*: write
+``j = a q + r`` (q the factor's narrowest stride, ``0 <= r < q``) and send it to
+``a q + (r + a) mod q``. The ``d/q`` members of an orbit land in ``d/q`` different
+residues, so when ``d/q >= q`` (true for 576, 768, 960 and every power of two) two
+factors reach every coordinate from every coordinate. At power-of-two widths
+``q = 1`` and the permutation is the identity.
+
 Order matters for interchange interventions with contiguous variable masks: the
 layer nearest the mask must have the widest stride. We apply strides
 ``1, 2, ..., d/2`` to ``h`` in that order, so the ``d/2`` layer sits last, next to M.
@@ -20,7 +30,7 @@ import functools
 import torch
 
 from roadinterp.errors import ConfigError
-from roadinterp.road.rotation import apply, element_block, inverse_coefficients, pair_index, rotate_half_grouped
+from roadinterp.road.rotation import element_block, pair_index, rotate_half_grouped
 
 
 def butterfly_strides(dim: int, n_layers: int | None = None, depth: int = 1) -> list[int]:
@@ -76,7 +86,7 @@ def layer_coefficients(
 ) -> tuple[torch.Tensor, ...]:
     """Every layer's (c1, c2) at once, and with ``inverse`` the inverse's (i1, i2).  # [..., L, d] each
 
-    Equal to :func:`coefficients` / :func:`inverse_coefficients` layer by layer, but a
+    Equal to ``rotation.coefficients`` / ``rotation.inverse_coefficients`` layer by layer, but a
     fixed handful of ops (gathers with precomputed indices) however many layers there
     are: a butterfly's coefficients cost ~8 autograd nodes instead of ~8 per layer.
     """
@@ -98,14 +108,6 @@ def layer_coefficients(
     return c1, c2, c1p / det, -c2 / det
 
 
-def butterfly_coefficients(
-    thetas: torch.Tensor, alphas: torch.Tensor, strides: list[int], variant: str = "road_1"
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(c1, c2) for each layer. ``thetas``/``alphas``: ``[..., L, n_params]``."""
-    c1, c2 = layer_coefficients(thetas, alphas, strides, variant)
-    return list(zip(c1.unbind(-2), c2.unbind(-2)))
-
-
 def apply_layers(
     h: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, strides: list[int], *, reverse: bool = False,
     layer_dim: int = 0,
@@ -116,22 +118,38 @@ def apply_layers(
     ``layer_dim``); pass the inverse's table with ``reverse=True`` for ``R^-1 h``.
     Computes in ``h``'s dtype: callers cast to fp32 first.
     """
-    order = range(len(strides))
-    for l in (reversed(order) if reverse else order):
+    starts = factor_starts(strides)
+    perm = skew_permutation(h.shape[-1], min(strides), h.device) if starts else None
+    if reverse:
+        for l in reversed(range(len(strides))):
+            h = h * c1.select(layer_dim, l) + rotate_half_grouped(h, 2 * strides[l]) * c2.select(layer_dim, l)
+            if perm is not None and l in starts:
+                h = h[..., perm[1]]  # undo the permutation that came before this factor
+        return h
+    for l in range(len(strides)):
+        if perm is not None and l in starts:
+            h = h[..., perm[0]]  # mix the previous factor's orbits
         h = h * c1.select(layer_dim, l) + rotate_half_grouped(h, 2 * strides[l]) * c2.select(layer_dim, l)
     return h
 
 
-def butterfly_apply(h: torch.Tensor, coefs, strides: list[int]) -> torch.Tensor:
-    """``R_L ... R_2 R_1 h``.  # [..., d]"""
-    for (c1, c2), s in zip(coefs, strides):
-        h = apply(h, c1, c2, 2 * s)
-    return h
+def factor_starts(strides: list[int]) -> set[int]:
+    """Layers that begin a new butterfly factor (after the first): where the stride stops growing."""
+    return {l for l in range(1, len(strides)) if strides[l] <= strides[l - 1]}
 
 
-def butterfly_inverse_apply(h: torch.Tensor, coefs, strides: list[int]) -> torch.Tensor:
-    """``R_1^-1 ... R_L^-1 h``.  # [..., d]"""
-    for (c1, c2), s in reversed(list(zip(coefs, strides))):
-        i1, i2 = inverse_coefficients(c1, c2, 2 * s)
-        h = apply(h, i1, i2, 2 * s)
-    return h
+@functools.lru_cache(maxsize=64)
+def skew_permutation(dim: int, q: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Gather indices ``(forward, inverse)`` of the skew permutation ``a q + r -> a q + (r + a) mod q``;
+    ``None`` when it is the identity (``q == 1``: power-of-two widths).  # 2 x [d]
+
+    ``h[..., forward]`` moves coordinate ``j`` to its image; ``h[..., inverse]`` moves it back.
+    """
+    if q <= 1 or dim % q:
+        return None
+    j = torch.arange(dim, device=device)
+    a, r = j // q, j % q
+    image = a * q + (r + a) % q  # where coordinate j goes
+    forward = torch.empty_like(image)
+    forward[image] = j  # out[image[j]] = h[j]
+    return forward, image

@@ -203,7 +203,8 @@ def _summary_html(summary: pd.DataFrame) -> str:
     has_rand = "iia_random_model_mean" in summary
     has_rival = "iia_rival_mean" in summary
     has_null = "iia_null_mean" in summary
-    header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"]
+    has_train = "train_iia_mean" in summary
+    header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"] + (["train IIA"] if has_train else [])
     has_rival_null = "iia_rival_null_mean" in summary
     if has_null:
         header.append("no-op baseline")
@@ -218,6 +219,8 @@ def _summary_html(summary: pd.DataFrame) -> str:
     for _, r in summary.iterrows():
         row = [_label(r[k]) for k in _CELL_KEYS]
         row += [f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}", f"{r['iia_min']:.3f}–{r['iia_max']:.3f}", int(r["n_seeds"])]
+        if has_train:  # memorisation shows as train IIA far above held-out IIA
+            row.append(_num(r["train_iia_mean"]))
         if has_null:
             row.append(_num(r["iia_null_mean"]))
         if has_rand:

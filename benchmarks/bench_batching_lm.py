@@ -65,10 +65,13 @@ def greedy(model, input_ids: torch.Tensor, mask: torch.Tensor, new: int, **forwa
     key = _cache_kw(model)
     cache = DynamicCache(config=model.config)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)  # [batch, seq]
+    sync = torch.cuda.synchronize if input_ids.is_cuda else (lambda: None)  # GPU kernels are asynchronous
+    sync()
     t0 = time.perf_counter()
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{key: cache}, **forward_kw)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # [batch, 1]
+    sync()
     t1 = time.perf_counter()
     tokens, am, p = [nxt], mask, pos[:, -1:]
     for _ in range(new - 1):
@@ -77,6 +80,7 @@ def greedy(model, input_ids: torch.Tensor, mask: torch.Tensor, new: int, **forwa
         out = model(input_ids=nxt, attention_mask=am, position_ids=p, use_cache=True, **{key: cache}, **forward_kw)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(nxt)
+    sync()
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, torch.cat(tokens, dim=1)
 
@@ -114,8 +118,9 @@ def _bank_model(base, paths: dict, cfg: dict):
         p = rot.n_params(dim, cfg["variant"])
         theta = (torch.rand(n, p, generator=g) - 0.5) * 0.2
         alpha = 1 + (torch.rand(n, p, generator=g) - 0.5) * 0.2
-        set_submodule(m, path, RoadLinear(m.get_submodule(path), theta, alpha, variant=cfg["variant"],
-                                          group_size=cfg["group_size"]))
+        base_layer = m.get_submodule(path)
+        layer = RoadLinear(base_layer, theta, alpha, variant=cfg["variant"], group_size=cfg["group_size"])
+        set_submodule(m, path, layer.to(base_layer.weight.device))
     return m
 
 
@@ -134,17 +139,27 @@ def _gather_cost(model, ids: torch.Tensor, reps: int = 5) -> float:
     return statistics.median(ts)
 
 
-def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = None) -> dict:
-    """The real-LM benchmark (``model``: a ``load_model`` spec or a causal LM module)."""
+def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = None, **overrides) -> dict:
+    """The real-LM benchmark (``model``: a ``load_model`` spec or a causal LM module).
+
+    ``overrides`` replace entries of :data:`LM` for reduced runs (e.g. ``new=8``); the
+    result's ``config`` says what ran.
+    """
     from roadinterp.zoo import load_model
 
     cfg = dict(LM_QUICK if quick else LM)
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown bench settings {unknown}; known: {sorted(cfg)}")
+    cfg.update(overrides)
     if reps is not None:
         cfg["reps"] = reps
     spec = model if isinstance(model, str) else type(model).__name__
     base = (load_model(model) if isinstance(model, str) else model).eval()
     b, new = cfg["batch"], cfg["new"]
+    device = next(base.parameters()).device  # the bench runs wherever load_model put the model
     rows, ids, mask = _prompts(cfg, base.config.vocab_size)
+    rows, ids, mask = [r.to(device) for r in rows], ids.to(device), mask.to(device)
     paths = linear_targets(base, list(cfg["targets"]))
     names = [f"task{i}" for i in range(b)]
     bank = {n: RoadAdapter(paths, variant=cfg["variant"], group_size=cfg["group_size"], placement="linear",
@@ -155,7 +170,7 @@ def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = 
     peft_road = to_peft(bank, copy.deepcopy(base))
     peft_lora = _peft_lora(copy.deepcopy(base), names, paths, cfg["lora_r"])
     merged = _merged(base, bank[names[0]])
-    distinct = torch.arange(b)
+    distinct = torch.arange(b, device=device)
     pick = torch.randperm(cfg["bank"], generator=torch.Generator().manual_seed(3))[:b]
 
     def routed(model, routing):
@@ -172,13 +187,13 @@ def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = 
         toks = []
         for i, r in enumerate(rows):
             with serve.route(road_model, [i]):
-                p, d, t = greedy(road_model, r[None], torch.ones(1, len(r), dtype=torch.long), n_new)
+                p, d, t = greedy(road_model, r[None], torch.ones(1, len(r), dtype=torch.long, device=device), n_new)
             pre, dec = pre + p, dec + d
             toks.append(t[0])
         return pre, dec, torch.stack(toks)
 
     arms = {
-        "base": plain(base), "shared": routed(road_model, torch.zeros(b, dtype=torch.long)),
+        "base": plain(base), "shared": routed(road_model, torch.zeros(b, dtype=torch.long, device=device)),
         "distinct": routed(road_model, distinct), "distinct_1000": routed(bank_model, pick),
         "peft_road": plain(peft_road, adapter_names=names), "peft_lora": plain(peft_lora, adapter_names=names),
         "merged": plain(merged), "sequential": sequential,
@@ -262,7 +277,7 @@ def sweep(model="zoo:smollm2-135m", *, batches=(1, 4, 16), distinct=(1, 4, 16), 
     points = [("batch", b, b, b) for b in batches] + [("distinct", k, big, k) for k in distinct if k != big]
     rows = []
     for axis, x, b, k in points:
-        ids = torch.randint(3, base.config.vocab_size, (b, prompt), generator=g)
+        ids = torch.randint(3, base.config.vocab_size, (b, prompt), generator=g).to(next(base.parameters()).device)
         mask = torch.ones_like(ids)
         which = torch.arange(b) % k
         arms = {
@@ -313,6 +328,7 @@ def plot_sweep(result: dict, path: str) -> None:
         for key, name in series:
             ax.plot(xs, [r[key] for r in rows], marker="o", label=name)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_yscale("log", base=2)  # a noisy repetition can put one point far off; keep the rest readable
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel(label)

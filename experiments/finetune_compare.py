@@ -11,7 +11,7 @@ trainable parameters.
 Reported per method: accuracy on held-out pairs (test split) and on pairs of the
 base model's training split (mean ± std over seeds), trainable parameters, training
 seconds per run, and mixed-batch throughput: one forward over a batch whose samples
-pick one of 4 adapters or none (RoAd and PEDRO through ``roadinterp.serve``; LoRA
+pick one of 4 adapters or none (RoAd and PEDRO through ``roadinterp.adapters.serve``; LoRA
 through peft's ``adapter_names``; (IA)^3 has no mixed-batch path in peft, so the batch
 is split by adapter and run group by group).
 

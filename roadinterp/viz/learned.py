@@ -310,13 +310,16 @@ def layer_sweep(table: pd.DataFrame) -> go.Figure:
     bands = [(c, F.CONTROLS[c], col) for c, col in (("iia_random_model", "rgba(120,120,120,0.25)"),
                                                     ("iia_rival", "rgba(214,96,77,0.2)")) if f"{c}_lo" in t]
     per_layer = t.drop_duplicates("layer").set_index("layer").reindex(layers)
+    # one layer: stretch bands and the no-op line over +-0.3 so they stay visible
+    xs, rep = ([layers[0] - 0.3, layers[0] + 0.3], 2) if len(layers) == 1 else (layers, 1)
     for c, name, color in bands:
-        lo, hi = per_layer[f"{c}_lo"].to_numpy(dtype=float), per_layer[f"{c}_hi"].to_numpy(dtype=float)
-        fig.add_trace(go.Scatter(x=layers + layers[::-1], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=color, mode="lines",
+        lo = np.repeat(per_layer[f"{c}_lo"].to_numpy(dtype=float), rep)
+        hi = np.repeat(per_layer[f"{c}_hi"].to_numpy(dtype=float), rep)
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=color, mode="lines",
                                  line={"width": 0}, name=f"{name} (range over cells)", hoverinfo="skip"))
     if "iia_null_lo" in t:
-        fig.add_trace(go.Scatter(x=layers, y=per_layer["iia_null_hi"], mode="lines", name="no-op baseline",
-                                 line={"dash": "dot", "color": "#444"}))
+        fig.add_trace(go.Scatter(x=xs, y=np.repeat(per_layer["iia_null_hi"].to_numpy(dtype=float), rep), mode="lines",
+                                 name="no-op baseline", line={"dash": "dot", "color": "#444"}))
     for fam, d in t.groupby("family", sort=False):
         fig.add_trace(go.Scatter(
             x=d["layer"], y=d["iia"], mode="lines+markers", name=str(fam),

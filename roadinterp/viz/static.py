@@ -233,12 +233,16 @@ def layer_sweep(table: pd.DataFrame) -> Figure:
         return fig
     per_layer = t.drop_duplicates("layer").set_index("layer").sort_index()
     layers = per_layer.index.to_numpy()
+    # one layer: stretch bands and the no-op line over +-0.3 so they stay visible
+    xs, rep = (np.array([layers[0] - 0.3, layers[0] + 0.3]), 2) if len(layers) == 1 else (layers, 1)
     for c, color in (("iia_random_model", "0.6"), ("iia_rival", "#d6604d")):
         if f"{c}_lo" in per_layer:
-            ax.fill_between(layers, per_layer[f"{c}_lo"].to_numpy(dtype=float), per_layer[f"{c}_hi"].to_numpy(dtype=float),
+            ax.fill_between(xs, np.repeat(per_layer[f"{c}_lo"].to_numpy(dtype=float), rep),
+                            np.repeat(per_layer[f"{c}_hi"].to_numpy(dtype=float), rep),
                             color=color, alpha=0.3, linewidth=0, label=f"{F.CONTROLS[c]} (range over cells)")
     if "iia_null_hi" in per_layer:
-        ax.plot(layers, per_layer["iia_null_hi"].to_numpy(dtype=float), ":", color="0.3", label="no-op baseline")
+        ax.plot(xs, np.repeat(per_layer["iia_null_hi"].to_numpy(dtype=float), rep), ":", color="0.3",
+                label="no-op baseline")
     for fam, d in t.groupby("family", sort=False):
         ax.errorbar(d["layer"].to_numpy(), d["iia"].to_numpy(), yerr=d["iia_std"].to_numpy(), marker="o", ms=3,
                     capsize=2, label=str(fam))

@@ -241,3 +241,18 @@ def test_ioi_padded_prompts_with_position_ids_equal_pyvene(arch):
     runner, _ = make_runner(model, Site(0, "block_output", "io"), task, built.interventions, built.coords,
                             shared=True, datasets=[data])
     assert runner.engine == "pyvene" and "differs per row" in runner.reason
+
+
+def test_a_bf16_model_runs_on_the_kv_engine_within_bf16_rounding():
+    """``search --dtype bfloat16``: the frozen model itself in bf16; ``auto`` still picks the KV engine."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    data = token_batch(16, 8, 2, padded="left", seed=3)
+    built = get_family("butterfly").build(32, [4, 4], seed=1)
+    runner, (h,) = make_runner(model, Site(0), AnswerTask(), built.interventions, built.coords, shared=True,
+                               datasets=[data])
+    ref_runner, (h_ref,) = make_runner(model, Site(0), AnswerTask(), built.interventions, built.coords, shared=True,
+                                       datasets=[data], engine="pyvene")
+    assert runner.engine == "kv", runner.reason
+    got = AnswerTask().logits(runner([(h, torch.arange(16))])).float()
+    ref = AnswerTask().logits(ref_runner([(h_ref, torch.arange(16))])).float()
+    assert (got - ref).abs().max() <= 2e-2 * max(ref.abs().max(), 1.0)

@@ -510,5 +510,7 @@ def make_kv_runner(model, site: Site, task, interventions, coords, *, datasets, 
         raise ConfigError(reason)
     runner = KVReplayRunner(model, site, task, interventions, coords, engine=engine)
     handles = runner.prepare_all(datasets)
-    runner.verify(datasets[0], task.logits, atol=1e-4 if engine == "kv" else 2e-2)
+    # a half-precision model (or cache) rounds differently along the tail than along a full forward
+    exact = engine == "kv" and runner.parts.head.weight.dtype == torch.float32
+    runner.verify(datasets[0], task.logits, atol=1e-4 if exact else 2e-2)
     return runner, handles

@@ -261,8 +261,8 @@ def test_dtype_places_the_frozen_model_and_results_follow_float32():
 
 @pytest.mark.slow
 def test_ray_scan_of_an_lm_on_the_kv_engine_gives_the_local_table(tmp_path):
-    """A layer scan of a causal LM (every layer, last token, seeds batched, controls) through Ray
-    workers gives the table the local executor gives; each worker loads the model once."""
+    """A layer scan of a causal LM (every layer, last token, seeds batched, controls, the KV engine)
+    through Ray workers gives the table the local executor gives."""
     ray = pytest.importorskip("ray")
     cfg = dict(task="interval", model="zoo:interval-llama", families=["butterfly"], sizes=[4], seeds=2,
                n_train=64, n_test=64, epochs=1, batch_size=32, controls=True)
@@ -270,15 +270,7 @@ def test_ray_scan_of_an_lm_on_the_kv_engine_gives_the_local_table(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = search(out=str(tmp_path / "ray"), executor="ray", batched=True, **cfg)
-        loads = ray.get([ray.remote(num_cpus=1)(_models_loaded).remote() for _ in range(4)])
     finally:
         ray.shutdown()
     assert sorted(local["layer"].unique()) == [0, 1]
     _cmp(local, remote)
-    assert all(n <= 2 for n in loads)  # a worker holds the model (and its random-init copy) once
-
-
-def _models_loaded() -> int:
-    from roadinterp.search import _MODELS
-
-    return len(_MODELS)

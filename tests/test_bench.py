@@ -50,7 +50,7 @@ def test_bench_lm_quick_returns_its_keys():
     out = run(quick=True)
     json.dumps(out)  # what `roadinterp bench lm --json` prints
     assert out["benchmark"] == "lm" and out["quick"] is True and out["engine"] == "kv" and out["device"] == "cpu"
-    assert out["cells"] == {"scan": 4, "naive": 1, "layers": 2}
+    assert out["cells"] == {"scan": 4, "naive": 1, "layers": 2, "model_layers": 2} and out["reduced"] is False
     assert out["ratios"]["scan_vs_naive"] > 0 and out["seconds"]["scan"] > 0 and out["peak_rss_gb"] > 0
     assert out["ratios"]["iia_gap"] <= 0.02  # fp32 on both arms in the quick setting: the same IIA
     assert set(out["step_ms"]) == {"butterfly", "das"}

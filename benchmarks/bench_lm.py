@@ -130,12 +130,12 @@ def run(quick: bool = False, **overrides) -> dict:
 
 
 def _run(cfg: dict, quick: bool) -> dict:
-    from roadinterp.search import get_bound_task, get_model
-
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     import pandas as pd
+
+    from roadinterp.search import get_bound_task, get_model
 
     all_layers = list(range(n_layers(get_model(cfg["model"], "cpu", cfg["dtype"]))))
     layers = cfg.get("layers") or all_layers

@@ -474,7 +474,7 @@ def _print_summary(console, summary, best, out) -> None:
 
     t = Table(title="alignment search: held-out IIA over seeds")
     for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "train IIA", "no-op",
-                "random-init", "rival", "seed agree (random)"):
+                "random-init", "rival", "seed agree (random)", "site patch", "warnings"):
         t.add_column(col, no_wrap=True)
 
     def f(r, c, digits=3):
@@ -487,7 +487,8 @@ def _print_summary(console, summary, best, out) -> None:
                   str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
                   f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "train_iia_mean"), f(r, "iia_null_mean"),
                   f(r, "iia_random_model_mean"),
-                  f(r, "iia_rival_mean"), agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})")
+                  f(r, "iia_rival_mean"), agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})",
+                  f(r, "iia_site_patch_mean"), str(r.get("warnings") or ""))
     console.print(t)
     if best:
         ctrl = ""
@@ -497,11 +498,14 @@ def _print_summary(console, summary, best, out) -> None:
             ctrl += f", rival hypothesis {best['iia_rival_mean']:.3f}"
         if best.get("iia_null_mean") is not None:
             ctrl += f", no-op baseline {best['iia_null_mean']:.3f}"
+        from roadinterp.controls import describe_warnings
+
+        warn = f"; warnings: {describe_warnings(best['warnings'])}" if best.get("warnings") else ""
         console.print(
             f"best alignment (by mean over seeds): {best['family']} at layer {best['layer']} "
             f"{best['component']}@{best['position']} size {best['size']}: IIA {best['iia_mean']:.3f} ± "
             f"{best['iia_std']:.3f} (range {best['iia_min']:.3f}-{best['iia_max']:.3f}, "
-            f"{int(best['n_seeds'])} seeds){ctrl}"
+            f"{int(best['n_seeds'])} seeds){ctrl}{warn}"
         )
     console.print(f"results: {out}/results.csv  report: {out}/report.html")
 

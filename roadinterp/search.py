@@ -9,8 +9,15 @@ on, the same cell is also trained and scored
 * against the **no-op baseline** (``iia_null``, always reported): the share of held-out
   counterfactuals whose label equals the base input's label, i.e. the IIA of an
   intervention that does nothing. IIA means something only well above it;
-* for the task's **rival hypothesis** (``iia_rival``): if a competing causal story
-  aligns as well, the site does not single out the claimed variables.
+* for **every rival hypothesis** of the task (``iia_rival[NAME]``, its train IIA and its
+  site patch; ``iia_rival``/``rival`` name the strongest): if a competing causal story
+  aligns as well, the site does not single out the claimed variables;
+* by **patching the whole site** (``iia_site_patch``) and, where a linear map reads the
+  site, by the **row-space part** of the subspace alone (``iia_rowspace``,
+  ``dormant_fraction``): the interpretability-illusion checks of :mod:`roadinterp.controls`.
+
+Each summary row carries stable warning codes (``warnings``; see
+:func:`roadinterp.controls.cell_warnings`), also in results.csv.
 
 Several seeds per cell give mean and spread; :func:`summarize` reports them and
 names the best alignment by *mean* IIA, never by the luckiest seed. Cells are
@@ -356,13 +363,7 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
             row["iia_random_model"] = r.iia
             if save_dir is not None:
                 save_learned(save_dir, cell_slug(*astuple(cell), control="random_model"), r)
-        if task.rivals:
-            rival = next(iter(task.rivals))
-            rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
-            rdata = [tuple(place(b, model) for b in make_data(task, d)) for d in rconfigs]
-            rivals = _train_many(model, task, site, rconfigs, rdata, batched, engine)
-            for row, r, (_, rtest) in zip(rows, rivals, rdata):
-                row["iia_rival"], row["rival"], row["iia_rival_null"] = r.iia, rival, null_iia(rtest)
+        _run_controls(config, task, model, site, cells, rows, mains, batched, engine)
     per_cell = (time.perf_counter() - t0) / len(cells)
     for row in rows:
         row["seconds"] = per_cell
@@ -401,6 +402,27 @@ def refresh_agreement(out: str | os.PathLike, cell: Cell, n_seeds: int, rows: di
     for c in seeds:
         rows[c.key].update(seed_agreement=agree, seed_agreement_chance=chance)
     return {c.key: rows[c.key] for c in seeds}
+
+
+def _run_controls(config, task, model, site, cells, rows, mains, batched, engine) -> None:
+    """Site patch, row space and every rival (:mod:`roadinterp.controls`), into ``rows``."""
+    from roadinterp import controls as C
+
+    test_seed = config.dii(cells[0].family, cells[0].size, 0).test_seed
+    joint = place(C.joint_counterfactuals(task, config.n_test, seed=test_seed)[0], model)
+    for row, main in zip(rows, mains):
+        row.update(C.site_controls(model, task, site, main, n=config.n_test, seed=test_seed, engine=engine,
+                                   data=joint))
+    for rival in task.rivals:
+        rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
+        rdata = [tuple(place(b, model) for b in make_data(task, d)) for d in rconfigs]
+        rivals = _train_many(model, task, site, rconfigs, rdata, batched, engine)
+        rjoint = place(C.joint_counterfactuals(task, config.n_test, seed=test_seed, hypothesis=rival)[0], model)
+        rsite = C.site_patch_iia(model, task, site, C.single_source(rjoint), engine=engine)
+        for row, r, (_, rtest) in zip(rows, rivals, rdata):
+            row.update(C.rival_columns(rival, r.iia, r.train_iia, null_iia(rtest), rsite))
+    for row in rows:
+        row.update(C.strongest_rival(row))
 
 
 def null_iia(test) -> float:
@@ -610,29 +632,40 @@ def search(
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, spread and range over seeds per (family, layer, component, position, size).
+    """Mean, spread and range over seeds per (family, layer, component, position, size), with warnings.
 
-    ``seed_agreement`` (when stored): mean principal-angle cosine between the seeds' learned
-    subspaces (:mod:`roadinterp.subspace`), with ``seed_agreement_chance`` for random subspaces.
+    Every control column (``iia_*``, ``train_iia_rival[...]``, ``dormant_fraction``) gets
+    ``_mean`` and ``_max``; ``warnings`` holds :func:`roadinterp.controls.cell_warnings`
+    of the row, ``;``-separated. ``seed_agreement`` (when stored): mean principal-angle cosine
+    between the seeds' learned subspaces (:mod:`roadinterp.subspace`), with
+    ``seed_agreement_chance`` for random subspaces.
     """
+    from roadinterp.controls import cell_warnings, is_control_column, join_codes
+
     if table.empty:
         return table
     keys = ["family", "layer", "component", "position", "size"]
     agg = {"iia": ["mean", "std", "min", "max", "count"]}
-    for c in ("train_iia", "iia_random_model", "iia_rival", "iia_null", "iia_rival_null"):
-        if c in table and table[c].notna().any():
+    for c in table.columns:
+        if (c == "train_iia" or is_control_column(c)) and pd.to_numeric(table[c], errors="coerce").notna().any():
             agg[c] = ["mean", "max"]
     agree = [c for c in ("seed_agreement", "seed_agreement_chance") if c in table and table[c].notna().any()]
     for c in agree:  # one value per cell, repeated on its seeds' rows
         agg[c] = ["mean"]
-    s = table.groupby(keys, sort=False).agg(agg)
+    numeric = table.assign(**{c: pd.to_numeric(table[c], errors="coerce") for c in agg})
+    s = numeric.groupby(keys, sort=False).agg(agg)
     s.columns = ["_".join(c) for c in s.columns]
     s = s.rename(columns={"iia_count": "n_seeds", **{f"{c}_mean": c for c in agree}}).reset_index()
     s["iia_std"] = s["iia_std"].fillna(0.0)
+    s["warnings"] = [join_codes(cell_warnings(r)) for r in s.to_dict("records")]
     return s.sort_values("iia_mean", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def best_alignment(table: pd.DataFrame) -> dict[str, Any] | None:
-    """The cell with the highest *mean* IIA over seeds (with its controls)."""
+    """The cell with the highest *mean* IIA over seeds (with its controls and ``warnings``).
+
+    Whoever names it must name its warnings too (:func:`roadinterp.controls.describe_warnings`):
+    the best cell can be an ``illusion-suspect``.
+    """
     s = summarize(table)
     return None if s.empty else s.iloc[0].to_dict()

@@ -2,7 +2,8 @@
 
     runs/NAME/run.json       the full search config (loads back into SearchConfig)
     runs/NAME/results.db     SQLite, one committed transaction per finished cell
-    runs/NAME/results.csv    one row per finished cell, rewritten atomically after each
+    runs/NAME/results.csv    one row per finished cell, rewritten atomically after each; its
+                             ``warnings`` column holds the cell's codes (roadinterp.controls)
     runs/NAME/report.html    written at the end (roadinterp.viz.report)
     runs/NAME/cells/SLUG/    each learned RoAd interchange (road, butterfly), roadinterp.io format
     runs/NAME/subspaces/SLUG/  each learned subspace of a rotated family (roadinterp.subspace)
@@ -185,7 +186,9 @@ def rows_to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = df[RESULT_COLUMNS + extra]
     if len(df):
         df = df.sort_values(["family", "layer", "component", "position", "size", "seed"], kind="stable")
-    return df.reset_index(drop=True)
+    from roadinterp.controls import annotate  # lazily: controls reads summaries from roadinterp.search
+
+    return annotate(df.reset_index(drop=True))
 
 
 def open_run(out, config, **kw) -> RunStore:

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from roadinterp.errors import ConfigError, FileFormatError, OfflineError, unknow
 from roadinterp.pretrained import PRETRAINED, ensure_cached, list_pretrained, load_gguf
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
+from roadinterp.tasks.illusion import build_illusion_gpt2, gpt2_config
 
 Arch = Literal["mlp", "gpt2", "llama"]
 _ARCH_CLASSES = {  # arch -> (config class, model class), imported on first use
@@ -64,6 +66,7 @@ class ZooEntry:
     threads: int = 1  # torch CPU threads while training (tiny models run fastest on one)
     description: str = ""
     data: Callable[..., Any] | None = field(default=None, repr=False)  # (n, split, seed) -> (inputs, labels)
+    weights: Callable[[torch.nn.Module], None] | None = field(default=None, repr=False)  # hand-set weights: no training
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -77,6 +80,8 @@ class ZooEntry:
     def recipe(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("data")
+        d.pop("weights")
+        d["hand_built"] = self.weights is not None
         return d
 
 
@@ -239,6 +244,9 @@ def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progre
         return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * t)).item())
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    if entry.weights is not None:  # built by hand (the illusion toys): set, do not train
+        entry.weights(model)
+        steps = 0
     bar = _progress(steps, progress, f"train {name}")
     try:
         for step in range(steps):
@@ -546,6 +554,13 @@ _BUILTIN = [
         steps=4000, batch_size=128, lr=3e-3, weight_decay=0.01, train_size=8000, data=_behaviour_base_data,
         description="2-layer GPT-2 (d=64) computing (a0 + b0) mod 10; base model for the behaviour adapters",
     ),
+    *(ZooEntry(
+        name=f"{task}-gpt2", task=task, arch="gpt2", config=gpt2_config(), steps=1, train_size=64, eval_size=256,
+        weights=partial(build_illusion_gpt2, faithful=faithful),
+        description=("hand-built 1-block GPT-2 (d=8): the variable flows through the MLP hidden layer"
+                     if faithful else "hand-built 1-block GPT-2 (d=8): a disconnected copy + a dormant "
+                     "direction at the MLP hidden layer (Makelov et al. 2023)"),
+    ) for task, faithful in (("illusion-toy", False), ("illusion-toy-faithful", True))),
 ]
 for _entry in _BUILTIN:
     if _entry.name not in _ZOO:

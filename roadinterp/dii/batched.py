@@ -12,7 +12,7 @@ candidates). The loss is the sum of the candidates' mean cross-entropies, so eac
 candidate's gradient only sees its own rows, and because Adam is element-wise the
 updates stay independent: every candidate ends where ``train_dii`` would have
 (up to float summation order). Families: ``road``, ``butterfly`` (angles batched)
-and ``neuron`` (no parameters, only the evaluation is batched); other families fall
+and ``neuron-fixed`` (no parameters, only the evaluation is batched); other families fall
 back to one ``train_dii`` per config.
 """
 
@@ -37,7 +37,7 @@ from roadinterp.dii.replay import make_runner
 from roadinterp.dii.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
 from roadinterp.sites import Site
 
-BATCHED_FAMILIES: tuple[str, ...] = ("neuron", "road", "butterfly")
+BATCHED_FAMILIES: tuple[str, ...] = ("neuron-fixed", "road", "butterfly")
 # fields that may differ between candidates of one batch (family only among road-like
 # families whose interventions have the same strides, see _check_batchable)
 _FREE_FIELDS = {"seed", "family", "depth"}
@@ -300,8 +300,8 @@ def _structure(config: DIIConfig, width: int, n_vars: int):
     if not supports_batched(config.family):
         return None
     rest = {k: v for k, v in asdict(config).items() if k not in _FREE_FIELDS}
-    if config.family == "neuron":
-        return ("neuron", tuple(sorted(rest.items())))
+    if config.family == "neuron-fixed":
+        return ("neuron-fixed", tuple(sorted(rest.items())))
     rest["lr"] = config.learning_rate
     return ("road", _strides(config.family, width, config.size, n_vars, config.variant, config.depth),
             tuple(sorted(rest.items())))
@@ -317,7 +317,7 @@ def _strides(family: str, width: int, size: int, n_vars: int, variant: str, dept
 def batch_groups(configs: Sequence[DIIConfig], width: int, n_vars: int) -> list[list[int]]:
     """Indices of ``configs`` grouped into batches ``train_dii_batched`` accepts, in order.
 
-    Unbatchable configs (families other than neuron/road/butterfly) form groups of one.
+    Unbatchable configs (families other than neuron-fixed/road/butterfly) form groups of one.
     """
     groups: dict = {}
     out: list[list[int]] = []
@@ -403,7 +403,7 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
             builds.append(get_family(c.family).build(width, [c.size] * len(variables), seed=c.seed,
                                                      variant=c.variant, depth=c.depth))
         coords = builds[0].coords
-        if first.family == "neuron":
+        if first.family == "neuron-fixed":
             iv = builds[0].interventions[0]
         else:
             iv = BatchedRoadInterchange.from_interchanges([b.interventions[0] for b in builds])

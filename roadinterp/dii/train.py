@@ -30,14 +30,14 @@ from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family, list_families, run_dii
 from roadinterp.sites import Site, validate_site
 
-DEFAULT_LR = {"neuron": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01, "boundless": 0.01}
+DEFAULT_LR = {"neuron": 0.05, "neuron-fixed": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01, "boundless": 0.01}
 
 
 @dataclass
 class DIIConfig:
     """Hyper-parameters of one DII training run (a *cell* of a search)."""
 
-    family: str = "butterfly"  # neuron | road | butterfly | das | lowrank | boundless (or registered)
+    family: str = "butterfly"  # neuron | neuron-fixed | road | butterfly | das | lowrank | boundless (or registered)
     size: int = 8  # rotated coordinates per causal variable
     seed: int = 0  # seeds intervention init, data order and training data
     hypothesis: str = "main"  # "main" or a rival hypothesis of the task
@@ -229,16 +229,22 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
 
 
 def _anneal_boundless(interventions, step: int, total: int) -> None:
-    for iv in interventions:
-        if hasattr(iv, "set_temperature"):
-            frac = step / max(total - 1, 1)
+    """Temperature schedules: ``anneal(frac)`` (our neuron masks) or pyvene boundless's."""
+    frac = step / max(total - 1, 1)
+    for iv in {id(i): i for i in interventions}.values():
+        if hasattr(iv, "anneal"):
+            iv.anneal(frac)
+        elif hasattr(iv, "set_temperature"):
             iv.set_temperature(torch.tensor(50.0 * (0.1 / 50.0) ** frac))
 
 
 def _boundary_penalty(interventions) -> torch.Tensor | float:
+    """Sparsity terms: ``penalty()`` (our neuron masks) or pyvene boundless's boundary width."""
     pen = 0.0
-    for iv in interventions:
-        if hasattr(iv, "get_boundary_parameters"):
+    for iv in {id(i): i for i in interventions}.values():
+        if hasattr(iv, "penalty"):
+            pen = pen + iv.penalty()
+        elif hasattr(iv, "get_boundary_parameters"):
             pen = pen + 1e-3 * iv.get_boundary_parameters().sum()
     return pen
 

@@ -3,7 +3,11 @@
 A *family* turns ``(width, sizes, seed)`` into pyvene intervention objects and
 the coordinates each causal variable owns in that family's basis:
 
-* ``neuron``   pyvene ``VanillaIntervention``: axis-aligned neurons (no rotation);
+* ``neuron``   a learned sparse neuron mask per variable (DBM, MIB's neuron baseline;
+  :class:`~roadinterp.interventions.masks.NeuronMaskInterchange`): searches the neurons;
+* ``neuron-fixed`` pyvene ``VanillaIntervention`` on the *first* ``size`` neurons, nothing
+  learned: a cost baseline (the model's own forward and backward) and the batched-evaluation
+  check, not an alignment method;
 * ``road``     one RoAd layer (``RoadInterchange``), variables own one axis per pair;
 * ``butterfly`` RoAd butterfly, log2(d) layers, widest stride next to the mask;
 * ``das``      pyvene ``RotatedSpaceIntervention``: a full learned orthogonal matrix;
@@ -23,6 +27,7 @@ import torch
 
 from roadinterp._pyvene import pv
 from roadinterp.errors import ConfigError, unknown
+from roadinterp.interventions.masks import NeuronMaskInterchange
 from roadinterp.interventions.road import RoadInterchange, assign_axes
 
 
@@ -75,9 +80,17 @@ def _seeded(seed: int | None):
 # [batch, positions, d]; without it pyvene flattens positions into the width, so a d x d rotation
 # fails on (positions x d) and neuron coordinates would only ever touch the first position.
 # Boundless's mask is [batch, d] and cannot take a positions axis: single-position sites only.
-def _neuron(dim, sizes, seed=None, **_):
+def _neuron_fixed(dim, sizes, seed=None, **_):
     iv = pv.VanillaIntervention(embed_dim=dim, keep_last_dim=True)
     return FamilyBuild([iv] * len(sizes), _contiguous(sizes, dim), True)
+
+
+def _neuron_mask(dim, sizes, seed=None, **_):
+    # one mask per variable (each picks its own neurons); the coordinates are the whole
+    # width because the mask, not pyvene's subspaces, decides what is swapped
+    ivs = [NeuronMaskInterchange(dim, size=s, seed=None if seed is None else seed * 1000 + i)
+           for i, s in enumerate(sizes)]
+    return FamilyBuild(ivs, [list(range(dim)) for _ in sizes], False)
 
 
 def _road_like(family):
@@ -115,7 +128,10 @@ def _boundless(dim, sizes, seed=None, **_):
 
 
 for _f in (
-    Family("neuron", _neuron, "axis-aligned neurons (pyvene VanillaIntervention)", rotated=False),
+    Family("neuron", _neuron_mask, "learned sparse neuron mask (DBM): at most size neurons per variable",
+           rotated=False),
+    Family("neuron-fixed", _neuron_fixed, "the first size neurons, nothing learned (a cost baseline)",
+           rotated=False),
     Family("road", _road_like("road"), "one RoAd layer, one rotated axis per pair per variable"),
     Family("butterfly", _road_like("butterfly"), "RoAd butterfly: 2 factors of log2(d) layers, strides 1..d/2"),
     Family("das", _das, "full orthogonal rotation (pyvene RotatedSpaceIntervention)"),

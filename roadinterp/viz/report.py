@@ -38,6 +38,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top
 table.data { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
 table.data th, table.data td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
 table.data th { background: #f4f6fa; } table.data tr.best td { background: #fff6d6; }
+table.data tr.suspect td { background: #fdf1f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .best-sentence { font-size: 1.05em; background: #f4f9f4; border-left: 4px solid #3a9a3a; padding: 8px 12px; }
 .warn { background: #fdf1f0; border-left: 4px solid #c0392b; padding: 6px 12px; }
@@ -142,7 +143,47 @@ def best_sentence(best: Mapping[str, Any]) -> str:
     if _finite(best.get("iia_null_mean")):
         ctrl.append(f"no-op baseline {best['iia_null_mean']:.3f}")
     s += f" Controls: {', '.join(ctrl)}." if ctrl else " No controls were run for this cell."
-    return s
+    return s + _warning_clause(best)
+
+
+def _warning_clause(best: Mapping[str, Any]) -> str:
+    """' Warnings: ...' naming the best cell's codes (never leave out illusion-suspect)."""
+    from roadinterp.controls import describe_warnings
+
+    text = describe_warnings(best.get("warnings") or "")
+    return f" Warnings: {text}." if text else ""
+
+
+def _controls_html(summary: pd.DataFrame) -> str:
+    """The illusion controls and every rival, per cell, with the cell's warning codes."""
+    from roadinterp.controls import rival_names
+
+    cols = [("iia_mean", "IIA"), ("iia_joint_mean", "IIA, one source"), ("iia_site_patch_mean", "site patch"),
+            ("iia_joint_null_mean", "its no-op"), ("iia_rowspace_mean", "row-space part"),
+            ("dormant_fraction_mean", "dormant fraction")]
+    for name in rival_names(summary.iloc[0].to_dict()) if len(summary) else []:
+        cols += [(f"iia_rival[{name}]_mean", f"rival {name}: held-out"),
+                 (f"train_iia_rival[{name}]_mean", f"rival {name}: train"),
+                 (f"iia_site_patch_rival[{name}]_mean", f"rival {name}: site patch"),
+                 (f"iia_rival_null[{name}]_mean", f"rival {name}: no-op")]
+    cols = [(c, h) for c, h in cols if c in summary]
+    rows = [[*(_label(r[k]) for k in _CELL_KEYS), *(_num(r[c]) for c, _ in cols), r.get("warnings") or ""]
+            for _, r in summary.iterrows()]
+    numeric = [False] * len(_CELL_KEYS) + [True] * len(cols) + [False]
+    classes = ["best" if "illusion-suspect" not in str(r[-1]) else "suspect" for r in rows]
+    return _table([*_CELL_KEYS, *(h for _, h in cols), "warnings"], rows, numeric=numeric, row_class=classes)
+
+
+_CONTROLS_NOTE = (
+    "IIA, one source: the learned subspace when every variable comes from one source; site patch: "
+    "interchanging the whole site vector on those counterfactuals. A subspace that beats the site patch "
+    "moves the output in a way the site as a whole does not: the interpretability-illusion signature. "
+    "Row-space part: only the part of the subspace the next linear map can read (sites with a registered "
+    "reader); near the no-op while the subspace scores high means a dormant direction did the work. "
+    "Rivals: held-out IIA low with train IIA and site patch high means the site carries the rival but the "
+    "subspace does not generalise to unseen entities; site patch near its no-op means the site does not "
+    "carry it. Warning codes: docs/concepts.md#controls-and-warnings."
+)
 
 
 def _finite(v) -> bool:
@@ -430,6 +471,9 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
                     "Controls: IIA of the same cell on a randomly initialised model and for the task's rival "
                     "hypothesis; a real alignment scores high on IIA and low on both.</p>")
         body.append(_collapsed(summary, _summary_html, "cells"))
+        body.append("<h2>Controls and warnings</h2>")
+        body.append(f'<p class="meta">{_e(_CONTROLS_NOTE)}</p>')
+        body.append(_collapsed(summary, _controls_html, "cells"))
         body.append("<h2>IIA heat maps</h2>")
         named = run_figures(table)
         body.extend(_figure_div(fig, t) for t, fig in named)

@@ -32,23 +32,36 @@ def summary_table(table, config: dict | None = None) -> list[str]:
         rivals = list(get_task(cfg.task).rivals)
         s["iia_rival_null_mean"] = null_baseline(cfg, rivals[0]) if rivals else float("nan")
     lines = ["| family | layer | position | size | seeds | IIA mean ± std | range | no-op baseline | "
-             "random-init model | rival hypothesis (its no-op) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "random-init model | rival hypothesis (its no-op) | site patch | warnings |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.sort_values(["layer", "position", "iia_mean"], ascending=[True, True, False]).iterrows():
         lines.append(
             f"| {r['family']} | {r['layer']} | {r['position']} | {r['size']} | {int(r['n_seeds'])} | "
             f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f} | {r['iia_min']:.3f}–{r['iia_max']:.3f} | "
             f"{r.get('iia_null_mean', float('nan')):.3f} | "
             f"{r.get('iia_random_model_mean', float('nan')):.3f} | {r.get('iia_rival_mean', float('nan')):.3f} "
-            f"({r.get('iia_rival_null_mean', float('nan')):.3f}) |"
+            f"({r.get('iia_rival_null_mean', float('nan')):.3f}) | "
+            f"{_site_patch(r)} | {(r.get('warnings') or '').replace(';', ', ')} |"
         )
     best = ri.best_alignment(table)
+    from roadinterp.controls import describe_warnings
+
+    warn = describe_warnings(best.get("warnings") or "")
     lines += ["", "No-op baseline: the IIA of an intervention that changes nothing (share of held-out "
                   "counterfactuals whose label equals the base label); an alignment means something only "
-                  "well above it.", "", f"Best alignment by mean: **{best['family']} at layer {best['layer']} {best['component']}@"
-                  f"{best['position']}**, IIA {best['iia_mean']:.3f} ± {best['iia_std']:.3f} over "
-                  f"{int(best['n_seeds'])} seeds."]
+                  "well above it. Site patch: the learned subspace vs interchanging the whole site vector, "
+                  "both on counterfactuals that take every variable from one source (its no-op in "
+                  "parentheses); warnings: docs/concepts.md#controls-and-warnings.", "",
+              f"Best alignment by mean: **{best['family']} at layer {best['layer']} {best['component']}@"
+              f"{best['position']}**, IIA {best['iia_mean']:.3f} ± {best['iia_std']:.3f} over "
+              f"{int(best['n_seeds'])} seeds" + (f"; warnings: {warn}." if warn else ".")]
     return lines
+
+
+def _site_patch(r) -> str:
+    """'subspace vs site patch (no-op)' on the one-source counterfactuals, or '-' when not run."""
+    j, sp, n = (r.get(c, float("nan")) for c in ("iia_joint_mean", "iia_site_patch_mean", "iia_joint_null_mean"))
+    return "-" if sp != sp else f"{j:.3f} vs {sp:.3f} ({n:.3f})"
 
 
 def main(argv=None) -> int:

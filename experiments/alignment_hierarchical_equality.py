@@ -39,10 +39,10 @@ def command(args) -> str:
 
 def render(table, args) -> str:
     lines = [
-        f"Command: `{command(args)}` (then `python experiments/alignment_hierarchical_equality.py "
-        f"--run {args.run} --out {args.out}` renders this section from the run's results).",
+        (f"Command: `{command(args)}` (then `python experiments/alignment_hierarchical_equality.py "
+         f"--run {args.run} --out {args.out}` renders this section from the run's results)."),
         "",
-        "Model `zoo:hierarchical-equality-mlp` (pyvene MLP, 3 blocks of 16, held-out task accuracy "
+        ("Model `zoo:hierarchical-equality-mlp` (pyvene MLP, 3 blocks of 16, held-out task accuracy "
         f"{ri.zoo.zoo_meta('hierarchical-equality-mlp').get('accuracy', float('nan')):.4f}). "
         "Variables V1 = (w == x) and V2 = (y == z) each own 8 rotated coordinates of the 16-wide "
         "block output. IIA is measured on 2048 held-out counterfactuals built from entities never "
@@ -50,9 +50,13 @@ def render(table, args) -> str:
         "on the rival hypothesis (the site encodes the identity of w), patching the whole 16-wide block "
         "output, and the part of the subspace the next layer's weights can read (row space). `neuron` is "
         "the learned sparse neuron mask (DBM, at most 8 neurons per variable); before issue 15 it was the "
-        "fixed first 8 + 8 neurons (0.595 at layer 0).",
+        "fixed first 8 + 8 neurons (0.595 at layer 0)."),
         "",
     ]
+    expected = len(args.families) * 3 * args.seeds
+    if len(table) < expected:
+        lines += [(f"**Partial run: {len(table)} of {expected} cells finished** (cells not listed, or with "
+                   "fewer seeds, did not run yet; `--resume` the command to complete it)."), ""]
     lines += summary_table(table, read_run(args.run)[0])
     return "\n".join(lines)
 
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--render-only", action="store_true",
+                    help="render the run directory as it is (finished or partial: the seeds column says so)")
     args = ap.parse_args(argv)
     args.families = FAMILIES
     if args.quick:
@@ -74,7 +80,10 @@ def main(argv=None) -> int:
               epochs=args.epochs, controls=True)
     if args.n_train:
         kw.update(n_train=args.n_train, n_test=256)
-    table = ri.search(out=args.run, resume=True, workers=args.workers, **kw)
+    if args.render_only:
+        table = read_run(args.run)[1]
+    else:
+        table = ri.search(out=args.run, resume=True, workers=args.workers, **kw)
     write_section(args.out, HEADING, render(table, args))
     print(f"wrote {HEADING!r} to {args.out} from {args.run}")
     return 0

@@ -9,6 +9,7 @@ Every number in the section comes from the run directory's results store.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -32,8 +33,9 @@ def summary_table(table, config: dict | None = None) -> list[str]:
         rivals = list(get_task(cfg.task).rivals)
         s["iia_rival_null_mean"] = null_baseline(cfg, rivals[0]) if rivals else float("nan")
     lines = ["| family | layer | position | size | seeds | IIA mean ± std | range | no-op baseline | "
-             "random-init model | rival hypothesis (its no-op) | site patch | warnings |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "random-init model | rival hypothesis (its no-op) | subspace vs site patch (no-op) | "
+             "row-space part (dormant fraction) | warnings |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.sort_values(["layer", "position", "iia_mean"], ascending=[True, True, False]).iterrows():
         lines.append(
             f"| {r['family']} | {r['layer']} | {r['position']} | {r['size']} | {int(r['n_seeds'])} | "
@@ -41,7 +43,7 @@ def summary_table(table, config: dict | None = None) -> list[str]:
             f"{r.get('iia_null_mean', float('nan')):.3f} | "
             f"{r.get('iia_random_model_mean', float('nan')):.3f} | {r.get('iia_rival_mean', float('nan')):.3f} "
             f"({r.get('iia_rival_null_mean', float('nan')):.3f}) | "
-            f"{_site_patch(r)} | {(r.get('warnings') or '').replace(';', ', ')} |"
+            f"{_site_patch(r)} | {_rowspace(r)} | {(r.get('warnings') or '').replace(';', ', ')} |"
         )
     best = ri.best_alignment(table)
     from roadinterp.controls import describe_warnings
@@ -61,7 +63,13 @@ def summary_table(table, config: dict | None = None) -> list[str]:
 def _site_patch(r) -> str:
     """'subspace vs site patch (no-op)' on the one-source counterfactuals, or '-' when not run."""
     j, sp, n = (r.get(c, float("nan")) for c in ("iia_joint_mean", "iia_site_patch_mean", "iia_joint_null_mean"))
-    return "-" if sp != sp else f"{j:.3f} vs {sp:.3f} ({n:.3f})"
+    return "-" if math.isnan(sp) else f"{j:.3f} vs {sp:.3f} ({n:.3f})"
+
+
+def _rowspace(r) -> str:
+    """IIA of the subspace's row-space part and its dormant fraction, or '-' where no reader is registered."""
+    v, f = r.get("iia_rowspace_mean", float("nan")), r.get("dormant_fraction_mean", float("nan"))
+    return "-" if math.isnan(v) else f"{v:.3f} ({f:.2f})"
 
 
 def main(argv=None) -> int:

@@ -475,7 +475,7 @@ def _print_summary(console, summary, best, out) -> None:
     t = Table(title="alignment search: held-out IIA over seeds")
     for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "train IIA", "no-op",
                 "random-init", "rival", "seed agree (random)", "site patch", "warnings"):
-        t.add_column(col, no_wrap=True)
+        t.add_column(col, no_wrap=col != "warnings")
 
     def f(r, c, digits=3):
         v = r.get(c)

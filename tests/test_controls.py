@@ -150,7 +150,8 @@ def test_align_cli_shows_warnings_in_table_csv_and_report(tmp_path):
     assert r.returncode == 0, r.stderr
     best = [line for line in r.stdout.splitlines() if "best alignment" in line]
     assert best and "illusion-suspect" in r.stdout.split("best alignment", 1)[1]
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
     assert rows and all(set(row["warnings"].split(";")) >= {"illusion-suspect", "few-seeds"} for row in rows)
     html = (out / "report.html").read_text()
     assert "Controls and warnings" in html and "Warnings: illusion-suspect" in html
@@ -263,3 +264,18 @@ def test_dbm_mask_is_hard_and_within_budget():
     assert iv.temperature == pytest.approx(0.01)
     with pytest.raises(ri.ConfigError, match="size must be in 1..8, got 9"):
         NeuronMaskInterchange(8, size=9)
+
+
+@pytest.mark.parametrize("family", ["neuron", "neuron-fixed", "road", "butterfly", "das", "lowrank", "boundless"])
+def test_patch_matrix_is_the_map_each_family_applies(family):
+    from pyvene.models.modeling_utils import do_intervention
+
+    built = get_family(family).build(16, [4, 4], seed=0)
+    for iv in {id(i): i for i in built.interventions}.values():
+        iv.eval()
+    A = C.patch_matrix(built.interventions, built.coords, 16)
+    b, s = torch.randn(5, 1, 16), torch.randn(5, 1, 16)
+    out = b.clone()
+    for iv, c in zip(built.interventions, built.coords):  # one source for every variable, in turn
+        out = do_intervention(out.clone(), s.clone(), iv, [list(c)] * 5)
+    assert torch.allclose(out[:, 0], b[:, 0] + (s - b)[:, 0] @ A.T, atol=1e-4)

@@ -32,7 +32,8 @@ def test_alignment_reproduction_quick(tmp_path):
     text = out.read_text()
     assert "## Alignment: hierarchical equality" in text and f"--out {run}" in text
     table = [l for l in text.splitlines() if l.startswith("| das |") or l.startswith("| butterfly |")]
-    assert len(table) == 4  # 2 families x layers 0 and 2
+    assert len(table) == 6  # 2 families x every layer (0, 1, 2)
+    assert "Partial run" not in text
     assert (run / "results.csv").exists()
 
 

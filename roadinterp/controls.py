@@ -294,14 +294,18 @@ def joint_counterfactuals(task, n: int, *, seed: int, hypothesis: str = "main", 
 
     batch = task.counterfactuals(n, split=split, seed=seed, hypothesis=hypothesis, mode="all")
     variables = batch.variables
+    k = len(variables)
     base_raw, src_raw = batch.raw["base"], batch.raw["sources"][0]
     src_vals = task.causal_model(src_raw, hypothesis=hypothesis)
     labels = task.causal_model(base_raw, hypothesis=hypothesis,
                                interventions={v: src_vals[v] for v in variables})["output"]
-    src = task.encode(src_raw)
+    positions = None
+    if batch.positions is not None:  # per-row named positions: base, then source 0 for every variable
+        positions = {name: torch.cat([p[:, :1], p[:, 1:2].repeat(1, k)], 1) for name, p in batch.positions.items()}
     out = CounterfactualBatch(
-        base=batch.base, sources=[src] * len(variables), intervened=batch.intervened,
+        base=batch.base, sources=[batch.sources[0]] * k, intervened=batch.intervened,
         labels=torch.as_tensor(labels.astype("int64")), base_labels=batch.base_labels, variables=variables,
+        positions=positions,
     )
     return out, len(variables)
 
@@ -319,7 +323,9 @@ def single_source(batch):
     """A :func:`joint_counterfactuals` batch with its one source once: what a projection takes."""
     from dataclasses import replace
 
-    return replace(batch, sources=batch.sources[:1], intervened=batch.intervened[:, :1], variables=("site",))
+    positions = None if batch.positions is None else {k: p[:, :2] for k, p in batch.positions.items()}
+    return replace(batch, sources=batch.sources[:1], intervened=batch.intervened[:, :1], variables=("site",),
+                   positions=positions)
 
 
 def site_controls(model, task, site, result, *, n: int, seed: int, hypothesis: str = "main",

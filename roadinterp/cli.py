@@ -13,7 +13,8 @@ import sys
 
 import typer
 
-from roadinterp.errors import RoadinterpError
+from roadinterp import bounds
+from roadinterp.errors import ConfigError, RoadinterpError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-state = {"debug": False}
+state = {"debug": False, "interrupted": "interrupted"}
 
 
 @app.callback()
@@ -43,16 +44,17 @@ def fail(message: str) -> "typer.Exit":
 
 
 def _ints(text: str | None, name: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise fail(f"{name} must be comma-separated integers, got {text!r}") from None
+    return bounds.parse_ints(name, text)
 
 
-def _strs(text: str | None) -> list[str] | None:
-    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+def _strs(text: str | None, name: str = "option") -> list[str] | None:
+    return bounds.parse_strs(name, text)
+
+
+# Option callbacks (roadinterp.bounds): every numeric and path option is checked at parse time
+_TEXT = bounds.text_option()
+_COUNT = bounds.int_option(maximum=bounds.MAX_EXAMPLES)
+_SEED = bounds.int_option(minimum=0, maximum=bounds.MAX_SEED)
 
 
 def _console():
@@ -119,7 +121,7 @@ def zoo_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
 
 @zoo_app.command("train")
 def zoo_train(name: str = typer.Argument(..., help="Zoo model name (see `roadinterp zoo`)."),
-              seed: int = typer.Option(None, help="Override the entry's seed."),
+              seed: int = typer.Option(None, help="Override the entry's seed.", callback=_SEED),
               force: bool = typer.Option(False, "--force", help="Retrain even if cached.")) -> None:
     """Train (or retrain) one zoo model and cache it."""
     from roadinterp import zoo
@@ -137,30 +139,36 @@ def zoo_train(name: str = typer.Argument(..., help="Zoo model name (see `roadint
 # ------------------------------------------------------------------ align
 @app.command("align")
 def align_cmd(
-    task: str = typer.Option(None, "--task", "-t", help="Task: a name (roadinterp tasks), path/to/file.py:NAME or package.module:NAME (docs/byo.md)."),
-    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir, .gguf file or hub id (default: the task's zoo model)."),
+    task: str = typer.Option(None, "--task", "-t", help="Task: a name (roadinterp tasks), path/to/file.py:NAME or package.module:NAME (docs/byo.md).",
+                             callback=_TEXT),
+    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir, .gguf file or hub id (default: the task's zoo model).",
+                              callback=_TEXT),
     layers: str = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
     component: str = typer.Option(None, "--component", help="Comma-separated pyvene components (default block_output)."),
     positions: str = typer.Option(None, "--positions", help="Comma-separated positions: last, all, an index or a task-named position."),
     family: str = typer.Option(None, "--family", help="Comma-separated families: neuron,neuron-fixed,road,butterfly,das,lowrank,boundless."),
     size: str = typer.Option(None, "--size", help="Comma-separated sizes (coordinates per variable)."),
-    seeds: int = typer.Option(None, "--seeds", help="Seeds per cell."),
+    seeds: int = typer.Option(None, "--seeds", help="Seeds per cell.", callback=bounds.int_option(maximum=bounds.MAX_SEEDS)),
     controls: bool = typer.Option(None, "--controls/--no-controls", help="Controls: random-init model, every rival hypothesis, whole-site patch, row-space part."),
-    epochs: int = typer.Option(None, "--epochs", help="DII training epochs per cell."),
-    n_train: int = typer.Option(None, "--n-train", help="Training counterfactuals per cell."),
-    n_test: int = typer.Option(None, "--n-test", help="Held-out counterfactuals per cell."),
-    batch_size: int = typer.Option(None, "--batch-size", help="DII minibatch (default 256; smaller on a real LM)."),
-    config_file: str = typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it)."),
-    out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>)."),
+    epochs: int = typer.Option(None, "--epochs", help="DII training epochs per cell.",
+                               callback=bounds.int_option(maximum=bounds.MAX_EPOCHS)),
+    n_train: int = typer.Option(None, "--n-train", help="Training counterfactuals per cell.", callback=_COUNT),
+    n_test: int = typer.Option(None, "--n-test", help="Held-out counterfactuals per cell.", callback=_COUNT),
+    batch_size: int = typer.Option(None, "--batch-size", help="DII minibatch (default 256; smaller on a real LM).",
+                                   callback=_COUNT),
+    config_file: str = typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it).",
+                                    callback=_TEXT),
+    out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>).", callback=_TEXT),
     resume: bool = typer.Option(False, "--resume", help="Skip cells already finished in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --out."),
     executor: str = typer.Option("local", "--executor", help="local or ray."),
-    workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes."),
+    workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes.",
+                                callback=bounds.int_option(maximum=bounds.MAX_WORKERS)),
     batched: bool = typer.Option(True, "--batched/--sequential", help="Train the seeds of a RoAd-family cell in one batched forward."),
     engine: str = typer.Option("auto", "--engine", help="How DII steps run: auto (the KV engine on causal LMs, else replay from the site, where exact), kv, kv-bf16, replay, or pyvene."),
     device: str = typer.Option("auto", "--device", help="Where the frozen model runs: auto (a GPU if there is one), cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", "--dtype", help="The frozen model's dtype: float32, bfloat16 or float16 (interventions train in fp32)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster.", callback=_TEXT),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no progress)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory."),
 ) -> None:
@@ -168,27 +176,30 @@ def align_cmd(
     import json
     from pathlib import Path
 
+    from roadinterp import io
     from roadinterp.search import SearchConfig, best_alignment, search, summarize
+    from roadinterp.store import is_run_dir, lock_run
 
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other (continue the run, or discard it); "
+                          "pass one of them")
     base: dict = {}
     if config_file:
-        try:
-            base = json.loads(Path(config_file).read_text())
-        except FileNotFoundError:
-            raise fail(f"config file {config_file} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise fail(f"config file {config_file} is not valid JSON ({e})") from None
+        base = io.load_json(config_file, "config file")
         if not isinstance(base, dict):
             raise fail(f"config file {config_file} must hold a JSON object")
     flags = {
-        "task": task, "model": model, "layers": _ints(layers, "--layers"), "components": _strs(component),
-        "positions": _strs(positions), "families": _strs(family), "sizes": _ints(size, "--size"),
-        "seeds": seeds, "controls": controls, "epochs": epochs, "n_train": n_train, "n_test": n_test,
-        "batch_size": batch_size,
+        "task": task, "model": model, "layers": _ints(layers, "--layers"), "components": _strs(component, "--component"),
+        "positions": _strs(positions, "--positions"), "families": _strs(family, "--family"),
+        "sizes": _ints(size, "--size"), "seeds": seeds, "controls": controls, "epochs": epochs, "n_train": n_train,
+        "n_test": n_test, "batch_size": batch_size,
     }
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     cfg = SearchConfig.from_json(merged)
     out = out or f"runs/{cfg.task}"
+    io.prepare_output(out, overwrite=overwrite, ours=is_run_dir)
+    state["interrupted"] = (f"interrupted: finished cells are saved in {out}; "
+                            f"rerun the same command with --resume to continue")
 
     console = _console()
     progress = None
@@ -206,21 +217,23 @@ def align_cmd(
             progress.update(bar["id"], completed=done,
                             description=f"{cell.family} L{cell.layer} size {cell.size} seed {cell.seed}: IIA {row['iia']:.3f}")
 
-    if progress is not None:
-        progress.start()
-    try:
-        table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
-                       ray_address=ray_address, workers=workers, batched=batched, engine=engine,
-                       device=device, dtype=dtype, on_cell=on_cell)
-    finally:
+    # one writer per run directory: the lock is held from before the store opens until the report is written
+    with lock_run(out):
         if progress is not None:
-            progress.stop()
-    summary = summarize(table)
-    best = best_alignment(table)
-    if report:
-        from roadinterp.viz.report import write_report
+            progress.start()
+        try:
+            table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
+                           ray_address=ray_address, workers=workers, batched=batched, engine=engine,
+                           device=device, dtype=dtype, on_cell=on_cell)
+        finally:
+            if progress is not None:
+                progress.stop()
+        summary = summarize(table)
+        best = best_alignment(table)
+        if report:
+            from roadinterp.viz.report import write_report
 
-        write_report(out, Path(out) / "report.html")
+            write_report(out, Path(out) / "report.html")
     if as_json:
         typer.echo(json.dumps({"out": out, "cells": table.to_dict(orient="records"),
                                "summary": summary.to_dict(orient="records"), "best": best}, default=str))
@@ -229,38 +242,23 @@ def align_cmd(
 
 
 # ------------------------------------------------------------ train & compose
-def _blocks(text: str | None) -> list[int] | None:
-    """'0-15,32,40-47' -> [0..15, 32, 40..47]."""
-    if text is None:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise fail(f"--blocks must look like 0-15,32,40-47, got {text!r}") from None
-    return out
-
-
 @app.command("train")
 def train_cmd(
-    task: str = typer.Option(..., "--task", "-t", help="Task whose labels the adapter is fitted to."),
-    out: str = typer.Option(..., "--out", "-o", help="Directory to save the adapter (safetensors + JSON)."),
-    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir or hub id (default: the task's zoo model)."),
+    task: str = typer.Option(..., "--task", "-t", help="Task whose labels the adapter is fitted to.", callback=_TEXT),
+    out: str = typer.Option(..., "--out", "-o", help="Directory to save the adapter (safetensors + JSON).", callback=_TEXT),
+    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir or hub id (default: the task's zoo model).",
+                              callback=_TEXT),
     layers: str = typer.Option("0", "--layers", help="Comma-separated layers."),
-    component: str = typer.Option("block_output", "--component", help="pyvene component."),
-    positions: str = typer.Option("all", "--positions", help="last | all | index | task-named position."),
-    variant: str = typer.Option("road_2", "--variant", help="road_1, road_2 or road_4."),
+    component: str = typer.Option("block_output", "--component", help="pyvene component.", callback=_TEXT),
+    positions: str = typer.Option("all", "--positions", help="last | all | index | task-named position.", callback=_TEXT),
+    variant: str = typer.Option("road_2", "--variant", help="road_1, road_2 or road_4.", callback=_TEXT),
     blocks: str = typer.Option(None, "--blocks", help="Subspace as block ranges, e.g. 0-15 (default: all)."),
-    steps: int = typer.Option(300, "--steps", help="Optimiser steps."),
-    lr: float = typer.Option(0.05, "--lr", help="Learning rate."),
-    n_train: int = typer.Option(4096, "--n-train", help="Training examples."),
-    seed: int = typer.Option(0, "--seed", help="Seed (init, data, order)."),
+    steps: int = typer.Option(300, "--steps", help="Optimiser steps.", callback=bounds.int_option(maximum=bounds.MAX_STEPS)),
+    lr: float = typer.Option(0.05, "--lr", help="Learning rate (finite, > 0).",
+                             callback=bounds.float_option(minimum=0.0, open_minimum=True)),
+    n_train: int = typer.Option(4096, "--n-train", help="Training examples.", callback=_COUNT),
+    seed: int = typer.Option(0, "--seed", help="Seed (init, data, order).", callback=_SEED),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a roadinterp save."),
 ) -> None:
     """Fit a RoAd adapter (sourceless intervention) to a task's labels and save it."""
     from roadinterp import io
@@ -271,22 +269,25 @@ def train_cmd(
     from roadinterp.sites import Site, parse_positions, validate_site
     from roadinterp.tasks import get_task
 
+    io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)  # before any training
     t = get_task(task)
+    block_list = bounds.parse_blocks("--blocks", blocks)
     spec = model or default_model(t.name if t.variables else "behaviour-base")
     m = get_model(spec)
     pos = parse_positions(positions)
     sites = [Site(layer, component, pos) for layer in _ints(layers, "--layers")]
     targets = {s.key(): validate_site(m, s) for s in sites}
-    adapter = RoadAdapter(targets, variant=variant, group_size=64, blocks=_blocks(blocks),
+    adapter = RoadAdapter(targets, variant=variant, group_size=64, blocks=block_list,
                           meta={"task": t.name, "model": spec, "seed": seed})
     ivs = adapter_interventions(adapter)
+    bounds.check_rows_memory("--n-train", n_train, lambda k: t.factual(k, split="train", seed=seed), what="examples")
     x, y = t.factual(n_train, split="train", seed=seed)
     losses = train_adapter(m, sites, [ivs[s.key()] for s in sites], x, y, task=t, steps=steps, lr=lr, seed=seed)
     xt, yt = t.factual(1024, split="test", seed=seed + 1)
     acc = evaluate(m, adapter, xt, yt, t, sites)
     base = evaluate(m, None, xt, yt, t)
     adapter.meta.update({"test_accuracy": acc, "base_accuracy": base, "final_loss": losses[-1] if losses else None})
-    io.save(adapter, out)
+    io.save(adapter, out, overwrite=overwrite)
     typer.echo(f"saved {out}: held-out accuracy {acc:.3f} (base model {base:.3f}), "
                f"{adapter.n_trainable():,} trainable parameters")
 
@@ -294,9 +295,10 @@ def train_cmd(
 @app.command("compose")
 def compose_cmd(
     adapters: list[str] = typer.Argument(..., help="Saved adapter directories (names = directory names)."),
-    out: str = typer.Option(..., "--out", "-o", help="Directory for the composed adapter."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the composed adapter.", callback=_TEXT),
     weights: str = typer.Option(None, "--weights", help="Per-adapter lambda, e.g. op=1,format=0.5."),
     resolve: str = typer.Option("error", "--resolve", help="Overlapping blocks: error, first or mean."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a roadinterp save."),
 ) -> None:
     """Compose adapters trained on disjoint 2D blocks into one (exact)."""
     from pathlib import Path
@@ -304,28 +306,39 @@ def compose_cmd(
     from roadinterp import io
     from roadinterp.adapters.compose import compose
 
-    loaded = {Path(a).name: io.load(a) for a in adapters}
-    composed = compose(loaded, weights=_weights(weights, loaded), resolve=resolve)
-    io.save(composed, out)
+    io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)
+    names = _adapter_names(adapters)
+    w = _weights(weights, names)
+    loaded = {name: io.load(a) for name, a in names.items()}
+    composed = compose(loaded, weights=w, resolve=resolve)
+    io.save(composed, out, overwrite=overwrite)
     owners = composed.meta.get("owners", {})
     typer.echo(f"saved {out}: " + ", ".join(f"{k} owns {len(v)} blocks" for k, v in owners.items()))
 
 
 def _weights(text: str | None, names) -> dict[str, float] | None:
-    """'op=1,format=0.5' -> {"op": 1.0, "format": 0.5}; every name must be an adapter's."""
-    if not text:
+    """'op=1,format=0.5' -> {"op": 1.0, "format": 0.5}; finite values, every name an adapter's."""
+    w = bounds.parse_weights("--weights", text)
+    if not w:
         return None
-    w = {}
-    for part in text.split(","):
-        name, _, val = part.partition("=")
-        try:
-            w[name.strip()] = float(val)
-        except ValueError:
-            raise fail(f"--weights must look like name=1.0,other=0.5, got {text!r}") from None
     unknown_names = sorted(set(w) - set(names))
     if unknown_names:
         raise fail(f"--weights names {unknown_names} are not among the adapters {sorted(names)}")
     return w
+
+
+def _adapter_names(paths) -> dict[str, str]:
+    """Adapter name (its directory's name) -> path; two directories with one name are refused."""
+    from pathlib import Path
+
+    names: dict[str, str] = {}
+    for a in paths or []:
+        name = Path(bounds.nonempty("adapter path", a)).resolve().name
+        if name in names:
+            raise ConfigError(f"adapters {names[name]} and {a} are both named {name!r} (names are directory "
+                              "names); rename or copy one so every adapter has its own name")
+        names[name] = a
+    return names
 
 
 @app.command("generate")
@@ -359,12 +372,7 @@ def generate_cmd(
         raise ConfigError(f"--template must be chatml or raw, got {template!r}")
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    loaded = {}
-    for a in adapter or []:
-        name = Path(a).name
-        if name in loaded:
-            raise ConfigError(f"two adapters are named {name!r} (the directory name); rename one directory")
-        loaded[name] = io.load(a)
+    loaded = {name: io.load(a) for name, a in _adapter_names(adapter).items()}
     w = _weights(weights, loaded)
     if w and not loaded:
         raise fail("--weights needs at least one --adapter")
@@ -439,29 +447,38 @@ app.add_typer(plot_app, name="plot")
 
 @plot_app.command("angles")
 def plot_angles_cmd(
-    path: str = typer.Argument(..., help="A saved adapter directory or a run directory."),
-    out: str = typer.Option(..., "--out", "-o", help="Output file: .html (interactive), .png or .pdf (static)."),
+    path: str = typer.Argument(..., help="A saved adapter directory or a run directory.", callback=_TEXT),
+    out: str = typer.Option(..., "--out", "-o", help="Output file: .html (interactive), .png or .pdf (static).",
+                            callback=_TEXT),
     kind: str = typer.Option("histogram", "--kind", help="histogram or polar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Plot the distribution of learned angles."""
+    from roadinterp import io
     from roadinterp.viz import plot_angles
 
+    io.prepare_output(out, overwrite=overwrite)
     typer.echo(str(plot_angles(path, out, kind=kind)))
 
 
 @app.command("report")
 def report_cmd(
-    run: str = typer.Argument(..., help="Run directory written by `roadinterp align`."),
-    out: str = typer.Option(None, "--out", "-o", help="Output .html (default RUN/report.html)."),
+    run: str = typer.Argument(..., help="Run directory written by `roadinterp align`.", callback=_TEXT),
+    out: str = typer.Option(None, "--out", "-o", help="Output .html (default RUN/report.html).", callback=_TEXT),
     cell: list[str] = typer.Option(None, "--cell", help="Also show this cell's learned angles and subspaces "
                                    "(family|layer|component|position|size, as in results.csv's key); repeatable."),
-    figures: str = typer.Option(None, "--figures", help="Also write the key figures as PNG and PDF into this directory."),
+    figures: str = typer.Option(None, "--figures", help="Also write the key figures as PNG and PDF into this directory.",
+                                callback=_TEXT),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Write one self-contained HTML page (no network requests) for an align run."""
     from pathlib import Path
 
+    from roadinterp import io
     from roadinterp.viz.report import write_figures, write_report
 
+    if out:  # RUN/report.html (the default) is the run's own file; anything else is checked
+        io.prepare_output(out, overwrite=overwrite or Path(out).resolve() == (Path(run) / "report.html").resolve())
     cells = list(cell or [])
     typer.echo(str(write_report(run, Path(out) if out else Path(run) / "report.html", cells)))
     if figures:
@@ -510,33 +527,119 @@ def _print_summary(console, summary, best, out) -> None:
     console.print(f"results: {out}/results.csv  report: {out}/report.html")
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage-error, exit, abort) classes of click *and* of the copy of click that Typer bundles.
+
+    typer >= 0.16 vendors click as ``typer._click`` (its own ClickException, Exit and Abort),
+    older typer uses the real ``click``; match both so the boundary does not depend on the version.
+    """
+    usage, exits, aborts = [], [typer.Exit], [typer.Abort]
+    modules = []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            modules.append(__import__(name, fromlist=["_"]))
+        except ImportError:
+            pass
+    for m in modules:
+        usage += [c for c in (getattr(m, "ClickException", None),) if isinstance(c, type)]
+        exits += [c for c in (getattr(m, "Exit", None),) if isinstance(c, type)]
+        aborts += [c for c in (getattr(m, "Abort", None),) if isinstance(c, type)]
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanup runs as for Ctrl-C (exit 143)."""
+
+
+def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    import signal
+
+    # remembered because Typer turns a KeyboardInterrupt into a plain return code of 130
+    state["signal"] = signum
+    if signum == signal.SIGTERM:
+        raise _Terminated()
+    raise KeyboardInterrupt
+
+
+def _install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM stop the run through Python (finally blocks, stores closed, one line).
+
+    Installed unconditionally: a process started with SIGINT ignored (``nohup roadinterp align ... &``,
+    background jobs of non-interactive shells) inherits SIG_IGN and could otherwise not be interrupted.
+    """
+    import signal
+
+    state["signal"] = None
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    if hasattr(signal, "pthread_sigmask"):  # a blocked mask is inherited too
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _exit_interrupted(terminated: bool = False) -> None:
+    typer.echo(state["interrupted"], err=True)
+    sys.exit(143 if terminated else 130)
+
+
+def _error_line(message: str) -> None:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    typer.echo(f"error: {text}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: RoadinterpError -> one line, exit 2."""
-    args = sys.argv[1:] if argv is None else argv
+    """Console-script entry point: the CLI's one error boundary.
+
+    Every user mistake -- a :class:`RoadinterpError`, a Typer/Click usage error (unknown
+    option or command, a value that is not an int, a missing argument), an OS refusal
+    (permission, disk full) or memory exhaustion -- is one ``error: ...`` line on stderr
+    with exit status 2; ``--debug`` re-raises it with its traceback. Ctrl-C exits 130 and
+    SIGTERM 143, each with one line (``align`` adds the ``--resume`` hint).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    state["interrupted"] = "interrupted"
+    usage_errors, exits, aborts = _click_exceptions()
     try:
-        rc = app(args=args, standalone_mode=False)
+        _install_signal_handlers()
+        rc = app(args=args, standalone_mode=False, prog_name="roadinterp")
+        if state.get("signal") is not None:  # Typer returned 130 for the KeyboardInterrupt
+            _exit_interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, _Terminated) as e:
+        _exit_interrupted(isinstance(e, _Terminated))
+    except exits as e:
+        if state.get("signal") is not None or isinstance(e.__cause__, KeyboardInterrupt):
+            _exit_interrupted()
+        sys.exit(getattr(e, "exit_code", 0))
+    except aborts:  # click turns a Ctrl-C during a prompt into Abort
+        _exit_interrupted()
     except RoadinterpError as e:
         if debug:
             raise
-        typer.echo(f"error: {e}", err=True)
+        _error_line(str(e))
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished work is saved; rerun with --resume to continue", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            typer.echo(f"error: {e.format_message()}", err=True)
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except usage_errors as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `roadinterp` / group: the help is the answer
+            typer.echo(e.format_message())
+            sys.exit(0)
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _error_line(f"{e.format_message()}{where}")
+        sys.exit(2)
+    except MemoryError:
+        if debug:
+            raise
+        _error_line("out of memory; use smaller counts (--n-train, --n-test, --seeds, --workers)")
+        sys.exit(2)
+    except OSError as e:  # the environment refused (permissions, disk full, a path that is a file): not a bug
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _error_line(f"{e.strerror or e}{where} (rerun with --debug for the traceback)")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,15 @@ class OverlapError(RoadinterpError, ValueError):
 
 
 class RunDirError(RoadinterpError):
-    """A run directory cannot be used (unwritable, or holds a different config)."""
+    """A run directory cannot be used (unwritable, holds a different config, or another run writes to it)."""
+
+
+class OutputError(RoadinterpError):
+    """An output path cannot be written, or writing it would replace something roadinterp did not make."""
+
+
+class NonFiniteError(RoadinterpError, FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; nothing from that run is saved."""
 
 
 class OfflineError(RoadinterpError):

@@ -10,6 +10,13 @@ and a classmethod ``from_state(config, tensors)`` that validates both, and is
 registered with :func:`register_kind`. Loading never executes code from the
 file: a pickle, a truncated file, a JSON with wrong types or tensors of the wrong
 shape each raise :class:`~roadinterp.errors.FileFormatError` naming the problem.
+JSON is read through :func:`load_json` (size and nesting bounded), declared widths
+through :func:`expect_width` (checked against the tensors before anything is built).
+
+Writing never destroys what it replaces before the new copy is complete: :func:`save`
+builds the directory beside the target and swaps it in (one atomic exchange on
+Linux), and :func:`prepare_output` refuses, before any work, to replace a file or a
+non-empty directory roadinterp did not write unless the caller passes ``overwrite``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from roadinterp.errors import FileFormatError, RoadinterpError, unknown
+from roadinterp import bounds
+from roadinterp.errors import FileFormatError, OutputError, RoadinterpError, unknown
 
 FORMAT = "roadinterp"
 VERSION = 1
@@ -51,26 +60,189 @@ def register_kind(cls: type) -> type:
     return cls
 
 
-def save(obj: Saveable, path: str | os.PathLike) -> Path:
-    """Write ``obj`` to directory ``path`` atomically (temp dir, then rename)."""
+def save(obj: Saveable, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``obj`` to directory ``path`` atomically (temp dir beside it, then swap).
+
+    An existing roadinterp save at ``path`` is replaced; anything else there (a file, a
+    non-empty directory of other files) is refused unless ``overwrite``. The old copy
+    is removed only after the new one is in place.
+    """
     if not hasattr(obj, "to_state") or not hasattr(obj, "KIND"):
         raise FileFormatError(f"cannot save a {type(obj).__name__}: it has no to_state()/KIND")
+    path = prepare_output(path, overwrite=overwrite, ours=is_saved)
     config, tensors = obj.to_state()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = _non_finite(tensors)
+    if bad:
+        from roadinterp.errors import NonFiniteError
+
+        raise NonFiniteError(f"refusing to save {obj.KIND} to {path}: tensor {bad} holds NaN or infinite values")
+    _mkdir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         doc = {"format": FORMAT, "version": VERSION, "kind": obj.KIND, "config": config}
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True))
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
+        replace_path(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _renameat2_exchange():
+    """``renameat2(..., RENAME_EXCHANGE)`` from libc (Linux >= 3.15, glibc >= 2.28), or None."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def replace_path(new: Path, final: Path) -> None:
+    """Move ``new`` (a file or directory) to ``final``, replacing what is there.
+
+    The old copy is deleted only after ``new`` is in place. On Linux the two are swapped
+    in one atomic ``renameat2(RENAME_EXCHANGE)``, so ``final`` always holds a complete
+    copy; elsewhere the old copy is first renamed aside (a crash then leaves it as
+    ``.NAME.old-*`` beside ``final``, never deleted).
+    """
+    new, final = Path(new), Path(final)
+    if not os.path.lexists(final) or (final.is_file() and new.is_file()):
+        os.replace(new, final)  # atomic for files, and for a directory onto nothing
+        return
+    fn = _renameat2_exchange()
+    if fn is not None:
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        if fn(AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(final), RENAME_EXCHANGE) == 0:
+            _remove(new)  # now holds the old copy
+            return
+    old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
+    os.replace(final, old)
+    os.replace(new, final)
+    _remove(old)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _mkdir(d: Path) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create directory {d}: {e.strerror or e}; choose another --out") from None
+
+
+def is_saved(path: str | os.PathLike) -> bool:
+    """Is ``path`` a directory written by :func:`save` (its config.json says so)?"""
+    p = Path(path) / CONFIG_NAME
+    try:
+        if not p.is_file() or p.stat().st_size > bounds.MAX_JSON_BYTES:
+            return False
+        doc = load_json(p, "config")
+    except (FileFormatError, OSError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def prepare_output(path: str | os.PathLike, *, overwrite: bool = False, ours=None, what: str = "--out") -> Path:
+    """Check, before any work, that ``path`` can be written; return it as a Path.
+
+    Refuses an empty path, a parent that is not a directory or not writable, and an
+    existing file or non-empty directory that ``ours(path)`` does not recognise as
+    roadinterp's own output, unless ``overwrite``. Creates nothing, so a refused run
+    leaves nothing behind.
+    """
+    bounds.nonempty(what, str(path) if isinstance(path, os.PathLike) else path)
+    p = Path(path)
+    if os.path.lexists(p) and not overwrite:
+        mine = ours is not None and ours(p)
+        empty_dir = p.is_dir() and not p.is_symlink() and not any(p.iterdir())
+        if not mine and not empty_dir:
+            kind = "directory" if p.is_dir() else "file"
+            raise OutputError(f"{what} {p} is an existing {kind} that roadinterp did not write; "
+                              "choose another path, or pass --overwrite to replace it")
+    parent = p.absolute().parent
+    while not parent.exists():
+        if os.path.lexists(parent):  # a dangling symlink
+            raise OutputError(f"cannot write {what} {p}: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {what} {p}: {parent} is not writable; choose another path")
+    return p
+
+
+def load_json(path: str | os.PathLike, what: str = "JSON file"):
+    """Parse a JSON file with bounded size and nesting; FileFormatError on anything else.
+
+    Unreadable paths (a directory, no permission), non-UTF-8 bytes, invalid JSON, a file
+    over ``bounds.MAX_JSON_BYTES`` or nesting deeper than ``bounds.MAX_JSON_DEPTH`` are
+    each one message (never a RecursionError or UnicodeDecodeError).
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise FileFormatError(f"{what} {p} is a directory, not a JSON file")
+        size = p.stat().st_size
+        if size > bounds.MAX_JSON_BYTES:
+            raise FileFormatError(f"{what} {p} is {bounds.format_bytes(size)}; roadinterp reads JSON up to "
+                                  f"{bounds.format_bytes(bounds.MAX_JSON_BYTES)}")
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise FileFormatError(f"{what} {p} does not exist") from None
+    except OSError as e:
+        raise FileFormatError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    depth = _max_depth(text)
+    if depth > bounds.MAX_JSON_DEPTH:
+        raise FileFormatError(f"{what} {p} nests {depth} levels deep; roadinterp reads JSON up to "
+                              f"{bounds.MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise FileFormatError(f"{what} {p} is not valid JSON ({e})") from None
+
+
+def _max_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings (stops counting past the limit)."""
+    if "[" not in text and "{" not in text:
+        return 0
+    import re
+
+    # drop string literals (escapes included), then count brackets
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    depth = best = 0
+    for ch in re.sub(r"[^\[\]{}]", "", stripped):
+        if ch in "[{":
+            depth += 1
+            if depth > best:
+                best = depth
+                if best > bounds.MAX_JSON_DEPTH:
+                    return best
+        else:
+            depth -= 1
+    return best
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding a NaN or inf, else None."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def _looks_pickled(p: Path) -> bool:
@@ -107,10 +279,7 @@ def read_state(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, 
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise FileFormatError(f"{path} has no {p.name}: not a roadinterp save (or an interrupted one)")
-    try:
-        doc = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FileFormatError(f"{cfg_path} is not valid JSON ({e})") from None
+    doc = load_json(cfg_path, "config")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise FileFormatError(f"{cfg_path} is not a roadinterp config (no 'format': 'roadinterp')")
     if not isinstance(doc.get("version"), int) or doc["version"] > VERSION:
@@ -125,6 +294,9 @@ def read_state(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, 
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise FileFormatError(f"{w_path} is truncated or not safetensors ({e})") from None
+    bad = _non_finite(tensors)
+    if bad:
+        raise FileFormatError(f"{w_path}: tensor {bad} holds NaN or infinite values (a diverged run's output?)")
     return doc["kind"], doc["config"], tensors
 
 
@@ -153,3 +325,34 @@ def expect(config: dict, key: str, typ, where: str):
         name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
         raise FileFormatError(f"{where}: field {key!r} must be {name}, got {type(val).__name__} {val!r}")
     return val
+
+
+def expect_width(config: dict, key: str, where: str) -> int:
+    """A width (or other size) declared by a saved file: an int in ``[1, bounds.MAX_WIDTH]``.
+
+    Checked before any module is built from it, so a file declaring width 10**12 is
+    refused in microseconds instead of trying to allocate terabytes. Loaders also
+    compare declared shapes with the tensors actually present (``tensors``) first.
+    """
+    val = expect(config, key, int, where)
+    return check_width(val, f"{where}: field {key!r}")
+
+
+def check_width(val, where: str) -> int:
+    """``val`` as a declared width: an int in ``[1, bounds.MAX_WIDTH]``; FileFormatError naming ``where``."""
+    if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= bounds.MAX_WIDTH:
+        raise FileFormatError(f"{where} must be an int in [1, {bounds.MAX_WIDTH:,}], got {val!r}")
+    return val
+
+
+def expect_shape(tensors: dict[str, torch.Tensor], name: str, want: tuple[int, ...], where: str) -> torch.Tensor:
+    """The tensor ``name`` with exactly shape ``want``, before anything of that shape is built."""
+    t = tensors.get(name)
+    if t is None:
+        raise FileFormatError(f"weights have no tensor {name} (needed by {where})")
+    if tuple(t.shape) != tuple(want):
+        from roadinterp.errors import ShapeError
+
+        raise ShapeError(f"{name} has shape {tuple(t.shape)} but {where} needs {tuple(want)} "
+                         "(was it saved for another model width?)")
+    return t

@@ -28,7 +28,9 @@ independent, so executors can run them anywhere: ``local`` (this process) or
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import os
 import time
 from dataclasses import asdict, astuple, dataclass, field, fields, replace
@@ -37,10 +39,11 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
+from roadinterp import bounds
 from roadinterp.dii.replay import ENGINES
 from roadinterp.dii.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
 from roadinterp.errors import ConfigError
-from roadinterp.sites import Site, n_layers, parse_positions
+from roadinterp.sites import Site, n_layers, parse_positions, sequence_length, validate_site
 from roadinterp.store import RunStore, cell_slug, rows_to_frame, saved_path
 
 EXECUTORS = ("local", "ray")
@@ -95,6 +98,7 @@ class SearchConfig:
             raise ConfigError(f"sizes must be >= 1, got {self.sizes}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ConfigError(f"seeds must be a positive int, got {self.seeds!r}")
+        bounds.positive_int("seeds", self.seeds, maximum=bounds.MAX_SEEDS)
         if not isinstance(self.controls, bool):
             raise ConfigError(f"controls must be true or false, got {self.controls!r}")
         for fam in self.families:
@@ -279,6 +283,10 @@ def resolve(config: SearchConfig, device: str = "cpu", dtype: str = "float32"):
     model = get_model(spec, device, dtype)
     task = get_bound_task(config.task, spec)
     layers = config.layers if config.layers is not None else list(range(n_layers(model)))
+    n_cells = math.prod(map(len, (config.families, layers, config.components, config.positions, config.sizes)))
+    if n_cells * config.seeds > bounds.MAX_CELLS:
+        raise ConfigError(f"the grid has {n_cells * config.seeds:,} cells ({n_cells:,} x {config.seeds:,} seeds); "
+                          f"at most {bounds.MAX_CELLS:,} per run: narrow --layers/--size/--family or lower --seeds")
     cells = [
         Cell(f, l, c, p, s, seed)
         for f, l, c, p, s, seed in itertools.product(
@@ -294,7 +302,23 @@ def resolve(config: SearchConfig, device: str = "cpu", dtype: str = "float32"):
                 known = dict.fromkeys(["last", "all", *task.positions])
                 raise ConfigError(f"unknown position {cell.position!r} for task {task.name}; known: {', '.join(known)}")
             checked.add(sig)
+    _check_positions_and_memory(config, task, model, cells)
     return task, spec, model, cells
+
+
+def _check_positions_and_memory(config: SearchConfig, task, model, cells: Sequence[Cell]) -> None:
+    """Every position exists in the task's inputs, and one unit of work's tensors fit in memory."""
+    d = config.dii(cells[0].family, cells[0].size, 0)
+    sample = task.counterfactuals(2, split="train", seed=0, hypothesis=d.hypothesis, mode=d.mode)
+    seq = sequence_length(sample.base)
+    for position in dict.fromkeys(c.position for c in cells):
+        Site(cells[0].layer, cells[0].component, position).position_indices(seq, task.positions)
+    width = max(validate_site(model, c.site) for c in {(c.layer, c.component): c for c in cells}.values())
+    n_states = 1 + len(task.variables)  # cached site states per counterfactual (base + one source per variable)
+    bounds.check_rows_memory(
+        "n_train + n_test", config.n_train + config.n_test,
+        lambda k: task.counterfactuals(k, split="train", seed=0, hypothesis=d.hypothesis, mode=d.mode),
+        extra_per_row=n_states * width * 4, copies=config.seeds, what="counterfactuals")
 
 
 RANDOM_MODEL_SEED = 10_000
@@ -479,6 +503,14 @@ def _die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(0)
+    # Ctrl-C is the parent's to handle (it stops the workers); a worker never prints a traceback for it.
+    # Workers start with SIGINT/SIGTERM blocked (see _run_local), so one sent during start-up is dropped here.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def shippable_task(name: str):
@@ -511,21 +543,29 @@ def _run_local(config_json, groups, spec, on_row, workers: int = 1, save_dir=Non
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    # spawn: workers start clean (no forked torch threads); each loads the cached model once
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine, task_obj, *placement): g
-                   for g in groups}
-        try:
-            while futures:
-                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    for cell, row in zip(futures.pop(fut), fut.result()):
-                        on_row(cell, row)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    # spawn: workers start clean (no forked torch threads); each loads the cached model once.
+    # They are started with SIGINT/SIGTERM blocked (inherited), so a Ctrl-C during their start-up reaches
+    # only this process, which stops them; the parent gets it as soon as the block ends.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        with _interrupts_deferred():
+            futures = {pool.submit(run_cells, config_json, g, spec, save_dir, batched, engine, task_obj,
+                                    *placement): g
+                       for g in groups}
+        while futures:
+            done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+            for fut in done:
+                for cell, row in zip(futures.pop(fut), fut.result()):
+                    on_row(cell, row)
+    except BaseException:
+        # interrupted or failed: stop the running cells now instead of waiting for them to finish. SIGKILL,
+        # not SIGTERM: a worker still starting up has SIGTERM blocked, and workers hold nothing to save
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _run_ray(config_json, groups, spec, on_row, address=None, save_dir=None, batched=False,
@@ -608,10 +648,11 @@ def search(
         row["key"] = cell.key
         by_key[cell.key] = row
         if store:
-            store.add(cell.key, row)
-            changed = refresh_agreement(out, cell, config.seeds, by_key)
-            if changed:
-                store.update(changed)
+            with _interrupts_deferred():  # a Ctrl-C now lands after the cell is committed, not inside it
+                store.add(cell.key, row)
+                changed = refresh_agreement(out, cell, config.seeds, by_key)
+                if changed:
+                    store.update(changed)
         rows.append(row)
         finished += 1
         if on_cell:
@@ -625,10 +666,31 @@ def search(
         else:
             _run_ray(config_json, group_cells(todo, batched), spec, on_row, ray_address, out, batched, engine,
                      task_obj, (device, dtype))
+    except BaseException:
+        if store:
+            store.discard_if_empty()  # a run refused or stopped before its first cell leaves nothing behind
+        raise
     finally:
         if store:
             store.close()
     return rows_to_frame(rows)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Block SIGINT/SIGTERM in the main thread for a moment (delivered when the block ends)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

@@ -12,25 +12,42 @@
 parameters sit beside it under ``SLUG-random_model``. Reports read these back
 (:func:`saved_path`) without the model.
 
+    runs/NAME/.lock          the writer lock (see below)
+
 SQLite in WAL mode makes each finished cell durable the moment its transaction
 commits: a Ctrl-C or SIGKILL loses only cells still running, and ``--resume``
 skips every cell whose key is already stored. Opening a directory that holds a
 *different* config is refused unless ``overwrite=True``, so one directory never
-mixes two experiments.
+mixes two experiments; so is a non-empty directory that holds no run at all.
+
+**One writer.** A run directory has one writer at a time: :func:`lock_run` takes an
+exclusive ``flock`` on ``.lock`` (and writes the holder's pid, host and command into
+it) before anything in the directory is read, wiped or written, and a second
+writer is refused with a message naming the holder. The kernel drops the lock when
+its process dies however it dies (SIGKILL included), so a stale ``.lock`` left by a
+killed run is simply taken over. ``--overwrite`` takes the same lock first, so it
+can never wipe a live run. (``flock`` is per host: two machines sharing a run
+directory over NFS are not protected.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import sqlite3
+import sys
 import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
-from roadinterp.errors import RunDirError
+from roadinterp.errors import FileFormatError, RunDirError
 
 RESULT_COLUMNS = [
     "task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
@@ -67,6 +84,82 @@ def saved_path(run_dir: str | os.PathLike, slug: str, what: str = "cell") -> Pat
     return Path(run_dir) / SAVED_KINDS[what] / slug
 
 
+LOCK_NAME = ".lock"
+# what a run directory holds before its run.json is written (the store writes run.json last)
+EARLY_RUN_FILES = ("results.db", "results.db-wal", "results.db-shm", "results.db-journal", LOCK_NAME, ".write-test")
+_HELD: dict[str, list] = {}  # realpath -> [fd, depth]: locks this process holds (re-entrant)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Is ``path`` a run directory (run.json, or only files a run writes, e.g. an interrupted one)?"""
+    d = Path(path)
+    if not d.is_dir():
+        return False
+    if (d / "run.json").is_file():
+        return True
+    return all(p.name in EARLY_RUN_FILES or p.name.startswith(".run.json.") for p in d.iterdir())
+
+
+def _holder(fd: int) -> str:
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+        cmd = " ".join(doc.get("argv") or [])[:120]
+        return (f"process {doc.get('pid')} on {doc.get('host')}, started "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc.get('started', 0)))}"
+                + (f": {cmd}" if cmd else ""))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def lock_run(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive writer lock of run directory ``out`` (created if missing).
+
+    Re-entrant within a process (the CLI holds it around ``search`` and the report;
+    :class:`RunStore` takes it again). Raises :class:`RunDirError` naming the process
+    that holds it. If this call created the directory and it is left holding only
+    the lock (a refused run), the directory is removed on exit.
+    """
+    import fcntl
+
+    d = Path(out)
+    key = os.path.realpath(d)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield d
+        finally:
+            _HELD[key][1] -= 1
+        return
+    created = not os.path.lexists(d)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot write to run directory {d}: {e.strerror or e}; choose another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise RunDirError(f"{d} is in use by another roadinterp run ({holder}); wait for it to finish "
+                          "or stop it, or choose another --out") from None
+    # ours now; a previous holder that was killed left its record here, which we replace
+    doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(doc).encode(), 0)
+    _HELD[key] = [fd, 1]
+    try:
+        yield d
+    finally:
+        del _HELD[key]
+        try:
+            if created and {p.name for p in d.iterdir()} <= {LOCK_NAME}:
+                shutil.rmtree(d, ignore_errors=True)  # a refused run leaves nothing behind
+        finally:
+            os.close(fd)  # releases the flock (the file stays: unlinking it would race a new writer)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -85,9 +178,25 @@ class RunStore:
 
     def __init__(self, out: str | os.PathLike, config: dict[str, Any], *, resume: bool = False,
                  overwrite: bool = False) -> None:
+        if resume and overwrite:
+            raise RunDirError("resume and overwrite contradict each other (continue the run, or discard it); "
+                              "pass one of them")
         self.dir = Path(out)
+        if os.path.lexists(self.dir) and not self.dir.is_dir():
+            raise RunDirError(f"run directory {self.dir} is an existing file; choose another --out")
+        if not overwrite and self.dir.is_dir() and not is_run_dir(self.dir):
+            raise RunDirError(f"{self.dir} is a non-empty directory that holds no roadinterp run; choose another "
+                              "--out, or pass --overwrite to write the run into it")
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(lock_run(self.dir))  # before anything in the directory is read or wiped
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open(config, resume, overwrite)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
+        try:
             probe = self.dir / ".write-test"
             probe.write_text("ok")
             probe.unlink()
@@ -96,6 +205,7 @@ class RunStore:
         self.run_json = self.dir / "run.json"
         self.db_path = self.dir / "results.db"
         self.csv_path = self.dir / "results.csv"
+        self.created_config = not self.run_json.exists()
         existing = self._read_config()
         if existing is not None and existing != config:
             if not overwrite:
@@ -122,9 +232,11 @@ class RunStore:
     def _read_config(self) -> dict | None:
         if not self.run_json.exists():
             return None
+        from roadinterp.io import load_json
+
         try:
-            doc = json.loads(self.run_json.read_text())
-        except json.JSONDecodeError:
+            doc = load_json(self.run_json, "run.json")
+        except FileFormatError:
             return None  # a half-written run.json cannot exist (atomic writes); treat as foreign
         return doc if isinstance(doc, dict) else None
 
@@ -134,7 +246,7 @@ class RunStore:
         con = sqlite3.connect(self.db_path, timeout=30)
         try:
             return con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
-        except sqlite3.OperationalError:
+        except sqlite3.DatabaseError:
             return 0
         finally:
             con.close()
@@ -174,7 +286,18 @@ class RunStore:
         _atomic_write(self.csv_path, self.table().to_csv(index=False))
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._lock.close()
+
+    def discard_if_empty(self) -> None:
+        """After a failed start: remove what this store created if no cell was stored."""
+        if self._db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 0 and self.created_config:
+            self._db.close()
+            self._wipe()
+            self.run_json.unlink(missing_ok=True)
+            shutil.rmtree(self.dir / "cells", ignore_errors=True)
 
 
 def rows_to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -197,16 +320,26 @@ def open_run(out, config, **kw) -> RunStore:
 
 def read_run(path: str | os.PathLike) -> tuple[dict[str, Any], pd.DataFrame]:
     """(config, table) of a finished or partial run directory (read-only)."""
+    from roadinterp.io import load_json
+
     d = Path(path)
-    if not (d / "run.json").exists():
+    if not (d / "run.json").is_file():
         raise RunDirError(f"{d} is not a run directory (no run.json)")
-    config = json.loads((d / "run.json").read_text())
+    config = load_json(d / "run.json", "run.json")
+    if not isinstance(config, dict):
+        raise FileFormatError(f"{d / 'run.json'} must hold a JSON object, got {type(config).__name__}")
     db = d / "results.db"
     rows = []
     if db.exists():
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
         try:
-            rows = [json.loads(r) for (r,) in con.execute("SELECT row FROM cells ORDER BY rowid")]
-        finally:
-            con.close()
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = [json.loads(r) for (r,) in con.execute("SELECT row FROM cells ORDER BY rowid")]
+            finally:
+                con.close()
+        except (sqlite3.DatabaseError, ValueError, TypeError) as e:
+            raise FileFormatError(f"{db} is not a readable results store ({e}); the run's results.csv may "
+                                  "still hold its cells") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise FileFormatError(f"{db} holds rows that are not JSON objects")
     return config, rows_to_frame(rows)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from roadinterp.errors import ConfigError, FileFormatError, OfflineError, unknown
+from roadinterp.finite import check_step
 from roadinterp.pretrained import PRETRAINED, ensure_cached, list_pretrained, load_gguf
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
@@ -254,6 +255,8 @@ def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progre
             loss = _loss(task, model, {k: v[idx] for k, v in inputs.items()}, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            check_step(loss, model.parameters(), what=f"zoo training ({name})", step=step,
+                       hint="lower the entry's lr or change its seed")
             opt.step()
             sched.step()
             if step % 50 == 0 or step == steps - 1:

@@ -202,7 +202,7 @@ BAD = [
     (["--layers", "9"], "layer 9 is out of range"),
     (["--size", "20"], "exceeds the site width 16"),
     (["--layers", "a"], "--layers must be comma-separated integers"),
-    (["--seeds", "0"], "seeds must be a positive int"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
     (["--executor", "spark"], "executor must be one of"),
     (["--device", "tpu"], "device must be auto, cpu or cuda"),
     (["--dtype", "int8"], "dtype must be one of"),

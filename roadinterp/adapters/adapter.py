@@ -101,15 +101,19 @@ class RoadAdapter(nn.Module):
     def from_state(cls, config, tensors):
         where = "road_adapter config"
         targets = io.expect(config, "targets", dict, where)
+        variant = io.expect(config, "variant", str, where)
         for k, v in targets.items():
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise FileFormatError(f"{where}: width of target {k!r} must be int, got {v!r}")
+            io.check_width(v, f"{where}: width of target {k!r}")
+            if variant in rot.VARIANTS:  # sizes against the file's tensors before anything is allocated
+                for name in ("theta", "alpha"):
+                    io.expect_shape(tensors, f"{k}.{name}", (rot.n_params(v, variant),),
+                                    f"a {variant} map of width {v}")
         blocks = config.get("blocks")
         if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, int) for b in blocks)):
             raise FileFormatError(f"{where}: 'blocks' must be a list of ints or null, got {blocks!r}")
         gs = io.expect(config, "group_sizes", dict, where)
         new = cls(
-            targets, variant=io.expect(config, "variant", str, where), group_size=None, blocks=blocks,
+            targets, variant=variant, group_size=None, blocks=blocks,
             placement=io.expect(config, "placement", str, where), meta=config.get("meta") or {},
         )
         for key, r in new.items():

@@ -112,7 +112,9 @@ def compose(
         raise ConfigError("compose needs at least one adapter")
     if resolve not in ("error", "first", "mean"):
         raise ConfigError(f"resolve must be 'error', 'first' or 'mean', got {resolve!r}")
-    weights = dict(weights or {})
+    from roadinterp.bounds import finite_float
+
+    weights = {k: finite_float(f"weight of {k!r}", v) for k, v in (weights or {}).items()}
     unknown_w = sorted(set(weights) - set(adapters))
     if unknown_w:
         raise ConfigError(f"weights name adapters that are not composed: {unknown_w}; adapters: {list(adapters)}")

@@ -225,8 +225,18 @@ class PedroAdapter(nn.Module):
                 ) if isinstance(t, dict) else _bad(where, t)
                 for t in ts
             ]
+        for k in ("dim", "bottleneck"):
+            if k in pc:
+                io.check_width(pc[k], f"{where}: pedro.{k}")
+        pcfg = PedroConfig(**pc)
+        for key, ts in layout.items():  # sizes against the file's tensors before anything is allocated
+            for t in ts:
+                io.check_width(t.end, f"{where}: end of target {t.name!r}")
+            out_dim = sum(max(t.end - t.start, 0) for t in ts)
+            io.expect_shape(tensors, f"{key}.w_down", (pcfg.dim, pcfg.bottleneck), where)
+            io.expect_shape(tensors, f"{key}.w_up", (pcfg.bottleneck, out_dim), where)
         new = cls(
-            PedroConfig(**pc), layout, placement=io.expect(config, "placement", str, where),
+            pcfg, layout, placement=io.expect(config, "placement", str, where),
             meta=config.get("meta") or {},
         )
         for key, g in new.items():

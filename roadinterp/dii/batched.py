@@ -29,6 +29,7 @@ from torch import nn
 
 from roadinterp._pyvene import pv
 from roadinterp.errors import ConfigError, ShapeError
+from roadinterp.finite import check_step
 from roadinterp.interventions import get_family
 from roadinterp.interventions.road import DENSE_MAX_DIM, RoadInterchange, uniform_mask
 from roadinterp.road import rotation as rot
@@ -435,7 +436,10 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
                     ce = torch.nn.functional.cross_entropy(task.logits(out).float(), y, reduction="none")
                     per = ce.view(K, B).mean(1)  # [K]: each candidate's own mean loss
                     opt.zero_grad(set_to_none=True)
-                    per.sum().backward()  # candidates' gradients do not mix
+                    total = per.sum()
+                    total.backward()  # candidates' gradients do not mix
+                    check_step(total, params, what=f"batched DII training ({first.family}, {K} seeds)",
+                               step=len(losses[0]))
                     opt.step()
                     for k, v in enumerate(per.detach().tolist()):
                         losses[k].append(v)

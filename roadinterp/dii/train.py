@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
+from roadinterp import bounds
 from roadinterp.dii.replay import ENGINES, make_runner
 from roadinterp.errors import ConfigError
+from roadinterp.finite import check_step
 from roadinterp.interventions import get_family, list_families, run_dii
 from roadinterp.sites import Site, validate_site
 
@@ -56,12 +58,13 @@ class DIIConfig:
     def __post_init__(self) -> None:
         if self.family not in list_families():
             get_family(self.family)  # raises UnknownNameError listing families
-        for name in ("size", "n_train", "n_test", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive int, got {v!r}")
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not self.lr >= 0):
-            raise ConfigError(f"lr must be a non-negative number, got {self.lr!r}")
+        maxima = {"size": bounds.MAX_WIDTH, "n_train": bounds.MAX_EXAMPLES, "n_test": bounds.MAX_EXAMPLES,
+                  "epochs": bounds.MAX_EPOCHS, "batch_size": bounds.MAX_EXAMPLES}
+        for name, maximum in maxima.items():
+            bounds.positive_int(name, getattr(self, name), maximum=maximum)
+        bounds.positive_int("seed", self.seed, minimum=0, maximum=bounds.MAX_SEED)
+        if self.lr is not None:
+            bounds.finite_float("lr", self.lr, minimum=0.0)
         if self.mode not in ("each", "all", "mixed"):
             raise ConfigError(f"mode must be each, all or mixed, got {self.mode!r}")
         if self.engine not in ENGINES:
@@ -213,8 +216,8 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
                     loss = loss + _boundary_penalty(built.interventions)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    losses.append(check_step(loss, params, what=f"DII training ({config.family})", step=step))
                     opt.step()
-                    losses.append(float(loss.detach()))
                     step += 1
         for iv in built.interventions:
             iv.eval()
@@ -306,8 +309,8 @@ def train_adapter(
             loss = torch.nn.functional.cross_entropy(task.logits(out).float(), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            losses.append(check_step(loss, params, what="adapter training", step=len(losses)))
             opt.step()
-            losses.append(float(loss.detach()))
         for iv in interventions:
             iv.eval()
     finally:

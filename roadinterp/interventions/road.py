@@ -324,10 +324,14 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     @classmethod
     def from_state(cls, config, tensors):
         where = "road_interchange config"
-        dim = io.expect(config, "dim", int, where)
+        dim = io.expect_width(config, "dim", where)
         strides = io.expect(config, "strides", list, where)
         if not strides or not all(isinstance(s, int) and s > 0 and dim % (2 * s) == 0 for s in strides):
             raise FileFormatError(f"{where}: 'strides' must be positive ints s with 2s dividing {dim}, got {strides}")
+        variant = io.expect(config, "variant", str, where)
+        if variant in rot.VARIANTS:  # sizes against the file's tensors before anything is allocated
+            for name in ("theta", "alpha"):
+                io.expect_shape(tensors, name, (len(strides), rot.n_params(dim, variant)), where)
         new = cls(dim, family=io.expect(config, "family", str, where), variant=io.expect(config, "variant", str, where),
                   init="identity", group_size=2 * strides[0] if config["family"] == "road" else None)
         new.strides = list(strides)

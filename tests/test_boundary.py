@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from roadinterp import io
-from roadinterp.adapter import RoadAdapter
+from roadinterp.adapters import RoadAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,10 +315,10 @@ def test_hostile_width_is_refused_before_allocating(tmp_path):
 
 # ------------------------------------------------------------------ non-finite training
 def test_dii_training_stops_at_a_nan_loss_and_saves_nothing(tmp_path):
+    from roadinterp.dii.train import DIIConfig, make_data, train_dii
     from roadinterp.errors import NonFiniteError
     from roadinterp.sites import Site
     from roadinterp.tasks import get_task
-    from roadinterp.train import DIIConfig, make_data, train_dii
     from tests.conftest import tiny_mlp
 
     task = get_task("hierarchical-equality")
@@ -330,11 +330,11 @@ def test_dii_training_stops_at_a_nan_loss_and_saves_nothing(tmp_path):
 
 
 def test_batched_dii_training_stops_at_a_nan_loss():
-    from roadinterp.batched import train_dii_batched
+    from roadinterp.dii.batched import train_dii_batched
+    from roadinterp.dii.train import DIIConfig, make_data
     from roadinterp.errors import NonFiniteError
     from roadinterp.sites import Site
     from roadinterp.tasks import get_task
-    from roadinterp.train import DIIConfig, make_data
     from tests.conftest import tiny_mlp
 
     task = get_task("hierarchical-equality")
@@ -347,11 +347,11 @@ def test_batched_dii_training_stops_at_a_nan_loss():
 
 
 def test_adapter_training_stops_at_a_nan_loss():
-    from roadinterp.compose import adapter_interventions
+    from roadinterp.adapters import adapter_interventions
+    from roadinterp.dii.train import train_adapter
     from roadinterp.errors import NonFiniteError
     from roadinterp.sites import Site
     from roadinterp.tasks import get_task
-    from roadinterp.train import train_adapter
     from tests.conftest import tiny_mlp
 
     task = get_task("hierarchical-equality")

@@ -301,7 +301,6 @@ def compose_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a roadinterp save."),
 ) -> None:
     """Compose adapters trained on disjoint 2D blocks into one (exact)."""
-    from pathlib import Path
 
     from roadinterp import io
     from roadinterp.adapters.compose import compose
@@ -358,7 +357,6 @@ def generate_cmd(
     Every (prompt, condition) pair is one row of a single mixed batch (roadinterp.serve):
     each row is routed to its own adapter.
     """
-    from pathlib import Path
 
     from roadinterp import io
     from roadinterp.adapters import serve

@@ -208,6 +208,14 @@ MATRIX = [
     ("compose-nan-adapter", ["compose", "{nan_adapter}", "-o", "c"], "NaN or infinite"),
     ("compose-out-is-file", ["compose", "{adapter}", "-o", "{file}"], "is an existing file"),
     ("compose-missing-adapter", ["compose", "{tmp}/none", "-o", "c"], "does not exist"),
+    # generate (fails before the model is loaded)
+    ("generate-same-names", ["generate", "-m", "zoo:x", "-p", "hi", "-a", "{adapter}", "-a", "{same_name}"],
+     "are both named 'op'"),
+    ("generate-weight-inf", ["generate", "-m", "zoo:x", "-p", "hi", "-a", "{adapter}", "--weights", "op=inf"],
+     "must be a finite number"),
+    ("generate-max-new-tokens-0", ["generate", "-m", "zoo:x", "-p", "hi", "--max-new-tokens", "0"],
+     "--max-new-tokens must be >= 1"),
+    ("generate-nan-adapter", ["generate", "-m", "zoo:x", "-p", "hi", "-a", "{nan_adapter}"], "NaN or infinite"),
     # plot / report
     ("plot-out-is-file", ["plot", "angles", "{adapter}", "-o", "{file}"], "is an existing file"),
     ("plot-out-parent-file", ["plot", "angles", "{adapter}", "-o", "{file}/x.html"], "is not a directory"),

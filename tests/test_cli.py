@@ -15,7 +15,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).par
     "args,msg",
     [
         (["zoo", "train", "nope"], "unknown zoo model 'nope'; known zoo models: addition-carry-gpt2"),
-        (["bench", "nope"], "unknown benchmark 'nope'; known benchmarks: batching, dii, search"),
+        (["bench", "nope"], "unknown benchmark 'nope'; known benchmarks: batching, dii"),
         (["compose", "/nonexistent/adapter", "--out", "OUT"], "/nonexistent/adapter does not exist"),
         (["plot", "angles", "/nonexistent", "--out", "x.html"], "is neither a saved adapter"),
         (["train", "--task", "nope", "--out", "OUT"], "unknown task 'nope'"),

@@ -16,6 +16,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).par
     [
         (["zoo", "train", "nope"], "unknown zoo model 'nope'; known zoo models: addition-carry-gpt2"),
         (["bench", "nope"], "unknown benchmark 'nope'; known benchmarks: batching, dii"),
+        (["bench", "dii", "--model", "zoo:smollm2-135m"], "--model/--reps are options of 'bench batching'"),
         (["compose", "/nonexistent/adapter", "--out", "OUT"], "/nonexistent/adapter does not exist"),
         (["plot", "angles", "/nonexistent", "--out", "x.html"], "is neither a saved adapter"),
         (["train", "--task", "nope", "--out", "OUT"], "unknown task 'nope'"),

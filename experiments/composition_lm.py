@@ -33,6 +33,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -372,7 +373,7 @@ def main(argv=None) -> int:
         # written after every seed, so a long run leaves its finished seeds behind
         counts = (len(train_q), len(test_q), len(neutral_q))
         if a.partial:
-            cmd = "python experiments/composition_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            cmd = "python experiments/composition_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
             Path(a.partial).write_text(json.dumps(_finite({
                 "command": cmd.strip(), "results": results, "base": base_done, "sweep_rows": sweep_rows,
                 "seconds": time.perf_counter() - t0, "counts": counts})))
@@ -493,7 +494,7 @@ def plot_sweep(rows, path, A, B):
 
 def write_outputs(a, argv, results, base, sweep_rows, seconds, n_train, n_test, n_neutral, *, seeds_done):
     A, B = a.A, a.B
-    cmd = "python experiments/composition_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python experiments/composition_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if getattr(a, "commands", None):  # merged from parallel runs: name every command
         cmd = " & ".join(a.commands) + "; then " + cmd
     summary = summarise(results, base, A, B)

@@ -470,8 +470,8 @@ def _load_hub(model_id: str) -> torch.nn.Module:
         try:
             return AutoModelForCausalLM.from_pretrained(model_id, local_files_only=True)
         except (OSError, ValueError) as err:
-            raise OfflineError(f"model {model_id!r} is not in the local HF cache and the hub is offline "
-                               f"(HF_HUB_OFFLINE=1); pass a local directory, a .gguf file or a zoo: name; "
+            raise OfflineError(f"model hub unreachable for {model_id!r} (HF_HUB_OFFLINE=1) and it is not in "
+                               f"the local HF cache; pass a local directory, a .gguf file or a zoo: name; "
                                f"known zoo models: {known}") from err
     try:
         return AutoModelForCausalLM.from_pretrained(model_id)

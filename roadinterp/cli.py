@@ -62,7 +62,7 @@ def _console():
 
     console = Console(stderr=False)
     if not console.is_terminal:  # pipes and logs: wide enough that the result table is not truncated
-        console = Console(stderr=False, width=160)
+        console = Console(stderr=False, width=240)
     return console
 
 
@@ -115,7 +115,8 @@ def zoo_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
     for r in rows:
         acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
         secs = "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}"
-        table.add_row(r["name"], r["task"], r["arch"], f"{r['n_params']:,}", "yes" if r["cached"] else "no", acc, secs)
+        params = "-" if r.get("n_params") is None else f"{r['n_params']:,}"
+        table.add_row(r["name"], r["task"] or "-", r["arch"], params, "yes" if r["cached"] else "no", acc, secs)
     _console().print(table)
 
 

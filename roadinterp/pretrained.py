@@ -154,7 +154,15 @@ def list_pretrained(cache_root: Path) -> list[dict[str, Any]]:
     rows = []
     for entry in PRETRAINED.values():
         cached = (cache_root / "zoo" / entry.name / "meta.json").is_file()
-        rows.append({"name": entry.name, "task": None, "arch": "llama (pretrained)", "n_params": None,
+        n_params = None
+        if cached:  # count from the config on the meta device: no weights are read
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            config = AutoConfig.from_pretrained(str(cache_root / "zoo" / entry.name), local_files_only=True)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config)
+            n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        rows.append({"name": entry.name, "task": None, "arch": "llama (pretrained)", "n_params": n_params,
                      "cached": cached, "accuracy": None, "train_seconds": None,
                      "description": entry.description})
     return rows

@@ -19,6 +19,7 @@ Cache layout (``$ROADINTERP_CACHE/zoo/NAME``)::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -88,32 +89,50 @@ def load_gguf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) ->
     if not path.is_file():
         raise FileFormatError(f"GGUF file {str(path)!r} does not exist")
     _check_gguf_deps("pip install gguf accelerate")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    try:
+    with _reading_gguf(path):
         quant = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
                                                      local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    except (ValueError, KeyError, OSError, NotImplementedError, RuntimeError) as err:
-        raise FileFormatError(f"cannot load GGUF file {str(path)!r}: {err} (transformers reads the GGUF "
-                              "quantisations and architectures listed in its gguf docs)") from err
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model.
+    tokenizer = load_gguf_tokenizer(path)
+    # A GGUF-loaded model refuses save_pretrained (transformers marks it quantised): copy its
+    # weights into a fresh model of the same config, which carries no quantiser, and drop the
+    # config's quantization_config so the saved directory reloads as a plain model.
     with torch.device("meta"):
         fresh = type(quant)(quant.config)
     fresh.load_state_dict(quant.state_dict(), assign=True)
     fresh.tie_weights()
-    for attr in ("is_quantized", "quantization_method"):
-        if hasattr(fresh, attr):
-            try:
-                setattr(fresh, attr, False if attr == "is_quantized" else None)
-            except AttributeError:
-                pass
     if getattr(fresh.config, "quantization_config", None) is not None:
         del fresh.config.quantization_config
     fresh.generation_config = quant.generation_config
+    return fresh.eval(), tokenizer
+
+
+def load_gguf_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer embedded in a ``*.gguf`` file, without dequantising its weights (pad = eos if unset)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileFormatError(f"GGUF file {str(path)!r} does not exist")
+    _check_gguf_deps("pip install gguf accelerate")
+    from transformers import AutoTokenizer
+
+    with _reading_gguf(path):
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return fresh.eval(), tokenizer
+    return tokenizer
+
+
+@contextlib.contextmanager
+def _reading_gguf(path: Path):
+    """Any failure to parse ``path`` (truncated, not GGUF, an unsupported quantisation or
+    architecture) becomes one FileFormatError: transformers' GGUF reader raises struct,
+    numpy and value errors alike for a bad file."""
+    try:
+        yield
+    except Exception as err:
+        raise FileFormatError(f"cannot load GGUF file {str(path)!r}: {type(err).__name__}: {err} (transformers "
+                              "reads the GGUF quantisations and architectures listed in its gguf docs)") from err
 
 
 def ensure_cached(name: str, cache_root: Path, *, progress: bool = True) -> Path:

@@ -34,7 +34,7 @@ import torch
 
 from roadinterp.errors import ConfigError, FileFormatError, OfflineError, unknown
 from roadinterp.finite import check_step
-from roadinterp.pretrained import PRETRAINED, ensure_cached, list_pretrained, load_gguf
+from roadinterp.pretrained import PRETRAINED, ensure_cached, list_pretrained, load_gguf, load_gguf_tokenizer
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
 from roadinterp.tasks.illusion import build_illusion_gpt2, gpt2_config
@@ -355,7 +355,7 @@ def load_tokenizer(spec: str | os.PathLike):
         get_zoo_entry(text[len("zoo:"):])
         return None
     elif text.endswith(".gguf"):
-        return load_gguf(text)[1]
+        return load_gguf_tokenizer(text)
     elif Path(text).expanduser().is_dir():
         path = Path(text).expanduser()
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):

@@ -38,6 +38,21 @@ def test_gguf_path_that_does_not_exist(tmp_path):
         ri.load_model(str(tmp_path / "missing.gguf"))
 
 
+@pytest.mark.parametrize("blob", [
+    b"not a gguf file",
+    # a GGUF header cut short: version 3, no tensors, one key whose 100-byte name is missing
+    b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+    + (100).to_bytes(8, "little") + b"gen",
+], ids=["not-gguf", "truncated"])
+def test_corrupt_gguf_is_one_file_format_error(tmp_path, blob):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(blob)
+    with pytest.raises(FileFormatError, match="cannot load GGUF file"):
+        ri.load_model(str(path))
+    with pytest.raises(FileFormatError, match="cannot load GGUF file"):
+        zoo.load_tokenizer(str(path))
+
+
 def test_hub_id_offline_fails_fast(monkeypatch):
     import time
 

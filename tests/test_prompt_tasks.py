@@ -116,3 +116,37 @@ def test_padded_equals_unpadded(tok, arch, position):
     # the intervention matters: without it, outputs differ
     plain = task.logits(model(**data.base))
     assert not torch.allclose(plain, padded, atol=1e-3)
+
+
+def _swapped(tok, a, b):
+    """``tok`` with the ids of words ``a`` and ``b`` exchanged: same size, other token ids."""
+    from tokenizers import Tokenizer, models
+
+    vocab = tok.get_vocab()
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    inner = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = tok.backend_tokenizer.pre_tokenizer
+    return tf.PreTrainedTokenizerFast(tokenizer_object=inner, pad_token="<pad>", unk_token="<unk>")
+
+
+def test_filter_cache_is_keyed_by_the_token_ids(tok, tmp_path):
+    """A cached filter is reused for the same tokenizer and model, and not for another tokenizer
+    of the same size whose ids differ (the model would read other prompts)."""
+    from roadinterp.tasks.ioi import IOI
+
+    model = tiny_lm("llama", len(tok))
+    task = IOI()  # its own instance: small pools, no minimum (a random model answers almost nothing)
+    task.pool_size, task.min_kept = 32, 0
+    first = task.bind(tokenizer=tok, model=model, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("ioi-*.json"))) == 1
+    other = _swapped(tok, "gave", "went")
+    assert len(other) == len(tok)
+    task.bind(tokenizer=other, model=model, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("ioi-*.json"))) == 2
+
+    def refuse(model):
+        raise AssertionError("the cached filter should have been reused")
+
+    task._filter = refuse
+    again = task.bind(tokenizer=tok, model=model, cache_dir=tmp_path)
+    assert again.stats == first.stats and all(np.array_equal(again.kept[s], first.kept[s]) for s in first.kept)

@@ -86,8 +86,8 @@ class PromptTask(TokenTask):
         """A copy of this task on ``tokenizer``; with ``model``, filtered to what it answers right.
 
         Filtering runs the model on every candidate prompt (about a minute for SmolLM2 on
-        this CPU); with ``cache_dir`` the result is stored under a hash of the prompts,
-        the tokenizer and the model's weights, and reused.
+        this CPU); with ``cache_dir`` the result is stored under a hash of the prompts' token
+        ids (hence the tokenizer), the labels and the model's config and weights, and reused.
         """
         if tokenizer is None:
             raise TokenizerError(f"task {self.name!r} reads a pretrained model's own tokenizer and this model has "
@@ -200,14 +200,7 @@ class PromptTask(TokenTask):
     def _filter_cached(self, model, cache_dir) -> None:
         if cache_dir is None:
             return self._filter(model)
-        h = hashlib.sha1(json.dumps([self.name, self.answer_tokens, self.tokenizer.get_vocab().__len__(),
-                                     [self.prompts(self.pool(s)) for s in SPLITS]]).encode())
-        h.update(str(model.config.to_json_string() if hasattr(model, "config") else type(model)).encode())
-        with torch.no_grad():
-            for name, p in model.state_dict().items():  # a strided sample of every tensor
-                h.update(name.encode())
-                h.update(p.detach().float().flatten()[:: max(1, p.numel() // 257)].cpu().numpy().tobytes())
-        path = Path(cache_dir) / f"{self.name}-{h.hexdigest()[:20]}.json"
+        path = Path(cache_dir) / f"{self.name}-{self._filter_key(model)}.json"
         if path.is_file():
             saved = json.loads(path.read_text())
             self.kept = {s: np.asarray(saved["kept"][s], dtype=np.int64) for s in SPLITS}
@@ -220,6 +213,22 @@ class PromptTask(TokenTask):
                                    "stats": self.stats}))
         os.replace(tmp, path)
         return None
+
+    @torch.no_grad()
+    def _filter_key(self, model) -> str:
+        """Hash of everything filtering reads: the token ids of every candidate prompt and of the
+        answers (so the tokenizer itself is covered, not only its size), the labels, the model's
+        config and a strided sample of every weight tensor."""
+        h = hashlib.sha1(json.dumps([self.name, self.answer_ids]).encode())
+        for split in SPLITS:
+            pool = self.pool(split)
+            h.update(self.encode(pool)["input_ids"].numpy().tobytes())
+            h.update(self._evaluate(pool, "main", None)["output"].astype(np.int64).tobytes())
+        h.update(str(model.config.to_json_string() if hasattr(model, "config") else type(model)).encode())
+        for name, p in model.state_dict().items():
+            h.update(name.encode())
+            h.update(p.detach().flatten()[:: max(1, p.numel() // 257)].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:20]
 
     @torch.no_grad()
     def _filter(self, model) -> None:

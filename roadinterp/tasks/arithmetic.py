@@ -23,7 +23,7 @@ import numpy as np
 
 from roadinterp.tasks.addition_carry import carry_model
 from roadinterp.tasks.base import Do, Raw, rng_for
-from roadinterp.tasks.prompt import Piece, PromptTask
+from roadinterp.tasks.prompt import Piece, PromptTask, held_out
 
 SHOTS = "10+21=31\n32+14=46\n"  # two worked examples (no carry, so they do not give the answer away)
 TEST_FRACTION = 0.2
@@ -45,9 +45,7 @@ class Arithmetic(PromptTask):
         a, b = a.ravel(), b.ravel()
         keep = a + b < 100
         pairs = np.stack([a[keep], b[keep]], 1)  # [m, 2]
-        perm = np.random.default_rng(23).permutation(len(pairs))
-        n_test = int(len(pairs) * TEST_FRACTION)
-        ids = perm[:n_test] if split == "test" else perm[n_test:]
+        ids = held_out(len(pairs), split, seed=23, test_fraction=TEST_FRACTION)
         ids = rng_for(0, self.name, split, "pool").choice(ids, size=min(self.pool_size, len(ids)), replace=False)
         a, b = pairs[ids, 0], pairs[ids, 1]
         return {"a1": a // 10, "a0": a % 10, "b1": b // 10, "b0": b % 10}

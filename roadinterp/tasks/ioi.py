@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from roadinterp.tasks.base import Do, Raw, do, rng_for
-from roadinterp.tasks.prompt import Piece, PromptTask
+from roadinterp.tasks.prompt import Piece, PromptTask, held_out, template_pieces
 
 # One token each (with the leading space) for SmolLM2's and GPT-2's tokenizers.
 NAMES: tuple[str, ...] = tuple(
@@ -60,9 +60,7 @@ class IOI(PromptTask):
     single_token_pieces: ClassVar[tuple[str, ...]] = ("io", "s1", "s2")
 
     def _pool(self, split: str) -> Raw:
-        perm = np.random.default_rng(13).permutation(len(NAMES))
-        n_test = int(len(NAMES) * TEST_FRACTION)
-        names = perm[:n_test] if split == "test" else perm[n_test:]
+        names = held_out(len(NAMES), split, seed=13, test_fraction=TEST_FRACTION)
         rng = rng_for(0, self.name, split, "pool")
         n = self.pool_size
         ia = rng.integers(0, len(names), n)
@@ -89,23 +87,3 @@ class IOI(PromptTask):
                 "P": (" " + PLACES[raw["place"][i]], None), "O": (" " + OBJECTS[raw["object"][i]], None)}
         return template_pieces(TEMPLATES[raw["template"][i]], fill)
 
-
-def template_pieces(template: str, fill: dict[str, tuple[str, str | None]]) -> list[Piece]:
-    """Split ``"text {K} text"`` into pieces; a slot ``{K}`` becomes ``fill[K]`` and takes the
-    space before it (BPE tokenizers attach a word's leading space to the word)."""
-    pieces: list[Piece] = []
-    rest = template
-    while "{" in rest:
-        head, tail = rest.split("{", 1)
-        key, rest = tail.split("}", 1)
-        if head.endswith(" "):
-            head = head[:-1]
-        if head:
-            pieces.append((head, None))
-        text, name = fill[key]
-        if not pieces and text.startswith(" "):
-            text = text[1:]  # a slot that opens the prompt has no leading space
-        pieces.append((text, name))
-    if rest:
-        pieces.append((rest, None))
-    return pieces

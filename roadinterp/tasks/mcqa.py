@@ -23,8 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from roadinterp.tasks.base import Do, Raw, do, rng_for
-from roadinterp.tasks.ioi import template_pieces
-from roadinterp.tasks.prompt import Piece, PromptTask
+from roadinterp.tasks.prompt import Piece, PromptTask, held_out, template_pieces
 
 OBJECTS = (
     "banana", "apple", "car", "ball", "hat", "cup", "book", "chair", "shirt", "door", "flower", "bird",
@@ -51,9 +50,7 @@ class MCQA(PromptTask):
     single_token_pieces: ClassVar[tuple[str, ...]] = ("colour", *(f"letter{i}" for i in range(N_OPTIONS)))
 
     def _pool(self, split: str) -> Raw:
-        perm = np.random.default_rng(17).permutation(len(OBJECTS))
-        n_test = int(len(OBJECTS) * TEST_FRACTION)
-        objects = perm[:n_test] if split == "test" else perm[n_test:]
+        objects = held_out(len(OBJECTS), split, seed=17, test_fraction=TEST_FRACTION)
         rng = rng_for(0, self.name, split, "pool")
         n = self.pool_size
         options = np.stack([rng.permutation(len(COLOURS))[:N_OPTIONS] for _ in range(n)])  # [n, 3] distinct

@@ -42,7 +42,8 @@ class PromptTask(TokenTask):
     """A task on a pretrained LM. Subclass: ``_pool`` (candidate raw rows of a split),
     ``_pieces`` (one row's prompt as text pieces), ``_evaluate`` as for every task; set
     ``answer_tokens`` (answer strings, e.g. ``" Mary"``) and ``row_positions`` (names of
-    the named pieces)."""
+    the named pieces). :func:`held_out` splits entities between train and test pools;
+    :func:`template_pieces` turns a ``"{slot}"`` template into pieces."""
 
     needs_tokenizer: ClassVar[bool] = True
     answer_tokens: ClassVar[list[str]] = []  # answer strings; each must be one token of the bound tokenizer
@@ -82,7 +83,8 @@ class PromptTask(TokenTask):
             self._pools[split] = self._pool(split)
         return self._pools[split]
 
-    def bind(self, *, tokenizer: Any = None, model: Any = None, cache_dir: str | os.PathLike | None = None) -> "PromptTask":
+    def bind(self, *, tokenizer: Any = None, model: Any = None,
+             cache_dir: str | os.PathLike | None = None) -> PromptTask:
         """A copy of this task on ``tokenizer``; with ``model``, filtered to what it answers right.
 
         Filtering runs the model on every candidate prompt (about a minute for SmolLM2 on
@@ -260,3 +262,34 @@ class PromptTask(TokenTask):
 
 def _n(raw: Raw) -> int:
     return len(next(iter(raw.values())))
+
+
+def template_pieces(template: str, fill: dict[str, tuple[str, str | None]]) -> list[Piece]:
+    """Split ``"text {K} text"`` into pieces; a slot ``{K}`` becomes ``fill[K]`` and takes the
+    space before it (BPE tokenizers attach a word's leading space to the word)."""
+    pieces: list[Piece] = []
+    rest = template
+    while "{" in rest:
+        head, tail = rest.split("{", 1)
+        key, rest = tail.split("}", 1)
+        head = head.removesuffix(" ")
+        if head:
+            pieces.append((head, None))
+        text, name = fill[key]
+        if not pieces and text.startswith(" "):
+            text = text[1:]  # a slot that opens the prompt has no leading space
+        pieces.append((text, name))
+    if rest:
+        pieces.append((rest, None))
+    return pieces
+
+
+def held_out(n: int, split: str, *, seed: int, test_fraction: float) -> np.ndarray:
+    """Indices (of ``n`` entities: names, objects, cities, number pairs) that ``split`` may use.
+
+    A fixed permutation (``seed``) gives the first ``int(n * test_fraction)`` to test and the
+    rest to train, so a held-out prompt never shows an entity seen in training.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(n * test_fraction)
+    return perm[:n_test] if split == "test" else perm[n_test:]

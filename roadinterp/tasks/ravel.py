@@ -26,8 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from roadinterp.tasks.base import Do, Raw, do, rng_for
-from roadinterp.tasks.ioi import template_pieces
-from roadinterp.tasks.prompt import Piece, PromptTask
+from roadinterp.tasks.prompt import Piece, PromptTask, held_out, template_pieces
 
 ATTRIBUTES = ("country", "continent", "language")
 TEMPLATES = {
@@ -74,10 +73,7 @@ class RavelCity(PromptTask):
         self._values = {a: np.array([index[answer_word(v)] for v in table[a]]) for a in ATTRIBUTES}
 
     def _pool(self, split: str) -> Raw:
-        n_cities = len(cities()["city"])
-        perm = np.random.default_rng(29).permutation(n_cities)
-        n_test = int(n_cities * TEST_FRACTION)
-        ids = perm[:n_test] if split == "test" else perm[n_test:]
+        ids = held_out(len(cities()["city"]), split, seed=29, test_fraction=TEST_FRACTION)
         city, attr = np.meshgrid(ids, np.arange(len(ATTRIBUTES)), indexing="ij")
         city, attr = city.ravel(), attr.ravel()
         pick = rng_for(0, self.name, split, "pool").permutation(len(city))[: self.pool_size]

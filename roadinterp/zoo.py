@@ -32,9 +32,19 @@ from typing import Any, Literal
 
 import torch
 
-from roadinterp.errors import ConfigError, FileFormatError, OfflineError, unknown
+from roadinterp.errors import ConfigError, FileFormatError, unknown
 from roadinterp.finite import check_step
-from roadinterp.pretrained import PRETRAINED, ensure_cached, list_pretrained, load_gguf, load_gguf_tokenizer
+from roadinterp.pretrained import (
+    PRETRAINED,
+    ensure_cached,
+    list_pretrained,
+    load_gguf,
+    load_gguf_tokenizer,
+    load_hf_tokenizer,
+    load_hub,
+    load_local_dir,
+    n_params,
+)
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
 from roadinterp.tasks.illusion import build_illusion_gpt2, gpt2_config
@@ -284,11 +294,6 @@ def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progre
     return model
 
 
-def n_params(model: torch.nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 def _save_atomically(model: torch.nn.Module, meta: dict[str, Any], final: Path) -> None:
     from safetensors.torch import save_model
 
@@ -335,19 +340,11 @@ def _resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device; got {device!r}") from err
 
 
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    return os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def load_tokenizer(spec: str | os.PathLike):
     """The tokenizer that goes with ``load_model(spec)`` (``None`` for models without one, e.g. the toy zoo).
 
     Pretrained zoo entries and local HF directories carry theirs; a ``.gguf`` file embeds one.
     """
-    from transformers import AutoTokenizer
-
     text = os.fspath(spec)
     if text.startswith("zoo:") and text[len("zoo:"):] in PRETRAINED:
         path = ensure_cached(text[len("zoo:"):], cache_dir())
@@ -362,57 +359,7 @@ def load_tokenizer(spec: str | os.PathLike):
             return None
     else:
         path = text  # type: ignore[assignment]
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=_hub_offline() or not isinstance(path, str))
-    except (OSError, ValueError) as err:
-        raise FileFormatError(f"cannot load a tokenizer for {text!r}: {err}") from err
-    if tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def _looks_offline(err: BaseException) -> bool:
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        text = f"{type(err).__name__} {err}".lower()
-        if any(s in text for s in ("connect", "offline", "timed out", "timeout", "name resolution",
-                                   "network", "unreachable")):
-            return True
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return False
-
-
-def _load_local_dir(path: Path) -> torch.nn.Module:
-    config_file = path / "config.json"
-    if config_file.is_file():
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type == "mlp":  # pyvene's MLP is not registered with the Auto classes
-            from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
-            from safetensors.torch import load_model as load_safetensors
-
-            weights = path / "model.safetensors"
-            if not weights.is_file():
-                raise FileFormatError(f"{path} has no model.safetensors (only safetensors weights are loaded)")
-            model = MLPForClassification(MLPConfig.from_json_file(str(config_file)))
-            load_safetensors(model, str(weights))
-            return model
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-    except (ValueError, KeyError, OSError) as first:
-        try:
-            return AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-        except (ValueError, KeyError, OSError) as err:
-            raise FileFormatError(f"cannot load a model from directory {path}: {first}; {err}") from err
+    return load_hf_tokenizer(path)
 
 
 def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
@@ -444,7 +391,7 @@ def _quiet_loading():
 
 def _load_model(text: str, dev: torch.device, progress: bool) -> torch.nn.Module:
     if text.startswith("zoo:") and text[len("zoo:"):] in PRETRAINED:
-        model = _load_local_dir(ensure_cached(text[len("zoo:"):], cache_dir(), progress=progress))
+        model = load_local_dir(ensure_cached(text[len("zoo:"):], cache_dir(), progress=progress))
     elif text.endswith(".gguf"):
         model, _ = load_gguf(text)
     elif text.startswith("zoo:"):
@@ -453,41 +400,13 @@ def _load_model(text: str, dev: torch.device, progress: bool) -> torch.nn.Module
         path = zoo_path(entry.name)
         model = _load_zoo_dir(entry, path) if _is_complete(path) else train_zoo_model(name, progress=progress)
     elif Path(text).expanduser().is_dir():
-        model = _load_local_dir(Path(text).expanduser())
+        model = load_local_dir(Path(text).expanduser())
     elif text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") > 1:
         raise ConfigError(f"model directory {text!r} does not exist; pass an existing directory, a zoo: name "
                           f"(known zoo models: {', '.join(sorted(_ZOO))}) or a hub id")
     else:
-        model = _load_hub(text)
+        model = load_hub(text, known=", ".join(f"zoo:{n}" for n in sorted([*_ZOO, *PRETRAINED])))
     return model.to(dev)
-
-
-def _load_hub(model_id: str) -> torch.nn.Module:
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    known = ", ".join(f"zoo:{n}" for n in sorted([*_ZOO, *PRETRAINED]))
-    if _hub_offline():  # fail now instead of after the hub client's retries
-        try:
-            return AutoModelForCausalLM.from_pretrained(model_id, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise OfflineError(f"model hub unreachable for {model_id!r} (HF_HUB_OFFLINE=1) and it is not in "
-                               f"the local HF cache; pass a local directory, a .gguf file or a zoo: name; "
-                               f"known zoo models: {known}") from err
-    try:
-        return AutoModelForCausalLM.from_pretrained(model_id)
-    except ValueError as first:  # not a causal LM architecture: try the bare model
-        try:
-            return AutoModel.from_pretrained(model_id)
-        except OSError as err:
-            if _looks_offline(err):
-                raise OfflineError(f"model hub unreachable for {model_id!r}; pass a local directory or a "
-                                   f"zoo: name; known zoo models: {known}") from err
-            raise ConfigError(f"cannot load model {model_id!r}: {first}") from err
-    except OSError as err:
-        if _looks_offline(err):
-            raise OfflineError(f"model hub unreachable for {model_id!r}; pass a local directory or a zoo: "
-                               f"name; known zoo models: {known}") from err
-        raise ConfigError(f"cannot load model {model_id!r}: {err}") from err
 
 
 def model_task(model: torch.nn.Module) -> str | None:

@@ -71,13 +71,17 @@ def _tiny_lm_dir(path, tok, vocab):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["no-name", "wrong-type", "mismatch", "multi-token"])
+@pytest.mark.parametrize("case", ["no-name", "wrong-type", "mismatch", "multi-token", "truncated-gguf"])
 def test_bad_input_is_one_error_line(tmp_path, case):
     ioi = get_task("ioi")
     if case == "no-name":
         args, msg = ["--task", f"{EXAMPLE}:NOPE"], "defines no 'NOPE'"
     elif case == "wrong-type":
         args, msg = ["--task", f"{EXAMPLE}:PAIRS"], "is a ndarray, not a roadinterp Task"
+    elif case == "truncated-gguf":  # a GGUF header cut short inside its first key
+        (tmp_path / "m.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little")
+                                          + (1).to_bytes(8, "little") + (100).to_bytes(8, "little") + b"gen")
+        args, msg = ["--task", "ioi", "--model", str(tmp_path / "m.gguf")], "cannot load GGUF file"
     elif case == "mismatch":
         model = _tiny_lm_dir(tmp_path / "m", word_tokenizer(ioi), 20)
         args, msg = ["--task", "ioi", "--model", model], "do not belong together"

@@ -19,8 +19,9 @@ example 0's. New architectures are added with :func:`register_architecture`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Union
 
 import torch
 
@@ -56,7 +57,7 @@ class Site:
         return f"{self.layer}:{self.component}:{ptxt}"
 
     @classmethod
-    def from_key(cls, key: str) -> "Site":
+    def from_key(cls, key: str) -> Site:
         try:
             layer, component, ptxt = key.split(":")
             return cls(int(layer), component, parse_positions(ptxt))

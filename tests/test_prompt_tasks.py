@@ -11,9 +11,9 @@ import transformers as tf
 from conftest import word_tokenizer
 from tokenizers import pre_tokenizers
 
+from roadinterp.dii.replay import make_runner
 from roadinterp.errors import ConfigError, SiteError, TokenizerError
 from roadinterp.interventions import get_family
-from roadinterp.dii.replay import make_runner
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
 from roadinterp.tasks.ioi import NAMES

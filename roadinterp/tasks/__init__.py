@@ -11,12 +11,12 @@ docs/tasks.md.
 """
 
 from roadinterp.tasks.addition_carry import AdditionCarry
+from roadinterp.tasks.arithmetic import Arithmetic
 from roadinterp.tasks.base import CounterfactualBatch, Task, TokenTask, get_task, list_tasks, register_task
 from roadinterp.tasks.behaviour import BEHAVIOURS, BehaviourTask, behaviour_data
 from roadinterp.tasks.hierarchical_equality import HierarchicalEquality
 from roadinterp.tasks.illusion import IllusionToy
 from roadinterp.tasks.interval import Interval
-from roadinterp.tasks.arithmetic import Arithmetic
 from roadinterp.tasks.ioi import IOI
 from roadinterp.tasks.mcqa import MCQA
 from roadinterp.tasks.prompt import PromptTask
@@ -41,6 +41,7 @@ for _task in (
 del _task
 
 __all__ = [
-    "BEHAVIOURS", "AdditionCarry", "BehaviourTask", "CounterfactualBatch", "HierarchicalEquality",
-    "IOI", "MCQA", "Arithmetic", "IllusionToy", "Interval", "PromptTask", "RavelCity", "Task", "TokenTask", "behaviour_data", "get_task", "list_tasks", "register_task",
+    "BEHAVIOURS", "IOI", "MCQA", "AdditionCarry", "Arithmetic", "BehaviourTask", "CounterfactualBatch",
+    "HierarchicalEquality", "IllusionToy", "Interval", "PromptTask", "RavelCity", "Task", "TokenTask",
+    "behaviour_data", "get_task", "list_tasks", "register_task",
 ]

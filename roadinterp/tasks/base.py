@@ -175,7 +175,7 @@ class Task:
         """
         return self.encode(raw), None
 
-    def bind(self, *, tokenizer: Any = None, model: Any = None, cache_dir: Any = None) -> "Task":
+    def bind(self, *, tokenizer: Any = None, model: Any = None, cache_dir: Any = None) -> Task:
         """This task, ready for ``model`` and its ``tokenizer``.
 
         Tasks on their own small vocabulary need neither and return themselves; tasks

@@ -16,13 +16,17 @@ from roadinterp import _pyvene  # noqa: F401,E402  (import pyvene quietly, once,
 from roadinterp.adapters.adapter import RoadAdapter  # noqa: E402
 from roadinterp.errors import (  # noqa: E402
     ConfigError,
+    DependencyError,
     FileFormatError,
+    NonFiniteError,
     OfflineError,
+    OutputError,
     OverlapError,
     RoadinterpError,
     RunDirError,
     ShapeError,
     SiteError,
+    TokenizerError,
     UnknownNameError,
 )
 from roadinterp.interventions import (  # noqa: E402
@@ -52,9 +56,10 @@ from roadinterp import viz  # noqa: E402
 __all__ = [
     "PedroAdapter", "PedroConfig", "PedroIntervention", "apply_pedro", "apply_road", "compose", "from_peft",
     "generate", "remove_road", "to_peft", "viz",
-    "ConfigError", "DIIConfig", "FileFormatError", "OfflineError", "OverlapError", "RoadAdapter",
-    "RoadInterchange", "RoadIntervention", "RoadRotation", "RoadSpec", "RoadinterpError", "RunDirError",
-    "SearchConfig", "ShapeError", "Site", "SiteError", "TrainResult", "UnknownNameError", "__version__",
+    "ConfigError", "DIIConfig", "DependencyError", "FileFormatError", "NonFiniteError", "OfflineError",
+    "OutputError", "OverlapError", "RoadAdapter", "RoadInterchange", "RoadIntervention", "RoadRotation",
+    "RoadSpec", "RoadinterpError", "RunDirError", "SearchConfig", "ShapeError", "Site", "SiteError",
+    "TokenizerError", "TrainResult", "UnknownNameError", "__version__",
     "best_alignment", "get_family", "get_task", "list_families", "list_tasks", "load", "load_model",
     "register_architecture", "register_family", "register_task", "save", "search", "summarize", "train_dii",
 ]

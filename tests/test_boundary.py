@@ -266,6 +266,18 @@ def test_matrix_is_large_and_covers_every_command():
             assert any(c == full or c.startswith(full) or full.startswith(c) for c in covered), full
 
 
+def test_every_error_class_is_public():
+    """Each RoadinterpError subclass is re-exported by ``roadinterp`` (callers catch them by name)."""
+    import roadinterp
+    from roadinterp import errors
+
+    classes = {n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.RoadinterpError)}
+    assert len(classes) >= 13
+    missing = sorted(n for n in classes if n not in roadinterp.__all__ or getattr(roadinterp, n) is not
+                     getattr(errors, n))
+    assert not missing, f"errors not exported by roadinterp: {missing}"
+
+
 # ------------------------------------------------------------------ outputs the user owns
 def test_save_replaces_its_own_output_atomically_and_refuses_others(tmp_path):
     a, b = _adapter(), _adapter(blocks=(5, 6))

@@ -33,22 +33,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     state["debug"] = debug
 
 
-def fail(message: str) -> "typer.Exit":
-    """Print one error line and return an Exit(2) to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 # ----------------------------------------------------------------- commands
 # (each section imports its module lazily so `roadinterp --help` stays fast)
-
-
-def _ints(text: str | None, name: str) -> list[int] | None:
-    return bounds.parse_ints(name, text)
-
-
-def _strs(text: str | None, name: str = "option") -> list[str] | None:
-    return bounds.parse_strs(name, text)
 
 
 # Option callbacks (roadinterp.bounds): every numeric and path option is checked at parse time
@@ -161,7 +147,7 @@ def align_cmd(
                                     callback=_TEXT),
     out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>).", callback=_TEXT),
     resume: bool = typer.Option(False, "--resume", help="Skip cells already finished in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --out (refused while another process holds the run's lock)."),
     executor: str = typer.Option("local", "--executor", help="local or ray."),
     workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes.",
                                 callback=bounds.int_option(maximum=bounds.MAX_WORKERS)),
@@ -188,12 +174,13 @@ def align_cmd(
     if config_file:
         base = io.load_json(config_file, "config file")
         if not isinstance(base, dict):
-            raise fail(f"config file {config_file} must hold a JSON object")
+            raise ConfigError(f"config file {config_file} must hold a JSON object")
     flags = {
-        "task": task, "model": model, "layers": _ints(layers, "--layers"), "components": _strs(component, "--component"),
-        "positions": _strs(positions, "--positions"), "families": _strs(family, "--family"),
-        "sizes": _ints(size, "--size"), "seeds": seeds, "controls": controls, "epochs": epochs, "n_train": n_train,
-        "n_test": n_test, "batch_size": batch_size,
+        "task": task, "model": model, "layers": bounds.parse_ints("--layers", layers),
+        "components": bounds.parse_strs("--component", component),
+        "positions": bounds.parse_strs("--positions", positions), "families": bounds.parse_strs("--family", family),
+        "sizes": bounds.parse_ints("--size", size), "seeds": seeds, "controls": controls, "epochs": epochs,
+        "n_train": n_train, "n_test": n_test, "batch_size": batch_size,
     }
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     cfg = SearchConfig.from_json(merged)
@@ -276,7 +263,7 @@ def train_cmd(
     spec = model or default_model(t.name if t.variables else "behaviour-base")
     m = get_model(spec)
     pos = parse_positions(positions)
-    sites = [Site(layer, component, pos) for layer in _ints(layers, "--layers")]
+    sites = [Site(layer, component, pos) for layer in bounds.parse_ints("--layers", layers)]
     targets = {s.key(): validate_site(m, s) for s in sites}
     adapter = RoadAdapter(targets, variant=variant, group_size=64, blocks=block_list,
                           meta={"task": t.name, "model": spec, "seed": seed})
@@ -302,29 +289,32 @@ def compose_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a roadinterp save."),
 ) -> None:
     """Compose adapters trained on disjoint 2D blocks into one (exact)."""
-
     from roadinterp import io
     from roadinterp.adapters.compose import compose
 
     io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)
-    names = _adapter_names(adapters)
-    w = _weights(weights, names)
-    loaded = {name: io.load(a) for name, a in names.items()}
+    loaded, w = _load_adapters(adapters, weights)
     composed = compose(loaded, weights=w, resolve=resolve)
     io.save(composed, out, overwrite=overwrite)
     owners = composed.meta.get("owners", {})
     typer.echo(f"saved {out}: " + ", ".join(f"{k} owns {len(v)} blocks" for k, v in owners.items()))
 
 
-def _weights(text: str | None, names) -> dict[str, float] | None:
-    """'op=1,format=0.5' -> {"op": 1.0, "format": 0.5}; finite values, every name an adapter's."""
-    w = bounds.parse_weights("--weights", text)
-    if not w:
-        return None
-    unknown_names = sorted(set(w) - set(names))
+def _load_adapters(paths, weights: str | None) -> tuple[dict, dict[str, float] | None]:
+    """(name -> loaded adapter, --weights as name -> lambda or None), shared by compose and generate.
+
+    The names and weights are checked before any file is read: names are directory names
+    (two directories with one name are refused), ``--weights`` looks like ``op=1,format=0.5``
+    with finite values, and every weighted name is one of the adapters.
+    """
+    from roadinterp import io
+
+    names = _adapter_names(paths)
+    w = bounds.parse_weights("--weights", weights) or None
+    unknown_names = sorted(set(w or ()) - set(names))
     if unknown_names:
-        raise fail(f"--weights names {unknown_names} are not among the adapters {sorted(names)}")
-    return w
+        raise ConfigError(f"--weights names {unknown_names} are not among the adapters {sorted(names)}")
+    return {name: io.load(a) for name, a in names.items()}, w
 
 
 def _adapter_names(paths) -> dict[str, str]:
@@ -343,14 +333,16 @@ def _adapter_names(paths) -> dict[str, str]:
 
 @app.command("generate")
 def generate_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME or a local HF directory with a tokenizer."),
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME or a local HF directory with a tokenizer.",
+                              callback=_TEXT),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt (repeat for a batch)."),
     adapter: list[str] = typer.Option(None, "--adapter", "-a",
                                       help="Saved RoAd adapter directory (repeat; names = directory names)."),
     weights: str = typer.Option(None, "--weights", help="Per-adapter lambda in the composition, e.g. upper=1,frame=0.5."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Also generate with the base model and each adapter alone (one mixed batch)."),
-    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Greedy tokens to generate."),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Greedy tokens to generate.",
+                                       callback=bounds.int_option()),
     template: str = typer.Option("chatml", "--template", help="chatml (SmolLM2's chat turn, no system prompt) or raw."),
 ) -> None:
     """Generate with adapters composed (weights = lambda per adapter); --compare adds base and each alone.
@@ -358,23 +350,20 @@ def generate_cmd(
     Every (prompt, condition) pair is one row of a single mixed batch (roadinterp.serve):
     each row is routed to its own adapter.
     """
-
-    from roadinterp import io
     from roadinterp.adapters import serve
     from roadinterp.adapters.compose import compose
     from roadinterp.chat_behaviours import chat_prompt
-    from roadinterp.errors import ConfigError
+    from roadinterp.errors import TokenizerError
     from roadinterp.search import get_model
     from roadinterp.zoo import load_tokenizer
 
     if template not in ("chatml", "raw"):
         raise ConfigError(f"--template must be chatml or raw, got {template!r}")
-    if max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    loaded = {name: io.load(a) for name, a in _adapter_names(adapter).items()}
-    w = _weights(weights, loaded)
-    if w and not loaded:
-        raise fail("--weights needs at least one --adapter")
+    loaded, w = _load_adapters(adapter, weights)
+    tok = load_tokenizer(model)  # before the model: a toy zoo model has none
+    if tok is None:
+        raise TokenizerError(f"--model {model} has no tokenizer, so it cannot generate text; pass a text model "
+                             "(zoo:smollm2-135m or a local HF directory with a tokenizer)")
     bank = {}
     if loaded:
         label = "+".join(f"{n}*{w[n]:g}" if w and n in w else n for n in loaded)
@@ -383,7 +372,6 @@ def generate_cmd(
             bank.update({n: a for n, a in loaded.items() if n != label})
     conditions = (["base"] if compare or not loaded else []) + list(bank)
     m = get_model(model)
-    tok = load_tokenizer(model)
     texts = [chat_prompt(p) if template == "chatml" else p for p in prompt]
     rows = [(c, i) for i in range(len(prompt)) for c in conditions]
     ids = [tok(texts[i], add_special_tokens=False)["input_ids"] for _, i in rows]
@@ -406,7 +394,8 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds; for smoke tests)."),
     model: str = typer.Option(None, "--model", help="batching only: a real LM (e.g. zoo:smollm2-135m)."),
-    reps: int = typer.Option(None, "--reps", min=1, help="batching --model only: repetitions (default 3)."),
+    reps: int = typer.Option(None, "--reps", help="batching --model only: repetitions (default 3).",
+                             callback=bounds.int_option()),
 ) -> None:
     """Benchmarks measured as ratios against a baseline in the same run (see docs/performance.md)."""
     import importlib
@@ -419,11 +408,11 @@ def bench_cmd(
     try:
         mod = importlib.import_module(BENCHES[name])
     except ModuleNotFoundError as e:
-        raise fail(f"benchmark {name} is not available ({e}); run from a roadinterp checkout") from None
+        raise ConfigError(f"benchmark {name} is not available ({e}); run from a roadinterp checkout") from None
     if (model is not None or reps is not None) and name != "batching":
-        raise fail(f"--model/--reps are options of 'bench batching', not of 'bench {name}'")
+        raise ConfigError(f"--model/--reps are options of 'bench batching', not of 'bench {name}'")
     if reps is not None and model is None:
-        raise fail("--reps sets the repetitions of the real-LM setting; pass --model too")
+        raise ConfigError("--reps sets the repetitions of the real-LM setting; pass --model too")
     extra = {} if model is None else {"model": model, "reps": reps}
     result = mod.run(quick=quick, **extra)
     if as_json:

@@ -67,7 +67,7 @@ class DependencyError(RoadinterpError, ImportError):
     """An optional dependency (or a model wheel) is not installed; the message gives the install command."""
 
 
-def unknown(kind: str, name: object, known: "list[str] | tuple[str, ...]") -> UnknownNameError:
+def unknown(kind: str, name: object, known: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard 'unknown X' error listing the known names."""
     options = ", ".join(sorted(map(str, known))) or "(none registered)"
     return UnknownNameError(f"unknown {kind} {name!r}; known {kind}s: {options}")

@@ -216,6 +216,9 @@ MATRIX = [
     ("generate-max-new-tokens-0", ["generate", "-m", "zoo:x", "-p", "hi", "--max-new-tokens", "0"],
      "--max-new-tokens must be >= 1"),
     ("generate-nan-adapter", ["generate", "-m", "zoo:x", "-p", "hi", "-a", "{nan_adapter}"], "NaN or infinite"),
+    ("generate-model-empty", ["generate", "-m", "", "-p", "hi"], "--model must be a non-empty string"),
+    ("generate-model-without-tokenizer", ["generate", "-m", "zoo:hierarchical-equality-mlp", "-p", "hi"],
+     "has no tokenizer"),
     # plot / report
     ("plot-out-is-file", ["plot", "angles", "{adapter}", "-o", "{file}"], "is an existing file"),
     ("plot-out-parent-file", ["plot", "angles", "{adapter}", "-o", "{file}/x.html"], "is not a directory"),

@@ -11,7 +11,7 @@ from conftest import tiny_mlp, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import roadinterp.dii.replay as replay_mod
+import roadinterp.dii._tables as tables_mod
 import roadinterp.interventions.road as road_mod
 from roadinterp.dii.batched import BatchedRoadInterchange
 from roadinterp.dii.replay import SiteReplay, make_runner, unsupported_reason
@@ -117,7 +117,7 @@ def test_identical_inputs_run_once_and_share_a_row():
 
 
 def test_hash_collisions_fall_back_to_exact_matching(monkeypatch):
-    monkeypatch.setattr(replay_mod, "_row_hash", lambda raw: torch.zeros(len(raw), dtype=torch.int64).numpy()
+    monkeypatch.setattr(tables_mod, "_row_hash", lambda raw: torch.zeros(len(raw), dtype=torch.int64).numpy()
                         .astype("uint64"))
     model = tiny_model("gpt2")
     replay = SiteReplay(model, Site(0))

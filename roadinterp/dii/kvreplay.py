@@ -43,9 +43,9 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from roadinterp.dii._tables import InputIndex, Stop, first, forward_kwargs, per_row_reason
 from roadinterp.dii.replay import ReplayRows, interchange
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, check_left_padded, sequence_length
@@ -56,14 +56,6 @@ INPUT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds", "attention_mask", "
 DEFAULT_MAX_BYTES = 3 << 30  # every clean-run table of the process together (3 GiB)
 _CACHE_KWARGS = ("cache", "past_key_values")  # the cache argument of a decoder layer (transformers 5.24 / 5.23)
 _SLICED = ("position_ids", "cache_position")  # per-position layer arguments: the tail takes its positions
-
-
-class _Stop(Exception):
-    """Raised after the last block: the clean run needs no norm and no unembedding."""
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
 
 
 # ------------------------------------------------------------------ the model's parts
@@ -167,11 +159,11 @@ class CleanRuns:
         self.T = seq - p0
         self.generation = 0  # bumped when the table is cleared: row ids of older runners are void
         self.n_forward_rows = 0
+        self._index = InputIndex("KV replay")  # table row id of every distinct input
         self._clear()
 
     def _clear(self) -> None:
-        self._known_raw: np.ndarray | None = None
-        self._known_hash = np.zeros(0, dtype=np.uint64)
+        self._index.clear()
         self._chunks: list[dict] = []
         self._cat: dict | None = None
         self.generation += 1
@@ -185,7 +177,7 @@ class CleanRuns:
 
     @property
     def rows(self) -> int:
-        return 0 if self._known_raw is None else len(self._known_raw)
+        return len(self._index)
 
     # ----- building
     @torch.no_grad()
@@ -207,17 +199,16 @@ class CleanRuns:
             return (), named
 
         def post(module, args, kwargs, output):
-            res.append(_first(output)[:, p0:].float())
-            raise _Stop
+            res.append(first(output)[:, p0:].float())
+            raise Stop
 
         try:
             for layer in parts.layers:
                 handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(parts.layers[-1].register_forward_hook(post, with_kwargs=True))
-            kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
             try:
-                self.model(**inputs, **kwargs)
-            except _Stop:
+                self.model(**inputs, **forward_kwargs(self.model))
+            except Stop:
                 pass
         finally:
             for h in handles:
@@ -247,24 +238,13 @@ class CleanRuns:
 
     def add(self, inputs: Mapping[str, torch.Tensor], *, max_bytes: int) -> torch.Tensor:
         """Row ids of ``inputs``, running the clean forward of inputs not seen yet.  # [n]"""
-        from roadinterp.dii.replay import _match, _row_hash
-
         keys = sorted(inputs)
         n = next(iter(inputs.values())).shape[0]
-        raw = np.ascontiguousarray(torch.cat([inputs[k].reshape(n, -1).contiguous().cpu().view(torch.uint8)
-                                              for k in keys], 1).numpy())
-        if self._known_raw is not None and self._known_raw.shape[1] != raw.shape[1]:
-            raise ConfigError("KV replay inputs must all have the same keys, shapes and dtypes")
-        known = self._known_raw if self._known_raw is not None else raw[:0]
-        ids, new_rows, hashes, grown = _match(_row_hash(raw), self._known_hash, raw, known)
-        if ids is None:  # a hash collision: match on the raw bytes
-            as_void = np.dtype((np.void, raw.shape[1]))
-            ids, new_rows, _, grown = _match(raw.view(as_void).ravel(), known.view(as_void).ravel(), raw, known)
-            hashes = _row_hash(grown)
-        if len(new_rows) and self.rows and self.per_row_bytes() * (self.rows + len(new_rows)) > max_bytes:
+        known, per_row = self.rows, self.per_row_bytes()  # before the index grows
+        ids, new_rows = self._index.add(inputs, keys)
+        if len(new_rows) and known and per_row * len(self._index) > max_bytes:
             self._clear()  # full: forget earlier cells' inputs rather than refuse
             return self.add(inputs, max_bytes=max_bytes)
-        self._known_raw, self._known_hash = grown, hashes
         sel = torch.from_numpy(new_rows)
         chunk = 256
         for start in range(0, len(new_rows), chunk):
@@ -321,7 +301,7 @@ class CleanRuns:
             if k in t:
                 named[k] = t[k] if t[k].dim() == 1 else t[k].index_select(0, rows)
         for layer in parts.layers[start:]:
-            h = _first(layer(h, **named))
+            h = first(layer(h, **named))
         return h
 
     def logits(self, h: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
@@ -489,8 +469,7 @@ class KVReplayRunner:
         h = self.table.tail(h.to(self.parts.head.weight.dtype), self.start, ids)
         cols = None if self.columns is None else self.columns
         got = read(CausalLMOutput(logits=self.table.logits(h, cols)))
-        kwargs = {"use_cache": False} if "use_cache" in inspect.signature(self.model.forward).parameters else {}
-        ref = read(self.model(**part, **kwargs))
+        ref = read(self.model(**part, **forward_kwargs(self.model)))
         if ref.shape != got.shape:
             raise ConfigError(f"KV-replayed reading has shape {list(got.shape)}, the model's {list(ref.shape)}")
         err = float((ref.float() - got.float()).abs().max())
@@ -502,10 +481,7 @@ class KVReplayRunner:
 
 def make_kv_runner(model, site: Site, task, interventions, coords, *, datasets, engine: str = "kv"):
     """A verified :class:`KVReplayRunner` and its handles, or raise ConfigError saying why not."""
-    reason = unsupported_reason(model, site, datasets[0].base)
-    rows = getattr(datasets[0], "positions", None) or {}
-    if not reason and isinstance(site.positions, str) and site.positions in rows:
-        reason = f"position {site.positions!r} differs per row (the tail starts at one position for every row)"
+    reason = unsupported_reason(model, site, datasets[0].base) or per_row_reason(site, datasets[0], "the KV tail")
     if reason:
         raise ConfigError(reason)
     runner = KVReplayRunner(model, site, task, interventions, coords, engine=engine)

@@ -30,16 +30,15 @@ unsupported or the check fails, and says why in ``runner.reason``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 import torch
 from pyvene.models.modeling_utils import do_intervention, get_module_hook
 
 from roadinterp._pyvene import pv  # first: imports pyvene quietly
+from roadinterp.dii._tables import InputIndex, Stop, first, forward_kwargs, per_row_reason
 from roadinterp.errors import ConfigError, RoadinterpError
 from roadinterp.interventions import attach_dii, run_dii
 from roadinterp.sites import Site, n_layers, sequence_length
@@ -50,14 +49,6 @@ CONTENT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds")
 DEFAULT_MAX_BYTES = 1 << 30  # state table budget (1 GiB); larger runs use pyvene
 Engine = Literal["auto", "kv", "kv-bf16", "replay", "pyvene"]
 ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.dii.kvreplay
-
-
-class _Stop(Exception):
-    """Raised by the collecting hook: nothing after the site is needed."""
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _with_first(output, tensor):
@@ -77,62 +68,6 @@ def _content(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | st
     if not out:
         return f"inputs need one of {', '.join(CONTENT_KEYS)}"
     return out
-
-
-def _row_hash(raw: np.ndarray) -> np.ndarray:
-    """64-bit hash of every row of a ``[n, bytes]`` uint8 array.  # [n] uint64"""
-    n, w = raw.shape
-    pad = (-w) % 8
-    if pad:
-        raw = np.concatenate([raw, np.zeros((n, pad), dtype=np.uint8)], 1)
-    words = raw.view(np.uint64)  # [n, words]
-    h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(words.shape[1]):
-            h = (h ^ words[:, j]) * np.uint64(0x100000001B3)
-            h ^= h >> np.uint64(29)
-    return h
-
-
-def _first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per distinct key its first index, and every row's distinct-key number (order unspecified).
-
-    ``np.unique(..., return_index=True)`` needs a stable sort; torch's unique + an ``amin``
-    scatter is ~2x faster on the 250k-row tables of a batched search.
-    """
-    flat = np.ascontiguousarray(keys).reshape(-1)
-    if flat.dtype.kind == "V":  # raw rows (the exact fallback): torch has no void dtype
-        _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
-        return first, inverse.reshape(-1)
-    t = torch.from_numpy(flat.view(np.int64))  # only equality matters: the sign bit is harmless
-    _, inverse = torch.unique(t, sorted=True, return_inverse=True)
-    n = len(t)
-    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(n), "amin")
-    return first.numpy(), inverse.numpy()
-
-
-def _match(keys: np.ndarray, known_keys: np.ndarray, raw: np.ndarray, known_raw: np.ndarray):
-    """Table id of every row and the rows to add, matching ``keys`` against ``known_keys``.
-
-    Returns ``(ids [n], new_rows [k], keys of the grown table, raw rows of the grown
-    table)``, or four ``None`` when two different rows share a key (a hash collision).
-    """
-    m = len(known_keys)
-    both = np.concatenate([known_keys, keys])
-    first, inverse = _first_occurrence(both)
-    is_new = first >= m  # distinct keys first seen among the new rows (known keys come first, distinct)
-    seen = np.zeros(len(keys), dtype=bool)  # by position among the new rows: first sight of a new key
-    seen[first[is_new] - m] = True
-    new_first = np.flatnonzero(seen) + m  # in order of first appearance, no sort needed
-    table_id = first.copy()  # a known key's first index is its table id
-    table_id[is_new] = m + (np.cumsum(seen) - 1)[first[is_new] - m]
-    ids = table_id[inverse[m:]]
-    new_rows = new_first - m
-    grown_raw = np.concatenate([known_raw, raw[new_rows]])
-    if not np.array_equal(grown_raw[ids], raw):
-        return None, None, None, None
-    return ids, new_rows, both[np.concatenate([np.arange(m), new_first])], grown_raw
 
 
 def unsupported_reason(model, site: Site, inputs: Mapping[str, torch.Tensor] | None = None) -> str | None:
@@ -170,9 +105,8 @@ class SiteReplay:
                                       max_number_of_units=1)
         self._register = get_module_hook(model, rep)  # bound register_forward(_pre)_hook
         self._pre = self._register.__name__ == "register_forward_pre_hook"
-        self._kwargs = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-        self._known_raw: np.ndarray | None = None  # [m, bytes] the input of every table row, in table order
-        self._known_hash = np.zeros(0, dtype=np.uint64)  # [m] their hashes
+        self._kwargs = forward_kwargs(model)
+        self._index = InputIndex("replay")  # table row id of every distinct input
         self._chunks: list[torch.Tensor] = []  # [c, seq, d] each
         self._table: torch.Tensor | None = None
         self.placeholder: dict[str, torch.Tensor] | None = None
@@ -197,7 +131,7 @@ class SiteReplay:
             return self._register(pre, with_kwargs=True)
 
         def post(module, args, kwargs, output):
-            new = fn(_first(output))
+            new = fn(first(output))
             return None if new is None else _with_first(output, new)
         return self._register(post, with_kwargs=True)
 
@@ -208,12 +142,12 @@ class SiteReplay:
 
         def grab(state):
             got.append(state.detach())
-            raise _Stop
+            raise Stop
 
         handle = self._hook(grab)
         try:
             self.model(**inputs, **self._kwargs)
-        except _Stop:
+        except Stop:
             pass
         finally:
             handle.remove()
@@ -228,22 +162,9 @@ class SiteReplay:
         if isinstance(content, str):
             raise ConfigError(f"replay cannot run these inputs: {content}")
         keys = sorted(content)
-        n = next(iter(content.values())).shape[0]
-        flat = torch.cat([content[k].reshape(n, -1).contiguous().cpu().view(torch.uint8) for k in keys], 1)
         if self.placeholder is None:
             self.placeholder = {k: content[k][:1] for k in keys}
-        raw = np.ascontiguousarray(flat.numpy())  # [n, bytes per row]
-        if self._known_raw is not None and self._known_raw.shape[1] != raw.shape[1]:
-            raise ConfigError("replay inputs must all have the same keys, shapes and dtypes")
-        known = self._known_raw if self._known_raw is not None else raw[:0]
-        # rows are matched by a 64-bit hash (fast to sort), then checked byte for byte; on a collision
-        # the exact (slow) match on the raw bytes decides
-        ids, new_rows, hashes, grown = _match(_row_hash(raw), self._known_hash, raw, known)
-        if ids is None:
-            as_void = np.dtype((np.void, raw.shape[1]))
-            ids, new_rows, _, grown = _match(raw.view(as_void).ravel(), known.view(as_void).ravel(), raw, known)
-            hashes = _row_hash(grown)  # the table now holds two rows with one hash: later adds re-check
-        self._known_raw, self._known_hash = grown, hashes
+        ids, new_rows = self._index.add(content, keys)
         ids = torch.from_numpy(ids)
         if len(new_rows):
             self._table = None
@@ -348,7 +269,7 @@ class SiteReplay:
 
 
 def _first_tensor(output) -> torch.Tensor:
-    return output.logits if hasattr(output, "logits") else _first(output)
+    return output.logits if hasattr(output, "logits") else first(output)
 
 
 # ------------------------------------------------------------------ DII runners
@@ -513,10 +434,7 @@ def make_runner(model, site: Site, task, interventions: Sequence, coords, *, sha
                 raise ConfigError(f"engine={engine!r} is not possible here: {err}") from None
             reason = f"kv: {err}; "
     if engine != "pyvene":
-        why = unsupported_reason(model, site, datasets[0].base) or ""
-        rows = datasets[0].positions or {}
-        if not why and isinstance(site.positions, str) and site.positions in rows:
-            why = f"position {site.positions!r} differs per row (replay takes one position for every row)"
+        why = unsupported_reason(model, site, datasets[0].base) or per_row_reason(site, datasets[0], "replay") or ""
         reason += why
         if not why:
             try:

@@ -310,6 +310,11 @@ def joint_counterfactuals(task, n: int, *, seed: int, hypothesis: str = "main", 
     return out, len(variables)
 
 
+def null_iia(test) -> float:
+    """IIA of doing nothing: the share of counterfactuals whose label is the base label."""
+    return float((test.labels == test.base_labels).float().mean())
+
+
 def _iia(model, task, site, interventions, coords, shared: bool, batch, engine: str) -> float:
     from roadinterp.dii.replay import make_runner
     from roadinterp.dii.train import _runner_iia
@@ -329,12 +334,14 @@ def single_source(batch):
 
 
 def site_controls(model, task, site, result, *, n: int, seed: int, hypothesis: str = "main",
-                  engine: str = "auto", rowspace: bool = True, data=None) -> dict[str, float]:
+                  engine: str = "auto", rowspace: bool = True, data=None,
+                  site_patch: float | None = None) -> dict[str, float]:
     """The site-patch and row-space controls of one trained cell (``result``: a TrainResult).
 
     Returns ``iia_joint``, ``iia_joint_null``, ``iia_site_patch`` and, where the site has a
     registered reader and ``rowspace``, ``dormant_fraction`` and ``iia_rowspace`` (NaN otherwise).
-    ``data`` may pass the :func:`joint_counterfactuals` batch to share it across seeds.
+    ``data`` may pass the :func:`joint_counterfactuals` batch to share it across seeds, and
+    ``site_patch`` its :func:`site_patch_iia` (it does not depend on ``result``).
     """
     from roadinterp.sites import site_width
 
@@ -344,8 +351,9 @@ def site_controls(model, task, site, result, *, n: int, seed: int, hypothesis: s
     out = {
         "iia_joint": _iia(model, task, site, result.interventions, result.coords,
                           _shared(result.interventions), joint, engine),
-        "iia_joint_null": float((joint.labels == joint.base_labels).float().mean()),
-        "iia_site_patch": site_patch_iia(model, task, site, single, engine=engine, width=width),
+        "iia_joint_null": null_iia(joint),
+        "iia_site_patch": (site_patch if site_patch is not None
+                           else site_patch_iia(model, task, site, single, engine=engine, width=width)),
         "dormant_fraction": float("nan"), "iia_rowspace": float("nan"),
     }
     W = reader_weight(model, site) if rowspace else None

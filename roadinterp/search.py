@@ -33,13 +33,15 @@ import itertools
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass, field, fields, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 
 from roadinterp import bounds
+from roadinterp.controls import null_iia
 from roadinterp.dii.replay import ENGINES
 from roadinterp.dii.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
 from roadinterp.errors import ConfigError
@@ -116,7 +118,7 @@ class SearchConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SearchConfig":
+    def from_json(cls, d: dict[str, Any]) -> SearchConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a search config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
@@ -335,6 +337,15 @@ def get_random_model(spec: str, device: str = "cpu", dtype: str = "float32"):
     return _MODELS[key]
 
 
+def _train_cells(config: SearchConfig, model, task, site: Site, cells: Sequence[Cell], batched: bool, engine: str,
+                 hypothesis: str = "main"):
+    """``(configs, data, results)`` of ``cells`` trained for ``hypothesis``; ``data`` holds each
+    config's (train, test) counterfactuals on the model's device and dtype."""
+    configs = [config.dii(c.family, c.size, c.seed, hypothesis=hypothesis) for c in cells]
+    data = [tuple(place(b, model) for b in make_data(task, d)) for d in configs]
+    return configs, data, _train_many(model, task, site, configs, data, batched, engine)
+
+
 def _train_many(model, task, site: Site, configs: list[DIIConfig], data, batched: bool, engine: str = "auto"):
     configs = [replace(c, engine=engine) for c in configs]
     if batched and len(configs) > 1:
@@ -370,9 +381,7 @@ def run_cells(config_json: dict[str, Any], cells: Sequence[Cell], model_spec: st
     if any(c.site != site or (c.family, c.size) != (cells[0].family, cells[0].size) for c in cells):
         raise ConfigError("run_cells needs cells that differ only in seed")
     t0 = time.perf_counter()
-    configs = [config.dii(c.family, c.size, c.seed) for c in cells]
-    data = [tuple(place(b, model) for b in make_data(task, d)) for d in configs]
-    mains = _train_many(model, task, site, configs, data, batched, engine)
+    configs, data, mains = _train_cells(config, model, task, site, cells, batched, engine)
     rows = []
     for cell, main, (_, test) in zip(cells, mains, data):
         row = {"task": task.name, "model": model_spec, **main.row()}
@@ -434,24 +443,18 @@ def _run_controls(config, task, model, site, cells, rows, mains, batched, engine
 
     test_seed = config.dii(cells[0].family, cells[0].size, 0).test_seed
     joint = place(C.joint_counterfactuals(task, config.n_test, seed=test_seed)[0], model)
+    patch = C.site_patch_iia(model, task, site, C.single_source(joint), engine=engine)  # the same for every seed
     for row, main in zip(rows, mains):
         row.update(C.site_controls(model, task, site, main, n=config.n_test, seed=test_seed, engine=engine,
-                                   data=joint))
+                                   data=joint, site_patch=patch))
     for rival in task.rivals:
-        rconfigs = [config.dii(c.family, c.size, c.seed, hypothesis=rival) for c in cells]
-        rdata = [tuple(place(b, model) for b in make_data(task, d)) for d in rconfigs]
-        rivals = _train_many(model, task, site, rconfigs, rdata, batched, engine)
+        _, rdata, rivals = _train_cells(config, model, task, site, cells, batched, engine, hypothesis=rival)
         rjoint = place(C.joint_counterfactuals(task, config.n_test, seed=test_seed, hypothesis=rival)[0], model)
         rsite = C.site_patch_iia(model, task, site, C.single_source(rjoint), engine=engine)
         for row, r, (_, rtest) in zip(rows, rivals, rdata):
             row.update(C.rival_columns(rival, r.iia, r.train_iia, null_iia(rtest), rsite))
     for row in rows:
         row.update(C.strongest_rival(row))
-
-
-def null_iia(test) -> float:
-    """IIA of doing nothing: the share of counterfactuals whose label is the base label."""
-    return float((test.labels == test.base_labels).float().mean())
 
 
 def null_baseline(config: SearchConfig, hypothesis: str = "main") -> float:
@@ -633,7 +636,7 @@ def search(
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_placement(device, dtype)
-    task, spec, model, cells = resolve(config, device, dtype)
+    _, spec, _, cells = resolve(config, device, dtype)  # validates every cell before any training
     config_json = config.to_json()
     config_json["model"] = spec
     store = RunStore(out, config_json, resume=resume, overwrite=overwrite) if out else None

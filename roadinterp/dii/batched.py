@@ -21,21 +21,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from roadinterp._pyvene import pv
+from roadinterp.dii.replay import make_runner
+from roadinterp.dii.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.finite import check_step
 from roadinterp.interventions import get_family
 from roadinterp.interventions.road import DENSE_MAX_DIM, RoadInterchange, uniform_mask
 from roadinterp.road import rotation as rot
 from roadinterp.road.butterfly import apply_layers, layer_coefficients
-from roadinterp.dii.replay import make_runner
-from roadinterp.dii.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
 from roadinterp.sites import Site
 
 BATCHED_FAMILIES: tuple[str, ...] = ("neuron-fixed", "road", "butterfly")
@@ -75,7 +75,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
         self._block_rows: torch.Tensor | None = None  # cached arange(K).repeat_interleave(B)
 
     @classmethod
-    def from_interchanges(cls, ivs: Sequence[RoadInterchange]) -> "BatchedRoadInterchange":
+    def from_interchanges(cls, ivs: Sequence[RoadInterchange]) -> BatchedRoadInterchange:
         """Stack candidates (copies of their angles; the originals are not touched)."""
         ivs = list(ivs)
         if not ivs:
@@ -127,7 +127,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
                 self._blocks = (K, B)
 
     @contextlib.contextmanager
-    def blocks(self, per_candidate: int) -> Iterator["BatchedRoadInterchange"]:
+    def blocks(self, per_candidate: int) -> Iterator[BatchedRoadInterchange]:
         """Like :meth:`rows` for ``per_candidate`` rows of candidate 0, then of 1, ... (no checks needed)."""
         K = self.n_candidates
         if self._block_rows is None or self._block_rows.numel() != K * per_candidate:
@@ -139,7 +139,7 @@ class BatchedRoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentat
             self._rows, self._blocks = None, None
 
     @contextlib.contextmanager
-    def rows(self, rows) -> Iterator["BatchedRoadInterchange"]:
+    def rows(self, rows) -> Iterator[BatchedRoadInterchange]:
         """``with iv.rows(ids): pvm(...)`` -- routing is cleared afterwards, even on error."""
         self.set_rows(rows)
         try:

@@ -18,7 +18,7 @@ never modified, and it removes only hooks it added.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -20,8 +20,8 @@ the coordinates each causal variable owns in that family's basis:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

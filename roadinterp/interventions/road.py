@@ -19,7 +19,7 @@ both reduce to pyvene's ``VanillaIntervention`` on the same coordinates.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -332,7 +332,7 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         if variant in rot.VARIANTS:  # sizes against the file's tensors before anything is allocated
             for name in ("theta", "alpha"):
                 io.expect_shape(tensors, name, (len(strides), rot.n_params(dim, variant)), where)
-        new = cls(dim, family=io.expect(config, "family", str, where), variant=io.expect(config, "variant", str, where),
+        new = cls(dim, family=io.expect(config, "family", str, where), variant=variant,
                   init="identity", group_size=2 * strides[0] if config["family"] == "road" else None)
         new.strides = list(strides)
         for name in ("theta", "alpha"):

@@ -8,8 +8,8 @@ positions from ``p0`` to the end (one position for a last-token site), through t
 layers after the site, attending to the clean run's cached keys/values of positions
 ``< p0``. And the task reads a few answer logits, not the whole vocabulary.
 
-:class:`CleanRuns` holds, per distinct input (deduplicated as in
-:mod:`roadinterp.dii.replay`), one clean forward's
+:class:`CleanRuns` holds, per distinct input (deduplicated by
+:class:`roadinterp.dii._tables.InputIndex`, as in replay), one clean forward's
 
 * keys/values of positions ``< p0`` at *every* layer (``[m, kv_heads, p0, head_dim]``
   per layer and K/V; fp32, or bf16 with engine ``kv-bf16``),

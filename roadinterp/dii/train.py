@@ -53,7 +53,7 @@ class DIIConfig:
     variant: str = "road_1"  # RoAd variant for road/butterfly
     threads: int | None = 1  # torch threads during the run (1 = reproducible across executors)
     depth: int | None = None  # butterfly factors (strides 1..d/2 repeated); None = family default (2)
-    engine: str = "auto"  # auto | replay | pyvene: how steps run (roadinterp.dii.replay; results agree to float error)
+    engine: str = "auto"  # auto | kv | kv-bf16 | replay | pyvene: how steps run (roadinterp.dii.replay.ENGINES; results agree to float error)
 
     def __post_init__(self) -> None:
         if self.family not in list_families():

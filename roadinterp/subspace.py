@@ -67,19 +67,30 @@ def mean_cosine(q1: np.ndarray, q2: np.ndarray) -> float:
     return float(np.cos(principal_angles(q1, q2)).mean())
 
 
-def pairwise_agreement(bases: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
-    """``[S, S]`` mean principal cosine between seeds, averaged over variables (diagonal 1).
+def pair_angles(bases: Sequence[Sequence[np.ndarray]]) -> dict[tuple[int, int], list[np.ndarray]]:
+    """Principal angles (radians) of every seed pair ``i < j``, one array per variable.
 
     ``bases[s][v]`` is seed s's ``[d, k_v]`` basis of variable v; every seed must list the
     same variables.
     """
-    n = len(bases)
     nv = {len(b) for b in bases}
     if len(nv) > 1:
         raise ShapeError(f"seeds have different numbers of variables: {sorted(nv)}")
-    out = np.eye(n)
-    for i, j in itertools.combinations(range(n), 2):
-        out[i, j] = out[j, i] = float(np.mean([mean_cosine(a, b) for a, b in zip(bases[i], bases[j])]))
+    return {(i, j): [principal_angles(a, b) for a, b in zip(bases[i], bases[j])]
+            for i, j in itertools.combinations(range(len(bases)), 2)}
+
+
+def pairwise_agreement(bases: Sequence[Sequence[np.ndarray]],
+                       angles: dict[tuple[int, int], list[np.ndarray]] | None = None) -> np.ndarray:
+    """``[S, S]`` mean principal cosine between seeds, averaged over variables (diagonal 1).
+
+    ``bases`` as in :func:`pair_angles`; pass ``angles`` (its result) when you already
+    have them, so the SVDs are not done twice.
+    """
+    angles = pair_angles(bases) if angles is None else angles
+    out = np.eye(len(bases))
+    for (i, j), per_var in angles.items():
+        out[i, j] = out[j, i] = float(np.mean([np.cos(a).mean() for a in per_var]))  # mean_cosine per variable
     return out
 
 
@@ -203,16 +214,21 @@ def load_bases(paths: Sequence[str | os.PathLike]) -> list[SubspaceBasis]:
     return out
 
 
-def agreement_of(bases: Sequence[SubspaceBasis]) -> tuple[float, float]:
-    """(seed agreement, its chance level) of one cell's seeds; NaNs with fewer than two seeds."""
+def agreement_of(bases: Sequence[SubspaceBasis], matrix: np.ndarray | None = None) -> tuple[float, float]:
+    """(seed agreement, its chance level) of one cell's seeds; NaNs with fewer than two seeds.
+
+    ``matrix``: the seeds' :func:`pairwise_agreement` when already computed.
+    """
     if len(bases) < 2:
         return float("nan"), float("nan")
     b0 = bases[0]
     chance = float(np.mean([chance_agreement(b0.dim, k) for k in b0.sizes]))
-    return seed_agreement([b.bases() for b in bases]), chance
+    if matrix is None:
+        return seed_agreement([b.bases() for b in bases]), chance
+    return float(matrix[np.triu_indices(len(bases), 1)].mean()), chance
 
 
 __all__ = [
     "SubspaceBasis", "agreement_of", "chance_agreement", "learned_basis", "load_bases", "mean_cosine",
-    "orthonormal", "pairwise_agreement", "principal_angles", "random_angles", "seed_agreement",
+    "orthonormal", "pair_angles", "pairwise_agreement", "principal_angles", "random_angles", "seed_agreement",
 ]

@@ -33,7 +33,7 @@ from plotly.subplots import make_subplots
 from roadinterp import io
 from roadinterp.errors import ConfigError
 from roadinterp.store import row_slug, saved_path
-from roadinterp.subspace import agreement_of, pairwise_agreement, principal_angles, random_angles
+from roadinterp.subspace import agreement_of, pair_angles, pairwise_agreement, random_angles
 from roadinterp.viz import figures as F
 
 CELL_KEYS = ["family", "layer", "component", "position", "size"]
@@ -124,7 +124,8 @@ def with_seed_agreement(run_dir, table: pd.DataFrame) -> pd.DataFrame:
         if col not in table:
             table[col] = np.nan
     keys = table.apply(cell_key, axis=1)
-    for key in dict.fromkeys(keys[table["seed_agreement"].isna()]):
+    n_seeds = keys.map(keys.value_counts())
+    for key in dict.fromkeys(keys[table["seed_agreement"].isna() & (n_seeds >= 2)]):  # one seed: nothing to compare
         _, _, bases = seed_bases(run_dir, table[keys == key])
         if len(bases) >= 2:
             table.loc[keys == key, ["seed_agreement", "seed_agreement_chance"]] = agreement_of(bases)
@@ -229,27 +230,33 @@ def agreement_data(run_dir, rows: pd.DataFrame, control: str | None = None) -> d
         return {"seeds": [], "iia": [], "matrix": np.zeros((0, 0)), "angles": {}, "chance": math.nan,
                 "agreement": math.nan, "variables": [], "random": np.zeros((0, 0))}
     per = [b.bases() for b in bases]
-    angles = {(i, j): [np.degrees(principal_angles(a, b)) for a, b in zip(per[i], per[j])]
-              for i in range(len(per)) for j in range(len(per))}
-    agree, chance = agreement_of(bases)
-    return {"seeds": seeds, "iia": iias, "matrix": pairwise_agreement(per), "angles": angles, "chance": chance,
+    pairs = pair_angles(per)  # i < j; (j, i) has the same angles and (i, i) all zero
+    matrix = pairwise_agreement(per, pairs)
+    angles = {(i, j): [np.degrees(a) for a in pairs[min(i, j), max(i, j)]] if i != j
+              else [np.zeros(b.shape[1]) for b in per[i]] for i in range(len(per)) for j in range(len(per))}
+    agree, chance = agreement_of(bases, matrix)
+    return {"seeds": seeds, "iia": iias, "matrix": matrix, "angles": angles, "chance": chance,
             "agreement": agree, "variables": bases[0].variables,
             "random": np.degrees(random_angles(bases[0].dim, bases[0].sizes[0]))}
 
 
-def seed_subspaces(run_dir, rows: pd.DataFrame) -> go.Figure:
+def agreement_panels(run_dir, rows: pd.DataFrame) -> dict[str, dict]:
+    """:func:`agreement_data` of the trained model and of every control, by condition name
+    (:data:`CONDITIONS`); read once, then shared by the figure and the report's sentence."""
+    return {cond: agreement_data(run_dir, rows, control) for control, cond in CONDITIONS.items()}
+
+
+def seed_subspaces(run_dir, rows: pd.DataFrame, panels: dict[str, dict] | None = None) -> go.Figure:
     """Do seeds learn the same subspace? Seed x seed mean principal-angle cosine (trained model,
     then the random-init control), and every seed pair's principal angles against random pairs.
+    ``panels``: :func:`agreement_panels` of ``rows`` when already read.
 
     Matrix panels: 1 = the two seeds swap the same subspace for every variable; hover lists
     each variable's principal angles. Last panel: one line per seed pair and variable (angle
     index on x, degrees on y), the grey band the 5-95% range of random subspace pairs: lines
     that start near 0 and then join the band share a few directions and no more.
     """
-    panels = [(cond, agreement_data(run_dir, rows, control)) for control, cond in CONDITIONS.items()]
-    panels = [(c, d) for c, d in panels if len(d["seeds"])]
-    if not panels:
-        raise ConfigError(f"no saved subspaces for {_cell_title(rows)} (only rotated families save one)")
+    panels = subspace_panels(run_dir, rows, panels)
     titles = [f"{c}<br>agreement {_num(d['agreement'], 2)} (random {_num(d['chance'], 2)})" for c, d in panels]
     fig = make_subplots(rows=1, cols=len(panels) + 1, subplot_titles=[*titles, "principal angles per seed pair"],
                         horizontal_spacing=0.12, column_widths=[1.0] * len(panels) + [1.2])
@@ -294,6 +301,16 @@ def seed_subspaces(run_dir, rows: pd.DataFrame) -> go.Figure:
                       legend={"orientation": "h", "y": -0.3, "x": 1.0, "xanchor": "right"},
                       **{**_LAYOUT, "height": 340 + 28 * n, "margin": {"l": 110, "r": 20, "t": 100, "b": 110}})
     return fig
+
+
+def subspace_panels(run_dir, rows: pd.DataFrame, panels: dict[str, dict] | None = None) -> list[tuple[str, dict]]:
+    """(condition, :func:`agreement_data`) of the conditions with saved subspaces, for the
+    seed_subspaces figures; ConfigError when none has any."""
+    panels = agreement_panels(run_dir, rows) if panels is None else panels
+    out = [(c, d) for c, d in panels.items() if len(d["seeds"])]
+    if not out:
+        raise ConfigError(f"no saved subspaces for {_cell_title(rows)} (only rotated families save one)")
+    return out
 
 
 def layer_sweep(table: pd.DataFrame) -> go.Figure:
@@ -353,7 +370,7 @@ def saved_kinds(run_dir: str | os.PathLike, rows: pd.DataFrame) -> set[str]:
 
 
 __all__ = [
-    "agreement_data", "cell_key", "cell_rows", "focus_cells", "layer_sweep", "layer_sweep_table", "load_saved",
-    "saved_kinds", "seed_angle_table", "seed_angles", "seed_bases", "seed_subspaces", "subspace_warnings",
+    "agreement_data", "agreement_panels", "cell_key", "cell_rows", "focus_cells", "layer_sweep", "layer_sweep_table", "load_saved",
+    "saved_kinds", "seed_angle_table", "seed_angles", "seed_bases", "seed_subspaces", "subspace_panels", "subspace_warnings",
     "with_seed_agreement",
 ]

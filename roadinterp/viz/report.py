@@ -323,44 +323,55 @@ def _slug(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in key.replace("|", "-"))
 
 
+def _focus_figures(run_dir, table: pd.DataFrame, cells: Sequence[str], *, static: bool):
+    """Per focus cell (in order): key, why shown, its rows, its :func:`~roadinterp.viz.learned.agreement_panels`
+    and its (figure name, figure) list. Each cell's saved subspaces are read once, here."""
+    from roadinterp.viz import learned as Ln
+    from roadinterp.viz import static as S
+
+    M = S if static else Ln
+    for key, why in Ln.focus_cells(table, cells):
+        rows = Ln.cell_rows(table, key)
+        kinds = Ln.saved_kinds(run_dir, rows)
+        panels = Ln.agreement_panels(run_dir, rows)
+        figs = []
+        if "cell" in kinds:
+            figs.append((f"angles-{_slug(key)}", M.seed_angles(run_dir, rows)))
+        if "subspace" in kinds:
+            figs.append((f"subspaces-{_slug(key)}", M.seed_subspaces(run_dir, rows, panels)))
+        yield key, why, rows, panels, figs
+
+
 def learned_figures(run_dir, table: pd.DataFrame, cells: Sequence[str] = (), *,
                     static: bool = False) -> list[tuple[str, str, str, Any]]:
     """(cell key, why shown, figure name, figure) of the "Learned angles" section, focus cells in order.
 
     Focus cells: the best cell of each family and every cell named in ``cells``
     (``family|layer|component|position|size``). Road and butterfly cells get the angle
-    figure; every rotated family with saved subspaces the seed-agreement figure.
+    figure; every rotated family with saved subspaces the seed-agreement figure; a cell
+    with neither gets one ``(key, why, "", None)`` entry.
     """
-    from roadinterp.viz import learned as Ln
-    from roadinterp.viz import static as S
-
-    M = S if static else Ln
     out = []
-    for key, why in Ln.focus_cells(table, cells):
-        rows = Ln.cell_rows(table, key)
-        kinds = Ln.saved_kinds(run_dir, rows)
-        if "cell" in kinds:
-            out.append((key, why, f"angles-{_slug(key)}", M.seed_angles(run_dir, rows)))
-        if "subspace" in kinds:
-            out.append((key, why, f"subspaces-{_slug(key)}", M.seed_subspaces(run_dir, rows)))
-        if not kinds:
-            out.append((key, why, "", None))
+    for key, why, _, _, figs in _focus_figures(run_dir, table, cells, static=static):
+        out += [(key, why, name, fig) for name, fig in figs] or [(key, why, "", None)]
     return out
 
 
-def _cell_sentence(run_dir, rows: pd.DataFrame) -> str:
+def _cell_sentence(rows: pd.DataFrame, panels: Mapping[str, dict]) -> str:
+    """IIA, seed agreement and the random-init control's of one cell; ``panels`` from
+    :func:`roadinterp.viz.learned.agreement_panels`."""
     from roadinterp.viz import learned as Ln
 
     iia = rows["iia"]
     s = (f"Held-out IIA {iia.mean():.3f} ± {iia.std() if len(iia) > 1 else 0.0:.3f} "
          f"(range {iia.min():.3f}–{iia.max():.3f}, {len(iia)} seed{'s' if len(iia) != 1 else ''})")
-    main = Ln.agreement_data(run_dir, rows)
+    main = panels[Ln.CONDITIONS[None]]
     if _finite(main["agreement"]):
         s += (f"; seed agreement {main['agreement']:.2f} (mean principal-angle cosine between the seeds' "
               f"subspaces; random subspaces {main['chance']:.2f})")
     if "iia_random_model" in rows and rows["iia_random_model"].notna().any():
         s += f". Random-init control: IIA {rows['iia_random_model'].mean():.3f}"
-        ctrl = Ln.agreement_data(run_dir, rows, "random_model")
+        ctrl = panels[Ln.CONDITIONS["random_model"]]
         if _finite(ctrl["agreement"]):
             s += f", seed agreement {ctrl['agreement']:.2f}"
     return s + "."
@@ -379,22 +390,19 @@ def _learned_html(run_dir, table: pd.DataFrame, summary: pd.DataFrame, cells: Se
              "<em>the</em> place the variable lives.</p>")
     body = ["<h2>Learned angles</h2>", intro]
     body.extend(f'<p class="warn">{_e(w)}</p>' for w in Ln.subspace_warnings(summary))
-    figs, seen = [], set()
-    for key, why, name, fig in learned_figures(run_dir, table, cells):
-        rows = Ln.cell_rows(table, key)
-        if key not in seen:
-            seen.add(key)
-            r = rows.iloc[0]
-            body.append(f"<h3>{_e(r['family'])} at layer {_e(_label(r['layer']))} {_e(r['component'])}"
-                        f"@{_e(_label(r['position']))}, size {_e(_label(r['size']))} "
-                        f'<span class="meta">({_e(why)})</span></h3>')
-            body.append(f"<p>{_e(_cell_sentence(run_dir, rows))}</p>")
-        if fig is None:
+    figs = []
+    for _, why, rows, panels, named in _focus_figures(run_dir, table, cells, static=False):
+        r = rows.iloc[0]
+        body.append(f"<h3>{_e(r['family'])} at layer {_e(_label(r['layer']))} {_e(r['component'])}"
+                    f"@{_e(_label(r['position']))}, size {_e(_label(r['size']))} "
+                    f'<span class="meta">({_e(why)})</span></h3>')
+        body.append(f"<p>{_e(_cell_sentence(rows, panels))}</p>")
+        if not named:
             body.append('<p class="meta">No learned parameters were saved for this cell (neuron and boundless '
                         "learn no rotation to compare; runs without a run directory save nothing).</p>")
-            continue
-        figs.append(fig)
-        body.append(_figure_div(fig, name))
+        for name, fig in named:
+            figs.append(fig)
+            body.append(_figure_div(fig, name))
     return body, figs
 
 

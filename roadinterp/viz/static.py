@@ -179,14 +179,12 @@ def seed_angles(run_dir, rows: pd.DataFrame) -> Figure:
     return fig
 
 
-def seed_subspaces(run_dir, rows: pd.DataFrame) -> Figure:
-    """Seed x seed mean principal-angle cosine of the learned subspaces; trained | random-init."""
+def seed_subspaces(run_dir, rows: pd.DataFrame, panels: dict[str, dict] | None = None) -> Figure:
+    """Seed x seed mean principal-angle cosine of the learned subspaces; trained | random-init.
+    ``panels``: :func:`roadinterp.viz.learned.agreement_panels` of ``rows`` when already read."""
     from roadinterp.viz import learned as Ln
 
-    panels = [(cond, Ln.agreement_data(run_dir, rows, control)) for control, cond in Ln.CONDITIONS.items()]
-    panels = [(c, d) for c, d in panels if len(d["seeds"])]
-    if not panels:
-        raise ConfigError(f"no saved subspaces for {Ln._cell_title(rows)} (only rotated families save one)")
+    panels = Ln.subspace_panels(run_dir, rows, panels)
     n = max(len(d["seeds"]) for _, d in panels)
     fig = Figure(figsize=(4.2 * (len(panels) + 1) + 1, 2.2 + 0.45 * n), layout="constrained")
     *axes, prof = fig.subplots(1, len(panels) + 1, squeeze=False)[0]

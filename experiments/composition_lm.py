@@ -180,6 +180,17 @@ def train_lora(model, tail, data, *, a, seed, names):
     return pm
 
 
+def road_bank(sep, joint, A, B) -> dict:
+    """The RoAd conditions of one placement: each adapter alone and composed, separate and joint."""
+    return {f"{A} only": sep[A], f"{B} only": sep[B], "separate": compose(sep),
+            f"{A} only (joint)": joint[A], f"{B} only (joint)": joint[B], "joint": compose(joint)}
+
+
+def command(argv) -> str:
+    """The command line that ran this process, as recorded in the outputs."""
+    return ("python experiments/composition_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+
+
 # ------------------------------------------------------------------ scoring
 def score_rows(texts, questions, answers, A, B):
     rows = []
@@ -312,8 +323,7 @@ def main(argv=None) -> int:
                                      group_size=64, steps=a.steps, batch_size=2 * a.batch, lr=a.road_lr, seed=seed)
             sep = {k: cb.map_keys(v, shift) for k, v in sep.items()}
             joint = {k: cb.map_keys(v, shift) for k, v in joint.items()}
-            banks["site"] = {f"{A} only": sep[A], f"{B} only": sep[B], "separate": compose(sep),
-                             f"{A} only (joint)": joint[A], f"{B} only (joint)": joint[B], "joint": compose(joint)}
+            banks["site"] = road_bank(sep, joint, A, B)
             if seed == 0 and a.save_adapters:
                 for b in (A, B):
                     io.save(sep[b], Path(a.save_adapters) / b)
@@ -329,8 +339,7 @@ def main(argv=None) -> int:
         if "linear" in a.placements:
             sep = train_road_linear(model, tail, lin_targets, owners, data, joint=False, a=a, seed=seed)
             joint = train_road_linear(model, tail, lin_targets, owners, data, joint=True, a=a, seed=seed)
-            banks["linear"] = {f"{A} only": sep[A], f"{B} only": sep[B], "separate": compose(sep),
-                               f"{A} only (joint)": joint[A], f"{B} only (joint)": joint[B], "joint": compose(joint)}
+            banks["linear"] = road_bank(sep, joint, A, B)
             print(f"seed {seed}: linear adapters at {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         for placement, bank in banks.items():
             conds = {"base": None, **bank} if base_done is None else dict(bank)
@@ -373,9 +382,8 @@ def main(argv=None) -> int:
         # written after every seed, so a long run leaves its finished seeds behind
         counts = (len(train_q), len(test_q), len(neutral_q))
         if a.partial:
-            cmd = "python experiments/composition_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
             Path(a.partial).write_text(json.dumps(_finite({
-                "command": cmd.strip(), "results": results, "base": base_done, "sweep_rows": sweep_rows,
+                "command": command(argv), "results": results, "base": base_done, "sweep_rows": sweep_rows,
                 "seconds": time.perf_counter() - t0, "counts": counts})))
         else:
             write_outputs(a, argv, results, base_done, sweep_rows, time.perf_counter() - t0, *counts,
@@ -494,7 +502,7 @@ def plot_sweep(rows, path, A, B):
 
 def write_outputs(a, argv, results, base, sweep_rows, seconds, n_train, n_test, n_neutral, *, seeds_done):
     A, B = a.A, a.B
-    cmd = "python experiments/composition_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    cmd = command(argv)
     if getattr(a, "commands", None):  # merged from parallel runs: name every command
         cmd = " & ".join(a.commands) + "; then " + cmd
     summary = summarise(results, base, A, B)

@@ -230,6 +230,47 @@ def test_fused_tail_equals_rotation(variant, group_size, kernel, monkeypatch):
     torch.testing.assert_close(one, rot.apply(y, c1[1], c2[1], group_size), atol=1e-5, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("why", ["build", "disabled"])
+def test_fused_tail_falls_back_when_the_kernel_cannot_be_used(why, monkeypatch):
+    """No compiler / no ninja / an unwritable cache (any build error) or ROADINTERP_FUSED=0:
+    no traceback, the pure-torch path, and status() says why."""
+    from roadinterp.road import fused
+    from roadinterp.road import rotation as rot
+
+    def broken():
+        raise RuntimeError("Ninja is required to load C++ extensions\n(pip install ninja)")
+
+    monkeypatch.setattr(fused, "_kernel", None)  # not tried yet in this process
+    monkeypatch.setattr(fused, "_load", broken)
+    monkeypatch.setenv("ROADINTERP_FUSED", "0" if why == "disabled" else "1")
+    d, g = 16, 8
+    c1, c2 = rot.coefficients(torch.randn(2, d // 2), 1 + torch.rand(2, d // 2), "road_1", g)
+    sign = torch.where((torch.arange(d) % g) < g // 2, -1.0, 1.0)
+    y = torch.randn(2, 3, d)
+    with torch.no_grad():
+        got = fused.rotate_(y.clone(), c1, c2 * sign, g)
+    torch.testing.assert_close(got, rot.apply(y, c1[:, None], c2[:, None], g), atol=1e-5, rtol=1e-5)
+    assert fused.kernel() is None
+    want = "disabled by ROADINTERP_FUSED=0" if why == "disabled" else "RuntimeError: Ninja is required"
+    assert fused.status().startswith("torch fallback (") and want in fused.status()
+
+
+def test_fused_build_waits_for_a_held_lock_then_gives_up_naming_it(tmp_path, monkeypatch):
+    """torch's build lock, left by an interrupted build, would block forever: bounded wait, then fall back."""
+    from roadinterp.road import fused
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "BUILD_WAIT_S", 0.2)
+    lock = fused.built_path().parent / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    with pytest.raises(TimeoutError, match="delete the file"):
+        fused._load()
+    monkeypatch.setattr(fused, "_kernel", None)
+    assert fused.kernel() is None and str(lock) in fused.status()
+    assert not fused.built_path().exists()  # nothing was built behind the lock
+
 def test_bank_rows_are_gathered_per_batch_without_tables():
     model, x = tiny_llama(), prompts()
     bank = linear_bank(model)

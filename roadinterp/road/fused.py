@@ -14,7 +14,10 @@ group). :func:`rotate_` uses a small C++ kernel (built once per machine with
 contiguous fp32 CPU tensors when no gradient is needed, and the pure-torch
 :func:`rotate_reference` otherwise (GPU, other dtypes, training, or no C++ compiler).
 ``ROADINTERP_FUSED=0`` forces the pure-torch path. Both give the same numbers up to
-float rounding of a fused multiply-add.
+float rounding of a fused multiply-add. A build that cannot happen (no compiler, no
+ninja, an unwritable cache) or that another process holds for longer than
+``BUILD_WAIT_S`` (torch's build lock left behind by an interrupted build would
+otherwise block forever) falls back too; :func:`status` says why.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -67,6 +71,8 @@ torch::Tensor rotate_(torch::Tensor y, torch::Tensor c1, torch::Tensor c2s, int6
 }
 """
 
+BUILD_WAIT_S = 300.0  # how long to wait for another process's build (a fresh build took 77 s here, loaded)
+
 _lock = threading.Lock()
 _kernel = None  # None: not tried yet; False: unavailable (use the pure-torch path)
 _why_not: str | None = None
@@ -83,18 +89,30 @@ def kernel():
                 else:
                     try:
                         _kernel = _load().rotate_
-                    except Exception as e:  # no compiler, no ninja, read-only cache: fall back, say why
+                    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, unwritable cache: fall back, say why
                         _kernel, _why_not = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return _kernel or None
 
 
-def _load():
-    """Import the built extension directly when it exists (fast); build it otherwise (once)."""
+def built_path() -> Path:
+    """Where torch's ``load_inline`` puts the built kernel (computed here: importing cpp_extension costs seconds)."""
     name = f"roadinterp_road_fused_{hashlib.sha1(_SOURCE.encode()).hexdigest()[:10]}"  # new source, new build
-    # torch's default build directory, computed here: importing cpp_extension costs seconds
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
     tag = "cpu" if torch.version.cuda is None else f"cu{torch.version.cuda.replace('.', '')}"
-    built = Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_{tag}" / name / f"{name}.so"
+    return Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_{tag}" / name / f"{name}.so"
+
+
+def _load():
+    """Import the built extension directly when it exists (fast); build it otherwise (once)."""
+    built = built_path()
+    name = built.stem
+    lock = built.parent / "lock"  # torch's FileBaton: present while some process builds
+    deadline = time.monotonic() + BUILD_WAIT_S
+    while lock.exists() and not built.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{lock} has existed for over {BUILD_WAIT_S:.0f} s: another process is building the "
+                               "kernel, or a build was interrupted (delete the file to build again)")
+        time.sleep(0.5)
     if built.exists():
         spec = importlib.util.spec_from_file_location(name, built)
         mod = importlib.util.module_from_spec(spec)
@@ -131,8 +149,8 @@ def rotate_(y: torch.Tensor, c1: torch.Tensor, c2s: torch.Tensor, group_size: in
     k = kernel() if y.device.type == "cpu" else None
     rows_ok = c1.dim() == 1 or (c1.dim() == 2 and y.dim() >= 2 and y.shape[0] == c1.shape[0])
     if (
-        k is not None and rows_ok and y.dtype == torch.float32 and c1.dtype == torch.float32
-        and y.is_contiguous() and not (torch.is_grad_enabled() and (y.requires_grad or c1.requires_grad))
+        k is not None and rows_ok and y.dtype == c1.dtype == c2s.dtype == torch.float32 and y.is_contiguous()
+        and not (torch.is_grad_enabled() and (y.requires_grad or c1.requires_grad or c2s.requires_grad))
     ):
         c1r = c1.reshape(-1, y.shape[-1]).contiguous()
         return k(y, c1r, c2s.reshape(c1r.shape).contiguous(), group_size)

@@ -10,7 +10,7 @@ from torch import nn
 from roadinterp.adapters import serve
 from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.adapters.linear import apply_road, linear_targets, merge, road_layers
-from roadinterp.errors import ConfigError
+from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.interventions import RoadIntervention, attach_sourceless, run_sourceless
 from roadinterp.sites import Site
 
@@ -270,6 +270,26 @@ def test_fused_build_waits_for_a_held_lock_then_gives_up_naming_it(tmp_path, mon
     monkeypatch.setattr(fused, "_kernel", None)
     assert fused.kernel() is None and str(lock) in fused.status()
     assert not fused.built_path().exists()  # nothing was built behind the lock
+
+
+@pytest.mark.parametrize("variant", ["road_1", "road_2", "road_4"])
+def test_gathered_coefficients_equal_rows_of_the_full_tables(variant):
+    """What RoadLinear and RoadSiteBank compute per batch == rows of bank_tables (the -1 row included)."""
+    from roadinterp.road import rotation as rot
+    from roadinterp.road.bank import bank_tables, expand_ids, gather_coefficients
+
+    d, g, n = 32, 8, 5
+    gen = torch.Generator().manual_seed(1)
+    k = rot.n_params(d, variant)
+    thetas, alphas = torch.randn(n, k, generator=gen), 1 + torch.rand(n, k, generator=gen)
+    mask = torch.rand(n, d, generator=gen) > 0.5
+    ids = torch.tensor([3, -1, 0, 4, 3])
+    c1, c2 = bank_tables(thetas, alphas, variant, g, mask)
+    got = gather_coefficients(thetas, alphas, ids, variant, g, mask)
+    torch.testing.assert_close(got, (c1[ids], c2[ids]), atol=0, rtol=0)
+    assert torch.equal(expand_ids(ids, 10), torch.tensor([3, 3, -1, -1, 0, 0, 4, 4, 3, 3]))
+    with pytest.raises(ShapeError, match="batch of 7 but 5 adapter ids"):
+        expand_ids(ids, 7)
 
 def test_bank_rows_are_gathered_per_batch_without_tables():
     model, x = tiny_llama(), prompts()

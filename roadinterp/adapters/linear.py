@@ -28,7 +28,14 @@ from roadinterp.adapters.modules import AdapterHandle, Wrapper, linear_targets, 
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.road import fused
 from roadinterp.road import rotation as rot
-from roadinterp.road.bank import adapter_index, bank_tables, check_adapter_ids, resolve_adapter_ids
+from roadinterp.road.bank import (
+    adapter_index,
+    bank_tables,
+    check_adapter_ids,
+    expand_ids,
+    gather_coefficients,
+    resolve_adapter_ids,
+)
 from roadinterp.road.merge import merge_into_linear, unmerge_from_linear
 
 __all__ = ["RoadHandle", "RoadLinear", "apply_road", "linear_targets", "merge", "remove_road", "road_layers", "unmerge"]
@@ -125,26 +132,17 @@ class RoadLinear(Wrapper):
     def _gather(self, batch: int):
         """Rows for this call: ``(c1, c2s)`` ``[batch, d]``, False (identity) or None (no ids).
 
-        Only the batch's own adapters are turned into coefficients (``theta[ids]``,
-        ``alpha[ids]`` -> ``[batch, d]``): a bank of 1,000 adapters keeps its parameters
-        and never builds ``[1000, d]`` tables.
+        Only the batch's own adapters are turned into coefficients
+        (:func:`~roadinterp.road.bank.gather_coefficients`).
         """
         ids = self._ids
         if ids is None:
             return None  # static routing: decided per call in forward (cheap, never stale)
         if bool((ids < 0).all()):
             return False
-        if batch != ids.shape[0]:
-            if ids.shape[0] == 0 or batch % ids.shape[0]:
-                raise ShapeError(f"batch of {batch} but {ids.shape[0]} adapter ids were set")
-            ids = ids.repeat_interleave(batch // ids.shape[0])  # e.g. num_return_sequences
-        idx = ids.clamp_min(0)
-        mask = None if self.element_mask is None else self.element_mask[idx]
-        c1, c2 = rot.coefficients(self.theta[idx], self.alpha[idx], self.variant, self.group_size)  # [batch, d]
-        if mask is not None:
-            c1, c2 = rot.masked_coefficients(c1, c2, mask)
-        none = (ids < 0).unsqueeze(1)  # [batch, 1]: -1 = no adapter = identity row
-        return torch.where(none, 1.0, c1), torch.where(none, 0.0, c2 * self._sign.to(c2.dtype))
+        ids = expand_ids(ids, batch)
+        c1, c2 = gather_coefficients(self.theta, self.alpha, ids, self.variant, self.group_size, self.element_mask)
+        return c1, c2 * self._sign.to(c2.dtype)  # [batch, d]
 
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

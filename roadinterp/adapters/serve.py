@@ -36,7 +36,7 @@ from roadinterp.adapters.adapter import RoadAdapter, as_bank, stack_bank
 from roadinterp.adapters.linear import apply_road
 from roadinterp.errors import ConfigError, ShapeError, SiteError
 from roadinterp.road import rotation as rot
-from roadinterp.road.bank import bank_tables, check_adapter_ids, resolve_adapter_ids
+from roadinterp.road.bank import check_adapter_ids, expand_ids, gather_coefficients, resolve_adapter_ids
 from roadinterp.sites import Site, validate_site
 
 __all__ = ["BatchedAdapterLayer", "RoadSiteBank", "batched_layers", "forward", "generate", "route", "serving"]
@@ -96,16 +96,10 @@ class RoadSiteBank(nn.Module):
         self._ids: torch.Tensor | None = None
         self._rows = None
         self._calls = 0
-        self._tables = None
 
     @property
     def n_adapters(self) -> int:
         return self.theta.shape[0]
-
-    def tables(self):
-        if self._tables is None:  # [n + 1, d]
-            self._tables = bank_tables(self.theta, self.alpha, self.variant, self.group_size, self.element_mask)
-        return self._tables
 
     def set_adapter_ids(self, ids: torch.Tensor | None) -> None:
         if ids is not None:
@@ -124,13 +118,11 @@ class RoadSiteBank(nn.Module):
             if bool((ids < 0).all()):
                 self._rows = False
             else:
-                if h.shape[0] != ids.shape[0]:
-                    if h.shape[0] % ids.shape[0]:
-                        raise ShapeError(f"batch of {h.shape[0]} but {ids.shape[0]} adapter ids were set")
-                    ids = ids.repeat_interleave(h.shape[0] // ids.shape[0])
-                c1, c2 = self.tables()
+                ids = expand_ids(ids, h.shape[0])
+                c1, c2 = gather_coefficients(self.theta, self.alpha, ids, self.variant, self.group_size,
+                                             self.element_mask)  # once per batch, reused while decoding
                 view = (ids.shape[0],) + (1,) * (h.dim() - 2) + (c1.shape[-1],)
-                self._rows = (c1[ids].reshape(view), c2[ids].reshape(view))  # [batch, 1, d]
+                self._rows = (c1.reshape(view), c2.reshape(view))  # [batch, 1, d]
         if self._rows is False:
             return h
         c1, c2 = self._rows

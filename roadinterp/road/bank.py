@@ -74,6 +74,34 @@ def resolve_adapter_ids(adapter_ids, names: Sequence[str] | None = None, device=
     return check_adapter_ids(ids, None if names is None else len(names), device)
 
 
+def expand_ids(ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """Ids for a batch of ``batch`` rows when each sample became ``batch // len(ids)`` consecutive
+    rows (``num_return_sequences``, beams): each id repeated that many times."""
+    if batch == ids.shape[0]:
+        return ids
+    if ids.shape[0] == 0 or batch % ids.shape[0]:
+        raise ShapeError(f"batch of {batch} but {ids.shape[0]} adapter ids were set")
+    return ids.repeat_interleave(batch // ids.shape[0])
+
+
+def gather_coefficients(
+    thetas: torch.Tensor, alphas: torch.Tensor, ids: torch.Tensor, variant: str, group_size: int,
+    element_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's coefficients ``c1, c2: [batch, d]`` from its own parameter rows (``-1`` = identity).
+
+    Only the batch's adapters are turned into coefficients (``thetas[ids]`` ->
+    ``[batch, d]``): a bank of 1,000 adapters keeps its parameters and never builds
+    :func:`bank_tables`' ``[1001, d]``. Same numbers as gathering rows of those tables.
+    """
+    idx = ids.clamp_min(0)
+    c1, c2 = coefficients(thetas[idx], alphas[idx], variant, group_size)  # [batch, d]
+    if element_mask is not None:
+        c1, c2 = masked_coefficients(c1, c2, element_mask[idx])
+    none = (ids < 0).unsqueeze(1)  # [batch, 1]
+    return torch.where(none, 1.0, c1), torch.where(none, 0.0, c2)
+
+
 def gather_rows(c1: torch.Tensor, c2: torch.Tensor, adapter_ids: torch.Tensor):
     """Per-sample coefficients ``[batch, d]`` for ``adapter_ids`` (``-1`` = identity row)."""
     ids = check_adapter_ids(adapter_ids, c1.shape[0] - 1, c1.device)

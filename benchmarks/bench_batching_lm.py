@@ -109,6 +109,20 @@ def _merged(base, adapter):
     return m
 
 
+def _random_bank(base, n: int, cfg: dict):
+    """``n`` random linear adapters ``task0..`` on ``cfg["targets"]``, and a copy of ``base`` serving them.
+
+    Returns ``(paths, names, bank, road_model)``.
+    """
+    paths = linear_targets(base, list(cfg["targets"]))
+    names = [f"task{i}" for i in range(n)]
+    bank = {nm: RoadAdapter(paths, variant=cfg["variant"], group_size=cfg["group_size"], placement="linear",
+                            init="random", seed=i) for i, nm in enumerate(names)}
+    road_model = copy.deepcopy(base)
+    apply_road(road_model, bank)
+    return paths, names, bank, road_model
+
+
 def _bank_model(base, paths: dict, cfg: dict):
     """A copy of ``base`` whose targets hold RoadLinear banks of ``cfg["bank"]`` random adapters."""
     m = copy.deepcopy(base)
@@ -160,12 +174,7 @@ def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = 
     device = next(base.parameters()).device  # the bench runs wherever load_model put the model
     rows, ids, mask = _prompts(cfg, base.config.vocab_size)
     rows, ids, mask = [r.to(device) for r in rows], ids.to(device), mask.to(device)
-    paths = linear_targets(base, list(cfg["targets"]))
-    names = [f"task{i}" for i in range(b)]
-    bank = {n: RoadAdapter(paths, variant=cfg["variant"], group_size=cfg["group_size"], placement="linear",
-                           init="random", seed=i) for i, n in enumerate(names)}
-    road_model = copy.deepcopy(base)
-    apply_road(road_model, bank)
+    paths, names, bank, road_model = _random_bank(base, b, cfg)
     bank_model = _bank_model(base, paths, cfg)
     peft_road = to_peft(bank, copy.deepcopy(base))
     peft_lora = _peft_lora(copy.deepcopy(base), names, paths, cfg["lora_r"])
@@ -174,10 +183,7 @@ def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = 
     pick = torch.randperm(cfg["bank"], generator=torch.Generator().manual_seed(3))[:b]
 
     def routed(model, routing):
-        def arm(n_new):
-            with serve.route(model, routing):
-                return greedy(model, ids, mask, n_new)
-        return arm
+        return lambda n_new: _routed_greedy(model, routing, ids, mask, n_new)
 
     def plain(model, **kw):
         return lambda n_new: greedy(model, ids, mask, n_new, **kw)
@@ -265,12 +271,7 @@ def sweep(model="zoo:smollm2-135m", *, batches=(1, 4, 16), distinct=(1, 4, 16), 
     cfg = dict(LM_QUICK if quick else LM)
     base = (load_model(model) if isinstance(model, str) else model).eval()
     big = max(batches)
-    paths = linear_targets(base, list(cfg["targets"]))
-    names = [f"task{i}" for i in range(big)]
-    bank = {n: RoadAdapter(paths, variant=cfg["variant"], group_size=cfg["group_size"], placement="linear",
-                           init="random", seed=i) for i, n in enumerate(names)}
-    road_model = copy.deepcopy(base)
-    apply_road(road_model, bank)
+    paths, names, bank, road_model = _random_bank(base, big, cfg)
     peft_road = to_peft(bank, copy.deepcopy(base))
     peft_lora = _peft_lora(copy.deepcopy(base), names, paths, cfg["lora_r"])
     g = torch.Generator().manual_seed(0)

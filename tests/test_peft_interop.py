@@ -12,7 +12,7 @@ from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.adapters.linear import apply_road, linear_targets
 from roadinterp.adapters.peft_interop import from_peft, to_peft
 from roadinterp.adapters.serve import forward as serve_forward
-from roadinterp.errors import ConfigError, RoadinterpError
+from roadinterp.errors import ConfigError, DependencyError
 
 pytest.importorskip("peft")
 
@@ -77,5 +77,5 @@ def test_to_peft_refuses_site_adapters_and_missing_peft(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_peft)
-    with pytest.raises(RoadinterpError, match="pip install"):
+    with pytest.raises(DependencyError, match="pip install"):
         from_peft(model)

@@ -17,12 +17,10 @@ import torch
 from torch import nn
 
 from roadinterp import io
-from roadinterp.adapters.modules import module_key
+from roadinterp.adapters.modules import PLACEMENTS, module_key
 from roadinterp.errors import ConfigError, FileFormatError, ShapeError
 from roadinterp.road import rotation as rot
 from roadinterp.road.module import RoadRotation
-
-PLACEMENTS = ("site", "linear")
 
 
 @io.register_kind

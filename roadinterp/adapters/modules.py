@@ -18,6 +18,8 @@ from torch import nn
 
 from roadinterp.errors import ConfigError
 
+PLACEMENTS: tuple[str, ...] = ("site", "linear")  # where an adapter acts: a pyvene site, or projection outputs
+
 
 def conv1d_type() -> type:
     """transformers' ``Conv1D`` (GPT-2's projection: ``y = x W + b`` with ``W: [in, out]``)."""

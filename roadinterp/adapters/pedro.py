@@ -27,6 +27,7 @@ from torch import nn
 
 from roadinterp import io
 from roadinterp.adapters.modules import (
+    PLACEMENTS,
     Wrapper,
     find_blocks,
     hidden_size,
@@ -38,7 +39,6 @@ from roadinterp.adapters.modules import (
 from roadinterp.errors import ConfigError, FileFormatError, ShapeError
 from roadinterp.interventions.pedro import PedroConfig, PedroGenerator
 
-PLACEMENTS: tuple[str, ...] = ("site", "linear")
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "up_proj")
 
 

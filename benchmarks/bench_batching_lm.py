@@ -302,7 +302,7 @@ def sweep(model="zoo:smollm2-135m", *, batches=(1, 4, 16), distinct=(1, 4, 16), 
             row[f"distinct_vs_{peer}_prefill"] = med[peer]["prefill"] / med["distinct"]["prefill"]
         rows.append(row)
     return {"benchmark": "batching_sweep", "model": model if isinstance(model, str) else type(model).__name__,
-            "prompt": prompt, "new": new, "reps": reps, "rows": rows, "machine": machine()}
+            "prompt": prompt, "new": new, "reps": reps, "tail": fused.status(), "rows": rows, "machine": machine()}
 
 
 def _routed_greedy(model, which, ids, mask, n_new):

@@ -330,8 +330,10 @@ def test_lm_bench_quick_mixed_equals_per_sample():
 def test_lm_sweep_quick_covers_every_point():
     """The sweep behind docs/data/batching_sweep.json runs on a tiny Llama: one row per point, ratios > 0."""
     from benchmarks.bench_batching_lm import sweep
+    from roadinterp.road import fused
 
     res = sweep(tiny_llama(), batches=(1, 2), distinct=(1, 2), prompt=4, new=3, reps=1, quick=True)
     assert [(r["axis"], r["batch"], r["n_distinct"]) for r in res["rows"]] == [
         ("batch", 1, 1), ("batch", 2, 2), ("distinct", 2, 1)]
     assert all(v > 0 for r in res["rows"] for k, v in r.items() if k.startswith("distinct_vs_"))
+    assert res["tail"] == fused.status()

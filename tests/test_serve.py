@@ -304,6 +304,23 @@ def test_bank_rows_are_gathered_per_batch_without_tables():
         assert torch.equal(c1[1], torch.ones_like(c1[1])) and torch.equal(c2s[1], torch.zeros_like(c2s[1]))  # id -1
 
 
+
+def test_rows_are_gathered_once_per_batch_with_grad_mode_on(monkeypatch):
+    """A user's decoding loop without torch.no_grad(): the bank is frozen, so no step re-gathers."""
+    from roadinterp.adapters.linear import RoadLinear
+
+    model, x = tiny_llama(), prompts()
+    calls = []
+    gather = RoadLinear._gather
+    monkeypatch.setattr(RoadLinear, "_gather", lambda self, batch: calls.append(self) or gather(self, batch))
+    with serve.route(model, IDS, adapters=linear_bank(model)):
+        assert torch.is_grad_enabled()
+        first = model(x).logits
+        again = model(x).logits
+        n_layers = len(road_layers(model))
+    assert n_layers and len(calls) == n_layers  # one gather per layer per batch, not per call
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+
 def test_lm_bench_quick_mixed_equals_per_sample():
     """The real-LM bench's code path on a tiny Llama: its checks hold and its loop is HF generate's."""
     from benchmarks.bench_batching_lm import _prompts, greedy, run_lm

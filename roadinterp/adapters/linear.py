@@ -106,7 +106,7 @@ class RoadLinear(Wrapper):
         ``c2s = c2 * sign`` folds ``rotate_half``'s minus sign into the table, so the
         forward is ``y * c1 + swap_halves(y) * c2s``. Cached until theta/alpha change.
         """
-        grad = torch.is_grad_enabled() and (self.theta.requires_grad or self.alpha.requires_grad)
+        grad = self._needs_grad()
         key = (self.theta._version, self.alpha._version, self.theta.device)
         if grad or self._tables is None or self._tables_key != key:
             c1, c2 = bank_tables(self.theta, self.alpha, self.variant, self.group_size, self.element_mask)
@@ -115,6 +115,10 @@ class RoadLinear(Wrapper):
                 return tables
             self._tables, self._tables_key = tables, key
         return self._tables
+
+    def _needs_grad(self) -> bool:
+        """True when gradients must reach theta/alpha: coefficients are then rebuilt every call."""
+        return torch.is_grad_enabled() and (self.theta.requires_grad or self.alpha.requires_grad)
 
     # ---------------------------------------------------- BatchedAdapterLayer
     def set_adapter_ids(self, ids: torch.Tensor | None) -> None:
@@ -151,14 +155,15 @@ class RoadLinear(Wrapper):
         else:
             y = F.linear(x, self.base.weight, self.base.bias)  # skip a module call: decode is overhead-bound
         rows = self._rows
-        if rows is None or torch.is_grad_enabled():
+        grad = self._needs_grad()  # frozen banks (the default) keep their rows even with grad mode on
+        if rows is None or grad:
             rows = self._gather(y.shape[0])
             if rows is None:  # no per-sample ids: the static ``active`` adapter (or nothing)
                 if self.active is None or self.merged is not None:
                     return y
                 c1, c2s = self.tables()
                 rows = (c1[self.active], c2s[self.active])  # [d]
-            elif not torch.is_grad_enabled():
+            elif not grad:
                 self._rows = rows
         if rows is False:
             return y

@@ -356,10 +356,14 @@ def fit(tail, params: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]
 
     The same loop as :func:`roadinterp.train.train_adapter` (same batch order for a seed)
     for adapters that live inside the model (RoAd on Linear outputs, LoRA) rather than
-    as pyvene interventions. ``before_step(idx)`` may route the batch (adapter ids).
+    as pyvene interventions. ``before_step(idx)`` may route the batch (adapter ids). A NaN or
+    infinite loss or gradient stops it with NonFiniteError (:func:`roadinterp.finite.check_step`).
     """
+    from roadinterp.finite import check_step
+
+    params = list(params)
     loss_of = TokenLoss()
-    opt = torch.optim.Adam(list(params), lr=lr)
+    opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(labels)
     order, pos, losses = torch.randperm(n, generator=gen), 0, []
@@ -374,8 +378,8 @@ def fit(tail, params: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]
         loss = torch.nn.functional.cross_entropy(loss_of.logits(out).float(), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        losses.append(check_step(loss, params, what="adapter training", step=len(losses)))  # as train_adapter
         opt.step()
-        losses.append(float(loss.detach()))
     return losses
 
 

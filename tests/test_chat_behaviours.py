@@ -86,6 +86,29 @@ def test_tail_model_matches_the_full_model_and_trains_the_same_adapter(tiny_llam
     assert torch.allclose(t, f, atol=1e-5) and not torch.allclose(f, full, atol=1e-3)
 
 
+def test_fit_trains_installed_parameters_and_stops_on_a_nan_loss(tiny_llama_lm):
+    from roadinterp.errors import NonFiniteError
+
+    model = tiny_llama_lm
+    for q in model.parameters():
+        q.requires_grad_(False)
+    ids = torch.randint(1, 90, (4, 6))
+    enc = cb.Encoded(ids, torch.ones_like(ids), ids[:, -2:].clone())
+    tail = cb.tail_model(model, 1, 2)
+    x = cb.prefix_states(model, enc, 1)
+    bias = torch.zeros(32, requires_grad=True)  # a parameter living inside the model (a forward hook)
+    handle = model.model.layers[2].register_forward_hook(
+        lambda m, a, out: (out[0] + bias, *out[1:]) if isinstance(out, tuple) else out + bias)
+    try:
+        losses = cb.fit(tail, [bias], x, enc.labels, steps=6, batch_size=4, lr=0.1, seed=0)
+        assert losses[-1] < losses[0] and bias.abs().sum() > 0
+        bad = {**x, "inputs_embeds": torch.full_like(x["inputs_embeds"], float("nan"))}
+        with pytest.raises(NonFiniteError, match="adapter training: the loss became nan at step 0"):
+            cb.fit(tail, [bias], bad, enc.labels, steps=2, batch_size=4, lr=0.1, seed=0)
+    finally:
+        handle.remove()
+
+
 @pytest.fixture
 def tiny_llama_lm():
     import transformers as tf

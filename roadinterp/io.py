@@ -15,7 +15,7 @@ through :func:`expect_width` (checked against the tensors before anything is bui
 
 Writing never destroys what it replaces before the new copy is complete: :func:`save`
 builds the directory beside the target and swaps it in (one atomic exchange on
-Linux), and :func:`prepare_output` refuses, before any work, to replace a file or a
+Linux; :func:`replace_path`), single files go through :func:`write_text_atomic`, and :func:`prepare_output` refuses, before any work, to replace a file or a
 non-empty directory roadinterp did not write unless the caller passes ``overwrite``.
 """
 
@@ -127,6 +127,29 @@ def replace_path(new: Path, final: Path) -> None:
     _remove(old)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str, *, mode: int | None = None) -> Path:
+    """Write ``text`` to file ``path`` atomically: a synced temporary file beside it, then one rename.
+
+    Readers see the old content or the new, never a torn file. ``mode`` sets the
+    permissions (the temporary file is created 0600, so pass 0o644 for a file meant
+    to be shared).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -143,12 +166,9 @@ def _mkdir(d: Path) -> None:
 
 def is_saved(path: str | os.PathLike) -> bool:
     """Is ``path`` a directory written by :func:`save` (its config.json says so)?"""
-    p = Path(path) / CONFIG_NAME
     try:
-        if not p.is_file() or p.stat().st_size > bounds.MAX_JSON_BYTES:
-            return False
-        doc = load_json(p, "config")
-    except (FileFormatError, OSError):
+        doc = load_json(Path(path) / CONFIG_NAME, "config")  # missing, a directory, too large: FileFormatError
+    except FileFormatError:
         return False
     return isinstance(doc, dict) and doc.get("format") == FORMAT
 

@@ -39,7 +39,6 @@ import shutil
 import socket
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 import pandas as pd
 
 from roadinterp.errors import FileFormatError, RunDirError
+from roadinterp.io import load_json, write_text_atomic
 
 RESULT_COLUMNS = [
     "task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
@@ -160,19 +160,6 @@ def lock_run(out: str | os.PathLike) -> Iterator[Path]:
             os.close(fd)  # releases the flock (the file stays: unlinking it would race a new writer)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class RunStore:
     """Results of one search, keyed by cell key (a stable string)."""
 
@@ -227,13 +214,11 @@ class RunStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, row TEXT NOT NULL)")
         # run.json last: a directory with run.json always has a usable database
-        _atomic_write(self.run_json, json.dumps(config, indent=2, sort_keys=True))
+        write_text_atomic(self.run_json, json.dumps(config, indent=2, sort_keys=True))
 
     def _read_config(self) -> dict | None:
         if not self.run_json.exists():
             return None
-        from roadinterp.io import load_json
-
         try:
             doc = load_json(self.run_json, "run.json")
         except FileFormatError:
@@ -283,7 +268,7 @@ class RunStore:
         self.write_csv()
 
     def write_csv(self) -> None:
-        _atomic_write(self.csv_path, self.table().to_csv(index=False))
+        write_text_atomic(self.csv_path, self.table().to_csv(index=False))
 
     def close(self) -> None:
         try:
@@ -320,8 +305,6 @@ def open_run(out, config, **kw) -> RunStore:
 
 def read_run(path: str | os.PathLike) -> tuple[dict[str, Any], pd.DataFrame]:
     """(config, table) of a finished or partial run directory (read-only)."""
-    from roadinterp.io import load_json
-
     d = Path(path)
     if not (d / "run.json").is_file():
         raise RunDirError(f"{d} is not a run directory (no run.json)")

@@ -200,21 +200,20 @@ def align_cmd(
 
     def on_cell(cell, row, done, total):
         if progress is not None:
-            if "id" not in bar:
+            if "id" not in bar:  # started at the first cell: a run refused before any prints nothing
+                progress.start()
                 bar["id"] = progress.add_task("", total=total, completed=done - 1)
             progress.update(bar["id"], completed=done,
                             description=f"{cell.family} L{cell.layer} size {cell.size} seed {cell.seed}: IIA {row['iia']:.3f}")
 
     # one writer per run directory: the lock is held from before the store opens until the report is written
     with lock_run(out):
-        if progress is not None:
-            progress.start()
         try:
             table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
                            ray_address=ray_address, workers=workers, batched=batched, engine=engine,
                            device=device, dtype=dtype, on_cell=on_cell)
         finally:
-            if progress is not None:
+            if "id" in bar:
                 progress.stop()
         summary = summarize(table)
         best = best_alignment(table)

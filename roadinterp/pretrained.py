@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from roadinterp.errors import ConfigError, DependencyError, FileFormatError, OfflineError
+from roadinterp.io import replace_path
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,7 @@ def ensure_cached(name: str, cache_root: Path, *, progress: bool = True) -> Path
                 "transformers_version": transformers.__version__, "torch_version": torch.__version__,
                 "roadinterp_task": None}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))  # written last
-        if final.exists():  # an incomplete earlier attempt (no meta.json)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_path(tmp, final)  # over an incomplete earlier attempt (no meta.json), if any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ import torch
 
 from roadinterp.errors import ConfigError, FileFormatError, unknown
 from roadinterp.finite import check_step
+from roadinterp.io import replace_path
 from roadinterp.pretrained import (
     PRETRAINED,
     ensure_cached,
@@ -108,6 +109,10 @@ def register_zoo_model(entry: ZooEntry, *, overwrite: bool = False) -> None:
 
 
 def get_zoo_entry(name: str) -> ZooEntry:
+    """The trainable zoo entry ``name`` (pretrained entries have none: they are loaded, not trained)."""
+    if name in PRETRAINED:
+        raise ConfigError(f"zoo model {name!r} is a pretrained model shipped as a wheel: there is nothing to "
+                          f"train; load it with load_model('zoo:{name}') or --model zoo:{name}")
     if name not in _ZOO:
         raise unknown("zoo model", name, [*_ZOO, *PRETRAINED])
     return _ZOO[name]
@@ -303,13 +308,7 @@ def _save_atomically(model: torch.nn.Module, meta: dict[str, Any], final: Path) 
         save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
         (tmp / "config.json").write_text(model.config.to_json_string())
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_path(tmp, final)  # the old copy goes only once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

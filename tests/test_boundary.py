@@ -230,6 +230,7 @@ MATRIX = [
     ("report-not-a-run", ["report", "{userdir}"], "is not a run directory"),
     # zoo / bench
     ("zoo-unknown", ["zoo", "train", "nope"], "unknown zoo model 'nope'"),
+    ("zoo-train-pretrained", ["zoo", "train", "smollm2-135m"], "nothing to train"),
     ("zoo-seed-negative", ["zoo", "train", "hierarchical-equality-mlp", "--seed", "-1"], "--seed must be >= 0"),
     ("bench-unknown", ["bench", "nope"], "unknown benchmark 'nope'"),
 ]

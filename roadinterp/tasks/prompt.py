@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from roadinterp.errors import ConfigError, TokenizerError
+from roadinterp.io import write_text_atomic
 from roadinterp.tasks.base import SPLITS, Raw, TokenTask, take
 
 Piece = tuple[str, "str | None"]  # (text, name of the position at its last token, or None)
@@ -210,10 +211,8 @@ class PromptTask(TokenTask):
             return None
         self._filter(model)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"kept": {s: self.kept[s].tolist() for s in SPLITS},  # type: ignore[index]
-                                   "stats": self.stats}))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"kept": {s: self.kept[s].tolist() for s in SPLITS},  # type: ignore[index]
+                                            "stats": self.stats}))
         return None
 
     @torch.no_grad()

@@ -19,7 +19,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import pandas as pd
 import plotly.offline
 
+from roadinterp.io import write_text_atomic
 from roadinterp.viz import figures as F
 
 _CSS = """
@@ -97,16 +97,7 @@ def _page(title: str, body: Sequence[str], *, with_plotly: bool) -> str:
 
 def _write_atomic(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text, mode=0o644)  # a report is meant to be shared
 
 
 def _stamp() -> str:

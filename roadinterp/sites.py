@@ -31,6 +31,14 @@ from roadinterp.errors import ConfigError, SiteError, unknown
 Positions = Union[str, int, tuple]
 
 
+
+def module_key(key: str) -> str:
+    """A target key (module path or ``Site.key()``) as an ``nn.ModuleDict`` key (no dots).
+
+    Every adapter that stores one module per target (RoAd, PEDRO, LoReFT) names it this way.
+    """
+    return key.replace(".", "__").replace(":", "--").replace("@", "_at_").replace(",", "_")
+
 @dataclass(frozen=True)
 class Site:
     """Where to intervene: a layer, a pyvene component and token positions."""

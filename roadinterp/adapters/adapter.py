@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from roadinterp import io
-from roadinterp.adapters.modules import PLACEMENTS, module_key
+from roadinterp.adapters.modules import PLACEMENTS
 from roadinterp.errors import ConfigError, FileFormatError, ShapeError
 from roadinterp.road import rotation as rot
 from roadinterp.road.module import RoadRotation
+from roadinterp.sites import module_key
 
 
 @io.register_kind

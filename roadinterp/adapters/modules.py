@@ -109,11 +109,6 @@ def linear_targets(model: nn.Module, target_modules: str | Iterable[str] = "all-
     return found
 
 
-def module_key(key: str) -> str:
-    """A target key (module path or ``Site.key()``) as an ``nn.ModuleDict`` key (no dots)."""
-    return key.replace(".", "__").replace(":", "--").replace("@", "_at_").replace(",", "_")
-
-
 class AdapterHandle:
     """What attaching adapters returns: :meth:`remove` undoes it; ``with`` removes on exit."""
 

@@ -32,12 +32,12 @@ from roadinterp.adapters.modules import (
     find_blocks,
     hidden_size,
     is_projection,
-    module_key,
     out_features,
     unwrap,
 )
 from roadinterp.errors import ConfigError, FileFormatError, ShapeError
 from roadinterp.interventions.pedro import PedroConfig, PedroGenerator
+from roadinterp.sites import module_key
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "up_proj")
 

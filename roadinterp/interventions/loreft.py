@@ -25,6 +25,7 @@ from torch import nn
 
 from roadinterp._pyvene import pv
 from roadinterp.errors import ConfigError, ShapeError
+from roadinterp.sites import module_key
 
 
 class LoreftIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
@@ -85,20 +86,16 @@ class LoreftAdapter(nn.Module):
         if seed is not None:
             torch.manual_seed(seed)
         self.ivs = nn.ModuleDict({
-            _safe(k): LoreftIntervention(d, rank=rank, orthogonal=_orthogonal) for k, d in self.targets.items()
+            module_key(k): LoreftIntervention(d, rank=rank, orthogonal=_orthogonal) for k, d in self.targets.items()
         })
 
     def intervention(self, target: str) -> LoreftIntervention:
         if target not in self.targets:
             raise ConfigError(f"adapter has no target {target!r}; targets: {', '.join(self.targets)}")
-        return self.ivs[_safe(target)]
+        return self.ivs[module_key(target)]
 
     def items(self):
         return [(k, self.intervention(k)) for k in self.targets]
-
-
-def _safe(key: str) -> str:
-    return key.replace(".", "__").replace(":", "--").replace(",", "_")
 
 
 @torch.no_grad()
@@ -133,5 +130,5 @@ def concat_loreft(adapters: Mapping[str, LoreftAdapter]) -> LoreftAdapter:
         start += adapters[n].rank
     out = LoreftAdapter(targets, rank=start, meta={"owners": owners}, _orthogonal=False)
     for key in targets:
-        out.ivs[_safe(key)] = concat_interventions([adapters[n].intervention(key) for n in names])
+        out.ivs[module_key(key)] = concat_interventions([adapters[n].intervention(key) for n in names])
     return out

@@ -135,6 +135,9 @@ def align_cmd(
     positions: str = typer.Option(None, "--positions", help="Comma-separated positions: last, all, an index or a task-named position."),
     family: str = typer.Option(None, "--family", help="Comma-separated families: neuron,neuron-fixed,road,butterfly,das,lowrank,boundless."),
     size: str = typer.Option(None, "--size", help="Comma-separated sizes (coordinates per variable)."),
+    variables: str = typer.Option(None, "--variables", help="Comma-separated causal variables to align (default: all of the task's; MIB aligns one at a time, e.g. io_position)."),
+    mode: str = typer.Option(None, "--mode", help="Which variables a counterfactual swaps: each, all or mixed (default mixed)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default: the family's)."),
     seeds: int = typer.Option(None, "--seeds", help="Seeds per cell.", callback=bounds.int_option(maximum=bounds.MAX_SEEDS)),
     controls: bool = typer.Option(None, "--controls/--no-controls", help="Controls: random-init model, every rival hypothesis, whole-site patch, row-space part."),
     epochs: int = typer.Option(None, "--epochs", help="DII training epochs per cell.",
@@ -181,6 +184,7 @@ def align_cmd(
         "positions": bounds.parse_strs("--positions", positions), "families": bounds.parse_strs("--family", family),
         "sizes": bounds.parse_ints("--size", size), "seeds": seeds, "controls": controls, "epochs": epochs,
         "n_train": n_train, "n_test": n_test, "batch_size": batch_size,
+        "variables": bounds.parse_strs("--variables", variables), "mode": mode, "lr": lr,
     }
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     cfg = SearchConfig.from_json(merged)

@@ -282,8 +282,10 @@ def rowspace_split(basis: torch.Tensor, W: torch.Tensor) -> tuple[float, torch.T
 
 
 # ----------------------------------------------------------------- data
-def joint_counterfactuals(task, n: int, *, seed: int, hypothesis: str = "main", split: str = "test"):
-    """The site-patch counterfactuals: held-out bases, every variable of ``hypothesis`` from *one* source.
+def joint_counterfactuals(task, n: int, *, seed: int, hypothesis: str = "main", split: str = "test",
+                          variables=None):
+    """The site-patch counterfactuals: held-out bases, every variable of ``hypothesis`` (or of
+    ``variables``, a subset of them: the ones a search aligns) from *one* source.
 
     Returns ``(batch, n_vars)``: ``batch.sources`` holds that source once per variable
     (for the learned alignment); ``[batch.sources[0]]`` is the site patch's single source.
@@ -292,7 +294,7 @@ def joint_counterfactuals(task, n: int, *, seed: int, hypothesis: str = "main", 
     """
     from roadinterp.tasks.base import CounterfactualBatch
 
-    batch = task.counterfactuals(n, split=split, seed=seed, hypothesis=hypothesis, mode="all")
+    batch = task.counterfactuals(n, split=split, seed=seed, hypothesis=hypothesis, variables=variables, mode="all")
     variables = batch.variables
     k = len(variables)
     base_raw, src_raw = batch.raw["base"], batch.raw["sources"][0]

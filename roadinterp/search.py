@@ -43,7 +43,7 @@ import torch
 from roadinterp import bounds
 from roadinterp.controls import null_iia
 from roadinterp.dii.replay import ENGINES
-from roadinterp.dii.train import DIIConfig, check_cell, make_data, randomized_copy, train_dii
+from roadinterp.dii.train import DIIConfig, cell_variables, check_cell, make_data, randomized_copy, train_dii
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, parse_positions, sequence_length, validate_site
 from roadinterp.store import RunStore, cell_slug, rows_to_frame, saved_path
@@ -70,6 +70,7 @@ class SearchConfig:
     batch_size: int = 256  # DII minibatch
     lr: float | None = None  # None = family default
     mode: str = "mixed"  # each | all | mixed: which variables a counterfactual swaps
+    variables: list[str] | None = None  # the main hypothesis's variables to align (None = all; MIB aligns one at a time)
 
     def __post_init__(self) -> None:
         def _list(name, typ):
@@ -92,6 +93,7 @@ class SearchConfig:
         _list("positions", None)
         _list("families", str)
         _list("sizes", int)
+        _list("variables", str)
         self.positions = [parse_positions(p) if isinstance(p, str) else (tuple(p) if isinstance(p, list) else p)
                           for p in self.positions]
         if self.layers is not None and any(l < 0 for l in self.layers):
@@ -110,7 +112,7 @@ class SearchConfig:
     def dii(self, family: str, size: int, seed: int, hypothesis: str = "main") -> DIIConfig:
         return DIIConfig(family=family, size=size, seed=seed, hypothesis=hypothesis, n_train=self.n_train,
                          n_test=self.n_test, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                         mode=self.mode)
+                         mode=self.mode, variables=self.variables if hypothesis == "main" else None)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -311,15 +313,16 @@ def resolve(config: SearchConfig, device: str = "cpu", dtype: str = "float32"):
 def _check_positions_and_memory(config: SearchConfig, task, model, cells: Sequence[Cell]) -> None:
     """Every position exists in the task's inputs, and one unit of work's tensors fit in memory."""
     d = config.dii(cells[0].family, cells[0].size, 0)
-    sample = task.counterfactuals(2, split="train", seed=0, hypothesis=d.hypothesis, mode=d.mode)
+    variables = cell_variables(task, d)
+    sample = task.counterfactuals(2, split="train", seed=0, variables=variables, mode=d.mode)
     seq = sequence_length(sample.base)
     for position in dict.fromkeys(c.position for c in cells):
         Site(cells[0].layer, cells[0].component, position).position_indices(seq, task.positions)
     width = max(validate_site(model, c.site) for c in {(c.layer, c.component): c for c in cells}.values())
-    n_states = 1 + len(task.variables)  # cached site states per counterfactual (base + one source per variable)
+    n_states = 1 + len(variables)  # cached site states per counterfactual (base + one source per variable)
     bounds.check_rows_memory(
         "n_train + n_test", config.n_train + config.n_test,
-        lambda k: task.counterfactuals(k, split="train", seed=0, hypothesis=d.hypothesis, mode=d.mode),
+        lambda k: task.counterfactuals(k, split="train", seed=0, variables=variables, mode=d.mode),
         extra_per_row=n_states * width * 4, copies=config.seeds, what="counterfactuals")
 
 
@@ -442,7 +445,7 @@ def _run_controls(config, task, model, site, cells, rows, mains, batched, engine
     from roadinterp import controls as C
 
     test_seed = config.dii(cells[0].family, cells[0].size, 0).test_seed
-    joint = place(C.joint_counterfactuals(task, config.n_test, seed=test_seed)[0], model)
+    joint = place(C.joint_counterfactuals(task, config.n_test, seed=test_seed, variables=config.variables)[0], model)
     patch = C.site_patch_iia(model, task, site, C.single_source(joint), engine=engine)  # the same for every seed
     for row, main in zip(rows, mains):
         row.update(C.site_controls(model, task, site, main, n=config.n_test, seed=test_seed, engine=engine,
@@ -462,8 +465,8 @@ def null_baseline(config: SearchConfig, hypothesis: str = "main") -> float:
     from roadinterp.tasks import get_task
 
     d = config.dii(config.families[0], config.sizes[0], 0, hypothesis=hypothesis)
-    test = get_task(config.task).counterfactuals(d.n_test, split="test", seed=d.test_seed,
-                                                 hypothesis=hypothesis, mode=d.mode)
+    test = get_task(config.task).counterfactuals(d.n_test, split="test", seed=d.test_seed, hypothesis=hypothesis,
+                                                 variables=d.variables, mode=d.mode)
     return null_iia(test)
 
 

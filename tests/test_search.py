@@ -206,6 +206,10 @@ BAD = [
     (["--executor", "spark"], "executor must be one of"),
     (["--device", "tpu"], "device must be auto, cpu or cuda"),
     (["--dtype", "int8"], "dtype must be one of"),
+    (["--variables", "V3"], "unknown variable 'V3' for task hierarchical-equality; its variables: V1, V2"),
+    (["--variables", "V1,V1"], "variables must be distinct"),
+    (["--mode", "some"], "mode must be each, all or mixed"),
+    (["--lr", "nan"], "lr must be a finite number"),
 ]
 
 
@@ -274,3 +278,31 @@ def test_ray_scan_of_an_lm_on_the_kv_engine_gives_the_local_table(tmp_path):
         ray.shutdown()
     assert sorted(local["layer"].unique()) == [0, 1]
     _cmp(local, remote)
+
+
+def test_one_variable_of_several_is_aligned_with_its_own_labels_and_controls(tmp_path):
+    """--variables V1 aligns V1 alone (MIB-style): one subspace, counterfactuals that swap only V1,
+    and every control (no-op, site patch) scored on those same counterfactuals."""
+    from roadinterp.controls import joint_counterfactuals, null_iia
+    from roadinterp.tasks import get_task
+
+    cfg = dict(SMALL_CFG, families=["road"], layers=[0], seeds=1, controls=True, variables=["V1"])
+    table = search(out=str(tmp_path / "run"), **cfg)
+    task = get_task("hierarchical-equality")
+    d = SearchConfig(**cfg).dii("road", 2, 0)
+    test = task.counterfactuals(d.n_test, split="test", seed=d.test_seed, variables=("V1",), mode=d.mode)
+    both = task.counterfactuals(d.n_test, split="test", seed=d.test_seed, mode=d.mode)
+    assert test.variables == ("V1",) and len(test.sources) == 1
+    assert table["iia_null"].iloc[0] == pytest.approx(null_iia(test))
+    assert null_iia(test) != pytest.approx(null_iia(both))  # the labels really are V1's alone
+    joint, k = joint_counterfactuals(task, d.n_test, seed=d.test_seed, variables=["V1"])
+    assert k == 1 and table["iia_joint_null"].iloc[0] == pytest.approx(null_iia(joint))
+    from roadinterp import io
+
+    basis = io.load(next((tmp_path / "run" / "subspaces").iterdir()))
+    assert basis.variables == ["V1"] and basis.sizes == [2]
+    config, _ = read_run(tmp_path / "run")
+    assert config["variables"] == ["V1"]
+    # a rival hypothesis aligns its own variables: variables= does not apply to it
+    with pytest.raises(ConfigError, match="variables selects among the main hypothesis"):
+        SearchConfig(**cfg).dii("road", 2, 0).__class__(hypothesis="first-argument", variables=("V1",))

@@ -29,7 +29,7 @@ from torch import nn
 
 from roadinterp._pyvene import pv
 from roadinterp.dii.replay import make_runner
-from roadinterp.dii.train import DIIConfig, TrainResult, _variables, check_cell, make_data, train_dii
+from roadinterp.dii.train import DIIConfig, TrainResult, cell_variables, check_cell, make_data, train_dii
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.finite import check_step
 from roadinterp.interventions import get_family
@@ -366,7 +366,7 @@ def train_dii_batched(
     if data is not None and len(data) != len(configs):
         raise ConfigError(f"data has {len(data)} entries but there are {len(configs)} configs")
     width = check_cell(model, task, site, configs[0])
-    n_vars = len(_variables(task, configs[0].hypothesis))
+    n_vars = len(cell_variables(task, configs[0]))
     results: list[TrainResult | None] = [None] * len(configs)
     for group in batch_groups(configs, width, n_vars):
         cs = [configs[i] for i in group]
@@ -386,8 +386,8 @@ def _train_group(model, task, site: Site, configs: list[DIIConfig], data, width:
     for c in configs:
         check_cell(model, task, site, c)
     first = configs[0]
-    _check_batchable(configs, width, len(_variables(task, first.hypothesis)))
-    variables = _variables(task, first.hypothesis)
+    _check_batchable(configs, width, len(cell_variables(task, first)))
+    variables = cell_variables(task, first)
     K = len(configs)
     t0 = time.perf_counter()
     old_threads = torch.get_num_threads()

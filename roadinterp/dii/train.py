@@ -43,6 +43,7 @@ class DIIConfig:
     size: int = 8  # rotated coordinates per causal variable
     seed: int = 0  # seeds intervention init, data order and training data
     hypothesis: str = "main"  # "main" or a rival hypothesis of the task
+    variables: tuple[str, ...] | None = None  # the main hypothesis's variables to align (None = all; MIB aligns one at a time)
     n_train: int = 8192  # training counterfactuals
     n_test: int = 2048  # held-out counterfactuals (test split: disjoint entities/values)
     epochs: int = 4  # passes over the training counterfactuals
@@ -65,6 +66,11 @@ class DIIConfig:
         bounds.positive_int("seed", self.seed, minimum=0, maximum=bounds.MAX_SEED)
         if self.lr is not None:
             bounds.finite_float("lr", self.lr, minimum=0.0)
+        if self.variables is not None:
+            self.variables = check_variables(self.variables)
+            if self.hypothesis != "main":
+                raise ConfigError(f"variables selects among the main hypothesis's variables; hypothesis "
+                                  f"{self.hypothesis!r} aligns all of its own (leave variables unset)")
         if self.mode not in ("each", "all", "mixed"):
             raise ConfigError(f"mode must be each, all or mixed, got {self.mode!r}")
         if self.engine not in ENGINES:
@@ -99,6 +105,27 @@ class TrainResult:
         }
 
 
+def check_variables(variables) -> tuple[str, ...]:
+    """``variables`` as a tuple of distinct names (a list from JSON or the CLI is fine)."""
+    if isinstance(variables, str) or not isinstance(variables, (list, tuple)) or not variables:
+        raise ConfigError(f"variables must be a non-empty list of variable names, got {variables!r}")
+    if not all(isinstance(v, str) and v for v in variables) or len(set(variables)) != len(variables):
+        raise ConfigError(f"variables must be distinct variable names, got {list(variables)!r}")
+    return tuple(variables)
+
+
+def cell_variables(task, config: DIIConfig) -> tuple[str, ...]:
+    """The causal variables a cell aligns: ``config.variables`` if set (a subset of the main
+    hypothesis's, in that order), else every variable of ``config.hypothesis``."""
+    allowed = _variables(task, config.hypothesis)
+    if config.variables is None:
+        return allowed
+    unknown = [v for v in config.variables if v not in allowed]
+    if unknown:
+        raise ConfigError(f"unknown variable {unknown[0]!r} for task {task.name}; its variables: {', '.join(allowed)}")
+    return tuple(config.variables)
+
+
 def _variables(task, hypothesis: str) -> tuple[str, ...]:
     if hypothesis == "main":
         return tuple(task.variables)
@@ -111,7 +138,7 @@ def _variables(task, hypothesis: str) -> tuple[str, ...]:
 def check_cell(model, task, site: Site, config: DIIConfig) -> int:
     """Validate a cell before spending compute; return the site width."""
     width = validate_site(model, site)
-    n_vars = len(_variables(task, config.hypothesis))
+    n_vars = len(cell_variables(task, config))
     if n_vars == 0:
         raise ConfigError(f"task {task.name} has no causal variables to align")
     p = site.positions
@@ -168,10 +195,11 @@ def randomized_copy(model, seed: int = 0):
 
 def make_data(task, config: DIIConfig):
     """(train, test) counterfactual batches for a config (deterministic)."""
+    variables = cell_variables(task, config)
     train = task.counterfactuals(config.n_train, split="train", seed=config.seed,
-                                 hypothesis=config.hypothesis, mode=config.mode)
+                                 hypothesis=config.hypothesis, variables=variables, mode=config.mode)
     test = task.counterfactuals(config.n_test, split="test", seed=config.test_seed,
-                                hypothesis=config.hypothesis, mode=config.mode)
+                                hypothesis=config.hypothesis, variables=variables, mode=config.mode)
     return train, test
 
 
@@ -183,7 +211,7 @@ def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=
     """
     config = DIIConfig(**{**(asdict(config) if config else {}), **overrides})
     width = check_cell(model, task, site, config)
-    variables = _variables(task, config.hypothesis)
+    variables = cell_variables(task, config)
     t0 = time.perf_counter()
     old_threads = torch.get_num_threads()
     if config.threads:

@@ -70,7 +70,7 @@ def _scan(cfg: dict, layers, seeds: int, engine: str, dtype: str):
 def _steps(cfg: dict) -> dict:
     """Milliseconds of one fwd+bwd DII step per family at ``step_layer``: the KV engine, and pyvene
     for ``naive_step_families`` (median of ``reps`` after a warm-up)."""
-    from roadinterp.dii.replay import make_runner
+    from roadinterp.dii.runners import make_runner
     from roadinterp.search import get_bound_task, get_model
     from roadinterp.sites import site_width
 

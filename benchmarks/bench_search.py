@@ -37,7 +37,8 @@ from benchmarks.common import interleaved, machine, main, ratio, summary
 from roadinterp.dii.batched import train_dii_batched
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
-from roadinterp.dii.train import DIIConfig, make_data, train_dii
+from roadinterp.dii.config import DIIConfig, make_data
+from roadinterp.dii.train import train_dii
 
 # ``reps``/``warmup`` per task: a batched group of the MLP task takes ~0.4 s, so one
 # hiccup of the shared machine moves a median of three; it gets more repetitions

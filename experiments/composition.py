@@ -37,7 +37,7 @@ from roadinterp.adapters.composition import behaviour_table, train_composable  #
 from roadinterp.interventions.loreft import LoreftAdapter, concat_loreft  # noqa: E402
 from roadinterp.sites import validate_site  # noqa: E402
 from roadinterp.tasks import behaviour_data  # noqa: E402
-from roadinterp.dii.train import train_adapter  # noqa: E402
+from roadinterp.training import train_adapter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section  # noqa: E402

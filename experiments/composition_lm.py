@@ -51,7 +51,7 @@ from roadinterp.adapters.adapter import RoadAdapter  # noqa: E402
 from roadinterp.adapters.compose import compose, split_blocks  # noqa: E402
 from roadinterp.adapters.composition import train_composable  # noqa: E402
 from roadinterp.adapters.linear import apply_road, linear_targets  # noqa: E402
-from roadinterp.dii.train import train_adapter  # noqa: E402
+from roadinterp.training import train_adapter  # noqa: E402
 from roadinterp.interventions.loreft import LoreftAdapter, concat_loreft  # noqa: E402
 from roadinterp.zoo import load_tokenizer  # noqa: E402
 

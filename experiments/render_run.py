@@ -25,7 +25,8 @@ def summary_table(table, config: dict | None = None) -> list[str]:
     """Markdown rows; ``config`` (run.json) fills the no-op baseline for runs stored without it."""
     s = ri.summarize(table)
     if config is not None and ("iia_null_mean" not in s or "iia_rival_null_mean" not in s):
-        from roadinterp.search import SearchConfig, null_baseline
+        from roadinterp.search import SearchConfig
+        from roadinterp.summary import null_baseline
         from roadinterp.tasks import get_task
 
         cfg = SearchConfig.from_json(config)

@@ -6,15 +6,23 @@
     result = ri.train_dii(model, task, ri.Site(0), family="butterfly", size=8, seed=0)
     table = ri.search(task="hierarchical-equality", families=["das", "butterfly"], out="runs/x")
 
-The public API is re-exported here by name; everything else is internal.
-See docs/index.md for a tour.
+The public API is re-exported here by name; everything else is internal. ``ri.viz``
+(plotly and matplotlib figures) is imported on first use, so ``import roadinterp``
+stays light. See docs/index.md for a tour.
 """
 
-__version__ = "0.1.0"
-
-from roadinterp import _pyvene  # noqa: F401,E402  (import pyvene quietly, once, first)
-from roadinterp.adapters.adapter import RoadAdapter  # noqa: E402
-from roadinterp.errors import (  # noqa: E402
+from roadinterp import _pyvene  # noqa: F401  (sorts first: imports pyvene quietly, once)
+from roadinterp._version import __version__
+from roadinterp.adapters.adapter import RoadAdapter
+from roadinterp.adapters.compose import compose
+from roadinterp.adapters.linear import apply_road, remove_road
+from roadinterp.adapters.pedro import PedroAdapter
+from roadinterp.adapters.pedro_linear import apply_pedro
+from roadinterp.adapters.peft_interop import from_peft, to_peft
+from roadinterp.adapters.serve import generate
+from roadinterp.dii.config import DIIConfig, TrainResult
+from roadinterp.dii.train import train_dii
+from roadinterp.errors import (
     ConfigError,
     DependencyError,
     FileFormatError,
@@ -29,29 +37,21 @@ from roadinterp.errors import (  # noqa: E402
     TokenizerError,
     UnknownNameError,
 )
-from roadinterp.interventions import (  # noqa: E402
+from roadinterp.interventions import (
     RoadInterchange,
     RoadIntervention,
     get_family,
     list_families,
     register_family,
 )
-from roadinterp.adapters.compose import compose  # noqa: E402
-from roadinterp.interventions.pedro import PedroIntervention  # noqa: E402
-from roadinterp.io import load, save  # noqa: E402
-from roadinterp.adapters.linear import apply_road, remove_road  # noqa: E402
-from roadinterp.adapters.peft_interop import from_peft, to_peft  # noqa: E402
-from roadinterp.adapters.pedro import PedroAdapter  # noqa: E402
-from roadinterp.adapters.pedro_linear import apply_pedro  # noqa: E402
-from roadinterp.interventions.pedro import PedroConfig  # noqa: E402
-from roadinterp.road import RoadRotation, RoadSpec  # noqa: E402
-from roadinterp.search import SearchConfig, best_alignment, search, summarize  # noqa: E402
-from roadinterp.sites import Site, register_architecture  # noqa: E402
-from roadinterp.tasks import get_task, list_tasks, register_task  # noqa: E402
-from roadinterp.dii.train import DIIConfig, TrainResult, train_dii  # noqa: E402
-from roadinterp.adapters.serve import generate  # noqa: E402
-from roadinterp.zoo import load_model  # noqa: E402
-from roadinterp import viz  # noqa: E402
+from roadinterp.interventions.pedro import PedroConfig, PedroIntervention
+from roadinterp.io import load, save
+from roadinterp.road import RoadRotation, RoadSpec
+from roadinterp.search import SearchConfig, search
+from roadinterp.sites import Site, register_architecture
+from roadinterp.summary import best_alignment, summarize
+from roadinterp.tasks import get_task, list_tasks, register_task
+from roadinterp.zoo import load_model
 
 __all__ = [
     "ConfigError",
@@ -103,3 +103,12 @@ __all__ = [
     "train_dii",
     "viz",
 ]
+
+
+def __getattr__(name: str):
+    """``ri.viz`` on first use: plotting libraries load only when a figure is asked for."""
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module("roadinterp.viz")
+    raise AttributeError(f"module 'roadinterp' has no attribute {name!r}")

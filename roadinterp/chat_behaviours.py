@@ -233,7 +233,7 @@ class LastPositions(nn.Module):
 
 
 class TokenLoss:
-    """The ``task`` that :func:`roadinterp.train.train_adapter` needs for teacher forcing.
+    """The ``task`` that :func:`roadinterp.training.train_adapter` needs for teacher forcing.
 
     ``logits(out)`` is ``[b, V, K]`` (cross-entropy's class-second layout) against
     ``labels`` ``[b, K]`` with ``-100`` ignored.
@@ -354,7 +354,7 @@ def fit(tail, params: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor]
         steps: int, batch_size: int, lr: float, seed: int, before_step=None) -> list[float]:
     """Adam on ``params`` (adapter parameters installed in ``tail``'s modules); the losses.
 
-    The same loop as :func:`roadinterp.train.train_adapter` (same batch order for a seed)
+    The same loop as :func:`roadinterp.training.train_adapter` (same batch order for a seed)
     for adapters that live inside the model (RoAd on Linear outputs, LoRA) rather than
     as pyvene interventions. ``before_step(idx)`` may route the batch (adapter ids). A NaN or
     infinite loss or gradient stops it with NonFiniteError (:func:`roadinterp.finite.check_step`).

@@ -15,6 +15,7 @@ import typer
 
 from roadinterp import bounds
 from roadinterp.errors import ConfigError, RoadinterpError
+from roadinterp.options import align_help as _help
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -126,26 +127,28 @@ def zoo_train(name: str = typer.Argument(..., help="Zoo model name (see `roadint
 # ------------------------------------------------------------------ align
 @app.command("align")
 def align_cmd(
-    task: str = typer.Option(None, "--task", "-t", help="Task: a name (roadinterp tasks), path/to/file.py:NAME or package.module:NAME (docs/byo.md).",
-                             callback=_TEXT),
-    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir, .gguf file or hub id (default: the task's zoo model).",
-                              callback=_TEXT),
-    layers: str = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
-    component: str = typer.Option(None, "--component", help="Comma-separated pyvene components (default block_output)."),
-    positions: str = typer.Option(None, "--positions", help="Comma-separated positions: last, all, an index or a task-named position."),
-    family: str = typer.Option(None, "--family", help="Comma-separated families: neuron,neuron-fixed,road,butterfly,das,lowrank,boundless."),
-    size: str = typer.Option(None, "--size", help="Comma-separated sizes (coordinates per variable)."),
-    variables: str = typer.Option(None, "--variables", help="Comma-separated causal variables to align (default: all of the task's; MIB aligns one at a time, e.g. io_position)."),
-    mode: str = typer.Option(None, "--mode", help="Which variables a counterfactual swaps: each, all or mixed (default mixed)."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate (default: the family's)."),
-    seeds: int = typer.Option(None, "--seeds", help="Seeds per cell.", callback=bounds.int_option(maximum=bounds.MAX_SEEDS)),
-    controls: bool = typer.Option(None, "--controls/--no-controls", help="Controls: random-init model, every rival hypothesis, whole-site patch, row-space part."),
-    epochs: int = typer.Option(None, "--epochs", help="DII training epochs per cell.",
+    # help of the config flags: the SearchConfig / DIIConfig field metadata (roadinterp.options)
+    task: str = typer.Option(None, "--task", "-t", help=_help("task"), callback=_TEXT),
+    model: str = typer.Option(None, "--model", "-m", help=_help("model"), callback=_TEXT),
+    layers: str = typer.Option(None, "--layers", help=_help("layers")),
+    component: str = typer.Option(None, "--component", help=_help("components")),
+    positions: str = typer.Option(None, "--positions", help=_help("positions")),
+    family: str = typer.Option(None, "--family", help=_help("families")),
+    size: str = typer.Option(None, "--size", help=_help("sizes")),
+    variables: str = typer.Option(None, "--variables", help=_help("variables")),
+    seeds: int = typer.Option(None, "--seeds", help=_help("seeds"), callback=bounds.int_option(maximum=bounds.MAX_SEEDS)),
+    controls: bool = typer.Option(None, "--controls/--no-controls", help=_help("controls")),
+    epochs: int = typer.Option(None, "--epochs", help=_help("dii.epochs"),
                                callback=bounds.int_option(maximum=bounds.MAX_EPOCHS)),
-    n_train: int = typer.Option(None, "--n-train", help="Training counterfactuals per cell.", callback=_COUNT),
-    n_test: int = typer.Option(None, "--n-test", help="Held-out counterfactuals per cell.", callback=_COUNT),
-    batch_size: int = typer.Option(None, "--batch-size", help="DII minibatch (default 256; smaller on a real LM).",
-                                   callback=_COUNT),
+    n_train: int = typer.Option(None, "--n-train", help=_help("dii.n_train"), callback=_COUNT),
+    n_test: int = typer.Option(None, "--n-test", help=_help("dii.n_test"), callback=_COUNT),
+    batch_size: int = typer.Option(None, "--batch-size", help=_help("dii.batch_size"), callback=_COUNT),
+    lr: float = typer.Option(None, "--lr", help=_help("dii.lr"), callback=bounds.float_option(minimum=0.0)),
+    mode: str = typer.Option(None, "--mode", help=_help("dii.mode"), callback=_TEXT),
+    variant: str = typer.Option(None, "--variant", help=_help("dii.variant"), callback=_TEXT),
+    depth: int = typer.Option(None, "--depth", help=_help("dii.depth"), callback=bounds.int_option(maximum=64)),
+    threads: int = typer.Option(None, "--threads", help=_help("dii.threads"),
+                                callback=bounds.int_option(minimum=0, maximum=1024)),
     config_file: str = typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it).",
                                     callback=_TEXT),
     out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>).", callback=_TEXT),
@@ -155,7 +158,7 @@ def align_cmd(
     workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes.",
                                 callback=bounds.int_option(maximum=bounds.MAX_WORKERS)),
     batched: bool = typer.Option(True, "--batched/--sequential", help="Train the seeds of a RoAd-family cell in one batched forward."),
-    engine: str = typer.Option("auto", "--engine", help="How DII steps run: auto (the KV engine on causal LMs, else replay from the site, where exact), kv, kv-bf16, replay, or pyvene."),
+    engine: str = typer.Option(None, "--engine", help=_help("dii.engine"), callback=_TEXT),
     device: str = typer.Option("auto", "--device", help="Where the frozen model runs: auto (a GPU if there is one), cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", "--dtype", help="The frozen model's dtype: float32, bfloat16 or float16 (interventions train in fp32)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster.", callback=_TEXT),
@@ -167,8 +170,9 @@ def align_cmd(
     from pathlib import Path
 
     from roadinterp import io
-    from roadinterp.search import SearchConfig, best_alignment, search, summarize
+    from roadinterp.search import SearchConfig, search
     from roadinterp.store import is_run_dir, lock_run
+    from roadinterp.summary import best_alignment, summarize
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other (continue the run, or discard it); "
@@ -182,12 +186,13 @@ def align_cmd(
         "task": task, "model": model, "layers": bounds.parse_ints("--layers", layers),
         "components": bounds.parse_strs("--component", component),
         "positions": bounds.parse_strs("--positions", positions), "families": bounds.parse_strs("--family", family),
-        "sizes": bounds.parse_ints("--size", size), "seeds": seeds, "controls": controls, "epochs": epochs,
-        "n_train": n_train, "n_test": n_test, "batch_size": batch_size,
-        "variables": bounds.parse_strs("--variables", variables), "mode": mode, "lr": lr,
+        "sizes": bounds.parse_ints("--size", size), "variables": bounds.parse_strs("--variables", variables),
+        "seeds": seeds, "controls": controls,
     }
+    dii_flags = {"epochs": epochs, "n_train": n_train, "n_test": n_test, "batch_size": batch_size, "lr": lr,
+                 "mode": mode, "variant": variant, "depth": depth, "threads": threads}
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
-    cfg = SearchConfig.from_json(merged)
+    cfg = SearchConfig.from_json(merged).with_dii(**{k: v for k, v in dii_flags.items() if v is not None})
     out = out or f"runs/{cfg.task}"
     io.prepare_output(out, overwrite=overwrite, ours=is_run_dir)
     state["interrupted"] = (f"interrupted: finished cells are saved in {out}; "
@@ -252,18 +257,18 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a roadinterp save."),
 ) -> None:
     """Fit a RoAd adapter (sourceless intervention) to a task's labels and save it."""
-    from roadinterp import io
+    from roadinterp import io, zoo
     from roadinterp.adapters.adapter import RoadAdapter
     from roadinterp.adapters.attach import adapter_interventions, evaluate
-    from roadinterp.dii.train import train_adapter
-    from roadinterp.search import default_model, get_model
+    from roadinterp.search import get_model
     from roadinterp.sites import Site, parse_positions, validate_site
     from roadinterp.tasks import get_task
+    from roadinterp.training import train_adapter
 
     io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)  # before any training
     t = get_task(task)
     block_list = bounds.parse_blocks("--blocks", blocks)
-    spec = model or default_model(t.name if t.variables else "behaviour-base")
+    spec = model or zoo.default_model(t.name if t.variables else "behaviour-base")
     m = get_model(spec)
     pos = parse_positions(positions)
     sites = [Site(layer, component, pos) for layer in bounds.parse_ints("--layers", layers)]

@@ -37,10 +37,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pandas as pd
 import torch
 
-from roadinterp.errors import ConfigError
+from roadinterp.errors import ConfigError, ShapeError
 
 # ----------------------------------------------------------------- warnings
 WARNING_CODES: tuple[str, ...] = (
@@ -168,21 +167,6 @@ def strongest_rival(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"rival": best[0], "iia_rival": best[1], "iia_rival_null": best[2]}
 
 
-def annotate(table):
-    """``table`` (one row per seed) with a ``warnings`` column: its cell's codes, ``;``-separated."""
-    from roadinterp.search import summarize
-
-    table = table.copy()
-    if table.empty or "iia" not in table or table["iia"].isna().all():
-        table["warnings"] = pd.Series([""] * len(table), dtype=object)
-        return table
-    keys = ["family", "layer", "component", "position", "size"]
-    s = summarize(table.drop(columns=["warnings"], errors="ignore"))
-    lookup = {tuple(str(v) for v in r[:5]): r[5] for r in s[keys + ["warnings"]].itertuples(index=False)}
-    table["warnings"] = [lookup.get(tuple(str(v) for v in r), "") for r in table[keys].itertuples(index=False)]
-    return table
-
-
 # ----------------------------------------------------------------- readers
 Reader = Callable[[torch.nn.Module, int], "torch.Tensor | None"]
 _READERS: dict[tuple[str, str], Reader] = {}
@@ -271,7 +255,7 @@ def rowspace_split(basis: torch.Tensor, W: torch.Tensor) -> tuple[float, torch.T
     row-space basis spans ``P U`` (the part of the subspace ``W`` can see).
     """
     if W.shape[1] != basis.shape[0]:
-        raise ConfigError(f"reader weight is {list(W.shape)} but the site is {basis.shape[0]} wide")
+        raise ShapeError(f"reader weight is {list(W.shape)} but the site is {basis.shape[0]} wide")
     if basis.shape[1] == 0:
         return float("nan"), basis
     V = orthonormal_basis(W.T)  # [d, r] row space of W
@@ -318,12 +302,12 @@ def null_iia(test) -> float:
 
 
 def _iia(model, task, site, interventions, coords, shared: bool, batch, engine: str) -> float:
-    from roadinterp.dii.replay import make_runner
-    from roadinterp.dii.train import _runner_iia
+    from roadinterp.dii.fit import iia
+    from roadinterp.dii.runners import make_runner
 
     runner, (h,) = make_runner(model, site, task, interventions, coords, shared=shared, datasets=[batch],
                                engine=engine)
-    return _runner_iia(runner, task, h, batch.labels, len(batch))
+    return iia(runner, interventions[0], task, [h], [batch.labels], [len(batch)])[0]
 
 
 def single_source(batch):

@@ -19,7 +19,7 @@ example 0's. New architectures are added with :func:`register_architecture`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -204,7 +204,3 @@ def parse_positions(text: str) -> Positions:
         return int(text)
     except ValueError:
         return text
-
-
-def as_sites(layers: Sequence[int], components_: Sequence[str], positions: Sequence[Positions]) -> list[Site]:
-    return [Site(l, c, p) for l in layers for c in components_ for p in positions]

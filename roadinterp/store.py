@@ -294,13 +294,9 @@ def rows_to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = df[RESULT_COLUMNS + extra]
     if len(df):
         df = df.sort_values(["family", "layer", "component", "position", "size", "seed"], kind="stable")
-    from roadinterp.controls import annotate  # lazily: controls reads summaries from roadinterp.search
+    from roadinterp.summary import annotate
 
     return annotate(df.reset_index(drop=True))
-
-
-def open_run(out, config, **kw) -> RunStore:
-    return RunStore(out, config, **kw)
 
 
 def read_run(path: str | os.PathLike) -> tuple[dict[str, Any], pd.DataFrame]:

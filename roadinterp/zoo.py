@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 
+from roadinterp._scoped import seeded, torch_threads
 from roadinterp.errors import ConfigError, FileFormatError, unknown
 from roadinterp.finite import check_step
 from roadinterp.io import replace_path
@@ -46,6 +47,7 @@ from roadinterp.pretrained import (
     load_local_dir,
     n_params,
 )
+from roadinterp.registry import Registry
 from roadinterp.tasks import get_task
 from roadinterp.tasks.base import Task, TokenTask
 from roadinterp.tasks.illusion import build_illusion_gpt2, gpt2_config
@@ -65,7 +67,7 @@ class ZooEntry:
 
     name: str  # zoo name, used as "zoo:NAME"
     task: str  # registered task name the model is trained on (its factual data)
-    arch: str  # "mlp" (pyvene MLPForClassification), "gpt2" or "llama"
+    arch: Arch  # "mlp" (pyvene MLPForClassification), "gpt2" or "llama"
     config: dict[str, Any]  # HF config kwargs for the architecture
     steps: int = 2000  # optimiser steps
     batch_size: int = 256
@@ -97,15 +99,14 @@ class ZooEntry:
         return d
 
 
-_ZOO: dict[str, ZooEntry] = {}
+_ZOO: Registry[ZooEntry] = Registry("zoo model")
 
 
 def register_zoo_model(entry: ZooEntry, *, overwrite: bool = False) -> None:
     """Add ``entry`` to the zoo (``load_model("zoo:" + entry.name)``)."""
-    if entry.name in _ZOO and not overwrite:
-        raise ConfigError(f"zoo model {entry.name!r} is already registered; pass overwrite=True to replace it")
-    get_task(entry.task)  # fail early on an unknown task
-    _ZOO[entry.name] = entry
+    if entry.name not in _ZOO or overwrite:
+        get_task(entry.task)  # fail early on an unknown task
+    _ZOO.register(entry.name, entry, overwrite=overwrite)
 
 
 def get_zoo_entry(name: str) -> ZooEntry:
@@ -114,8 +115,8 @@ def get_zoo_entry(name: str) -> ZooEntry:
         raise ConfigError(f"zoo model {name!r} is a pretrained model shipped as a wheel: there is nothing to "
                           f"train; load it with load_model('zoo:{name}') or --model zoo:{name}")
     if name not in _ZOO:
-        raise unknown("zoo model", name, [*_ZOO, *PRETRAINED])
-    return _ZOO[name]
+        raise unknown("zoo model", name, [*_ZOO, *PRETRAINED])  # pretrained names are zoo: names too
+    return _ZOO.get(name)
 
 
 # ----- cache ------------------------------------------------------------------------------
@@ -195,19 +196,17 @@ def _loss(task: Task, model: torch.nn.Module, inputs: dict[str, torch.Tensor], l
 def evaluate_accuracy(model: torch.nn.Module, task: Task | str, inputs: dict[str, torch.Tensor],
                       labels: torch.Tensor, *, batch_size: int = 1024) -> float:
     """Fraction of rows where argmax of ``task.logits`` equals the label."""
+    from roadinterp.training import accuracy
+
     task = get_task(task)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = 0
     try:
-        for i in range(0, len(labels), batch_size):
-            batch = {k: v[i:i + batch_size].to(device) for k, v in inputs.items()}
-            pred = task.logits(model(**batch, return_dict=True)).argmax(-1).cpu()
-            correct += int((pred == labels[i:i + batch_size]).sum())
+        return accuracy(lambda rows: task.logits(model(**{k: v[rows].to(device) for k, v in inputs.items()},
+                                                       return_dict=True)), labels, batch_size=batch_size)
     finally:
         model.train(was_training)
-    return correct / len(labels)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -230,12 +229,8 @@ def train_zoo_model(name: str, *, seed: int | None = None, steps: int | None = N
         raise ConfigError(f"steps must be >= 1, got {steps}")
     task = get_task(entry.task)
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(entry.threads, os.cpu_count() or 1)))
-    try:
+    with torch_threads(max(1, min(entry.threads, os.cpu_count() or 1))):
         return _train(entry, task, name, seed, steps, progress, save)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progress: bool,
@@ -243,8 +238,7 @@ def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progre
     start = time.perf_counter()
     inputs, labels = _data(entry, task, entry.train_size, "train", seed)
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):  # the init draws from torch's global generator; the caller's stream is kept
         model = build_model(entry)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -285,7 +279,7 @@ def _train(entry: ZooEntry, task: Task, name: str, seed: int, steps: int, progre
     accuracy = evaluate_accuracy(model, task, test_inputs, test_labels)
 
     if save:
-        from roadinterp import __version__
+        from roadinterp._version import __version__
 
         recipe = entry.recipe() | {"seed": seed, "steps": steps}
         meta = {
@@ -406,6 +400,14 @@ def _load_model(text: str, dev: torch.device, progress: bool) -> torch.nn.Module
     else:
         model = load_hub(text, known=", ".join(f"zoo:{n}" for n in sorted([*_ZOO, *PRETRAINED])))
     return model.to(dev)
+
+
+def default_model(task_name: str) -> str:
+    """``zoo:NAME`` of the zoo model trained for ``task_name``."""
+    for entry in list_zoo():
+        if entry["task"] == task_name:
+            return f"zoo:{entry['name']}"
+    raise ConfigError(f"no zoo model is trained for task {task_name!r}; pass --model")
 
 
 def model_task(model: torch.nn.Module) -> str | None:

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from roadinterp.dii.batched import (
-    BatchedRoadInterchange,
     batch_groups,
     train_dii_batched,
 )
-from roadinterp.dii.train import DIIConfig, train_dii
+from roadinterp.dii.config import DIIConfig
+from roadinterp.dii.train import train_dii
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.interventions.road import RoadInterchange
 from roadinterp.sites import Site
@@ -49,7 +49,7 @@ def test_batched_equals_sequential_per_seed(setup, family, engine):
 
 def test_batched_forward_matches_each_candidate_gather_and_blocks():
     ivs = [RoadInterchange(16, family="butterfly", depth=2, seed=s) for s in range(3)]
-    biv = BatchedRoadInterchange.from_interchanges(ivs)
+    biv = RoadInterchange.stack(ivs)
     base, src = torch.randn(6, 2, 16), torch.randn(6, 2, 16)
     coords = [[0, 1, 2, 3]] * 6
     ref = torch.stack([ivs[k](base[i:i + 1], src[i:i + 1], subspaces=[coords[0]])[0]
@@ -69,7 +69,7 @@ def test_batched_forward_matches_each_candidate_gather_and_blocks():
 
 def test_candidate_round_trip_and_routing_errors():
     ivs = [RoadInterchange(16, family="road", seed=s) for s in range(2)]
-    biv = BatchedRoadInterchange.from_interchanges(ivs)
+    biv = RoadInterchange.stack(ivs)
     for k in range(2):
         assert torch.equal(biv.candidate(k).theta, ivs[k].theta)
         assert biv.candidate(k).strides == ivs[k].strides
@@ -86,7 +86,7 @@ def test_candidate_round_trip_and_routing_errors():
             raise RuntimeError("boom")
     assert biv._rows is None
     with pytest.raises(ConfigError, match="share width, strides"):
-        BatchedRoadInterchange.from_interchanges([ivs[0], RoadInterchange(16, family="butterfly", seed=0)])
+        RoadInterchange.stack([ivs[0], RoadInterchange(16, family="butterfly", seed=0)])
 
 
 def test_grouping_and_fallback(setup):

@@ -339,7 +339,7 @@ def test_hostile_width_is_refused_before_allocating(tmp_path):
 
 # ------------------------------------------------------------------ non-finite training
 def test_dii_training_stops_at_a_nan_loss_and_saves_nothing(tmp_path):
-    from roadinterp.dii.train import DIIConfig, make_data, train_dii
+    from roadinterp.dii import DIIConfig, make_data, train_dii
     from roadinterp.errors import NonFiniteError
     from roadinterp.sites import Site
     from roadinterp.tasks import get_task
@@ -354,8 +354,8 @@ def test_dii_training_stops_at_a_nan_loss_and_saves_nothing(tmp_path):
 
 
 def test_batched_dii_training_stops_at_a_nan_loss():
+    from roadinterp.dii import DIIConfig, make_data
     from roadinterp.dii.batched import train_dii_batched
-    from roadinterp.dii.train import DIIConfig, make_data
     from roadinterp.errors import NonFiniteError
     from roadinterp.sites import Site
     from roadinterp.tasks import get_task
@@ -372,10 +372,10 @@ def test_batched_dii_training_stops_at_a_nan_loss():
 
 def test_adapter_training_stops_at_a_nan_loss():
     from roadinterp.adapters import adapter_interventions
-    from roadinterp.dii.train import train_adapter
     from roadinterp.errors import NonFiniteError
     from roadinterp.sites import Site
     from roadinterp.tasks import get_task
+    from roadinterp.training import train_adapter
     from tests.conftest import tiny_mlp
 
     task = get_task("hierarchical-equality")

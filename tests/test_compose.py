@@ -247,8 +247,8 @@ def test_loreft_is_orthonormal_and_concat_stacks_rows():
 
 
 def test_loreft_trains_through_pyvene():
-    from roadinterp.dii.train import train_adapter
     from roadinterp.tasks.base import TokenTask
+    from roadinterp.training import train_adapter
 
     class _Toy(TokenTask):
         name, variables, rivals, positions = "toy", (), {}, {}

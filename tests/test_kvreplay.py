@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model
 
 import roadinterp.dii.kvreplay as kv
-from roadinterp.dii.replay import make_runner
+from roadinterp.dii.runners import make_runner
 from roadinterp.dii.train import train_dii
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family

@@ -11,7 +11,7 @@ import transformers as tf
 from conftest import word_tokenizer
 from tokenizers import pre_tokenizers
 
-from roadinterp.dii.replay import make_runner
+from roadinterp.dii.runners import make_runner
 from roadinterp.errors import ConfigError, SiteError, TokenizerError
 from roadinterp.interventions import get_family
 from roadinterp.sites import Site

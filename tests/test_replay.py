@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 import roadinterp.dii._tables as tables_mod
 import roadinterp.interventions.road as road_mod
-from roadinterp.dii.batched import BatchedRoadInterchange
-from roadinterp.dii.replay import SiteReplay, make_runner, unsupported_reason
-from roadinterp.dii.train import DIIConfig, train_dii
+from roadinterp.dii.config import DIIConfig
+from roadinterp.dii.replay import SiteReplay, unsupported_reason
+from roadinterp.dii.runners import make_runner
+from roadinterp.dii.train import train_dii
 from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family
 from roadinterp.interventions.road import RoadInterchange
@@ -237,7 +238,7 @@ def test_orthogonal_shortcut_is_only_taken_for_pure_rotations():
 
 def test_batched_mix_equals_each_candidate():
     ivs = [RoadInterchange(16, family="butterfly", depth=2, seed=s) for s in range(3)]
-    biv = BatchedRoadInterchange.from_interchanges(ivs)
+    biv = RoadInterchange.stack(ivs)
     base, s1, s2 = torch.randn(3 * 4, 1, 16), torch.randn(3 * 4, 1, 16), torch.randn(3 * 4, 1, 16)
     sub = [[[0, 2, 4]] * 12, [[6, 8]] * 12]
     with biv.rows(torch.arange(3).repeat_interleave(4)):

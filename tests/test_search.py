@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from roadinterp.errors import ConfigError, RunDirError
-from roadinterp.search import SearchConfig, best_alignment, search, summarize
+from roadinterp.search import SearchConfig, search
 from roadinterp.store import RunStore, read_run
+from roadinterp.summary import best_alignment, summarize
 
 CLI = [sys.executable, "-m", "roadinterp.cli"]
 SMALL = ["--task", "hierarchical-equality", "--layers", "0,2", "--family", "neuron,road", "--size", "2",
@@ -91,7 +92,7 @@ def test_search_local_with_controls_and_summary(tmp_path):
     assert table["iia_random_model"].notna().all() and table["iia_rival"].notna().all()
     assert (table["rival"] == "first-argument").all()
     # no-op baselines: the IIA of an intervention that changes nothing, per hypothesis
-    from roadinterp.search import null_baseline
+    from roadinterp.summary import null_baseline
 
     assert table["iia_null"].nunique() == 1 and 0.3 < table["iia_null"].iloc[0] < 0.7
     assert table["iia_null"].iloc[0] == pytest.approx(null_baseline(SearchConfig(**cfg)))
@@ -253,7 +254,7 @@ def test_batched_search_matches_one_cell_at_a_time(tmp_path):
 
 
 def test_dtype_places_the_frozen_model_and_results_follow_float32():
-    from roadinterp.search import _MODELS
+    from roadinterp.frozen import _MODELS
 
     cfg = {**SMALL_CFG, "families": ["road"], "layers": [1]}  # inputs_embeds: cast to the model's dtype
     ref = search(**cfg)
@@ -289,7 +290,7 @@ def test_one_variable_of_several_is_aligned_with_its_own_labels_and_controls(tmp
     cfg = dict(SMALL_CFG, families=["road"], layers=[0], seeds=1, controls=True, variables=["V1"])
     table = search(out=str(tmp_path / "run"), **cfg)
     task = get_task("hierarchical-equality")
-    d = SearchConfig(**cfg).dii("road", 2, 0)
+    d = SearchConfig(**cfg).cell("road", 2, 0)
     test = task.counterfactuals(d.n_test, split="test", seed=d.test_seed, variables=("V1",), mode=d.mode)
     both = task.counterfactuals(d.n_test, split="test", seed=d.test_seed, mode=d.mode)
     assert test.variables == ("V1",) and len(test.sources) == 1
@@ -305,4 +306,4 @@ def test_one_variable_of_several_is_aligned_with_its_own_labels_and_controls(tmp
     assert config["variables"] == ["V1"]
     # a rival hypothesis aligns its own variables: variables= does not apply to it
     with pytest.raises(ConfigError, match="variables selects among the main hypothesis"):
-        SearchConfig(**cfg).dii("road", 2, 0).__class__(hypothesis="first-argument", variables=("V1",))
+        SearchConfig(**cfg).cell("road", 2, 0).__class__(hypothesis="first-argument", variables=("V1",))

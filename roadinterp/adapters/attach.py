@@ -88,16 +88,14 @@ def evaluate(model, adapter, inputs, labels, task, sites: Sequence[Site] | None 
              batch_size: int = 1024) -> float:
     """Accuracy (argmax of ``task.logits`` == label) with ``adapter`` attached (or None)."""
     from roadinterp.tasks import get_task
+    from roadinterp.training import accuracy
 
     task = get_task(task) if isinstance(task, str) else task
     was = model.training
     model.eval()
-    correct = 0
     try:
-        for i in range(0, len(labels), batch_size):
-            batch = {k: v[i:i + batch_size] for k, v in inputs.items()}
-            out = forward(model, adapter, batch, sites=sites, named_positions=task.positions)
-            correct += int((task.logits(out).argmax(-1) == labels[i:i + batch_size]).sum())
+        return accuracy(lambda rows: task.logits(forward(model, adapter, {k: v[rows] for k, v in inputs.items()},
+                                                         sites=sites, named_positions=task.positions)),
+                        labels, batch_size=batch_size)
     finally:
         model.train(was)
-    return correct / len(labels)

@@ -43,7 +43,7 @@ def train_composable(
     example routed (pyvene ``subspaces``) to its task's blocks, then split per task.
     ``task`` supplies the logits (answer tokens) used for the loss.
     """
-    from roadinterp.dii.train import train_adapter
+    from roadinterp.training import train_adapter
 
     names = list(tasks_data)
     if set(names) != set(owners):

@@ -1,21 +1,33 @@
-"""What both cached engines share: one row per *distinct* model input, and their hooks' plumbing.
+"""What both cached engines share: one row per *distinct* model input, their hooks' plumbing, the interchange.
 
 :class:`roadinterp.dii.replay.SiteReplay` (site states) and
 :class:`roadinterp.dii.kvreplay.CleanRuns` (keys/values and tail residuals) both run the
 frozen model once per distinct input and look rows up by id afterwards. :class:`InputIndex`
 assigns those ids: rows are matched by a 64-bit hash of their bytes (fast to sort), then
 checked byte for byte; on a collision the exact (slow) match on the raw bytes decides.
+Both apply the interventions to looked-up states with :func:`interchange`, as pyvene's
+setter hooks would, and raise :class:`ReplayUnavailable` when they cannot serve a run.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pyvene.models.modeling_utils import do_intervention
 
+from roadinterp._pyvene import pv  # noqa: F401  (first: imports pyvene quietly)
 from roadinterp.errors import ConfigError
+
+
+class ReplayUnavailable(ConfigError):
+    """A cached engine cannot serve this model, site or data. The private signal on which
+    :func:`roadinterp.dii.runners.make_runner` falls back to pyvene (and only on it, so a
+    genuine mistake elsewhere still surfaces as an error); a ``ConfigError`` for callers
+    who use the engines directly."""
 
 
 class Stop(Exception):
@@ -116,7 +128,7 @@ class InputIndex:
         flat = torch.cat([inputs[k].reshape(n, -1).contiguous().cpu().view(torch.uint8) for k in keys], 1)
         raw = np.ascontiguousarray(flat.numpy())  # [n, bytes per row]
         if self._raw is not None and self._raw.shape[1] != raw.shape[1]:
-            raise ConfigError(f"{self.what} inputs must all have the same keys, shapes and dtypes")
+            raise ReplayUnavailable(f"{self.what} inputs must all have the same keys, shapes and dtypes")
         known = self._raw if self._raw is not None else raw[:0]
         ids, new_rows, hashes, grown = _match(_row_hash(raw), self._hash, raw, known)
         if ids is None:
@@ -125,3 +137,32 @@ class InputIndex:
             hashes = _row_hash(grown)  # the table now holds two rows with one hash: later adds re-check
         self._raw, self._hash = grown, hashes
         return ids, new_rows
+
+
+@dataclass(frozen=True)
+class ReplayRows:
+    """One dataset in a replay table: the table row of each base and source input."""
+
+    rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def interchange(interventions: Sequence, coords, X: torch.Tensor) -> torch.Tensor:
+    """Base states after every variable's interchange, as pyvene's setter hooks apply them.
+
+    ``X`` holds the base and one source per variable at the site positions
+    (``[N, 1 + V, u, d]``); returns ``[N, u, d]``. One ``do_intervention`` per variable,
+    each on the previous one's output, or all variables in one ``mix`` when they share
+    one intervention that has it.
+    """
+    n, V, u, d = X.shape[0], X.shape[1] - 1, X.shape[2], X.shape[3]
+    subspaces = [[list(c)] * n for c in coords]  # pyvene's per-row form (one list object repeated)
+    first = interventions[0]
+    if hasattr(first, "mix") and all(iv is first for iv in interventions):
+        return first.mix(X.transpose(1, 2).reshape(n, u, (1 + V) * d), subspaces)  # all variables at once
+    b = X[:, 0]
+    for v, (iv, sp) in enumerate(zip(interventions, subspaces)):  # as pyvene's hooks, in turn
+        b = do_intervention(b, X[:, 1 + v], iv, sp)
+    return b

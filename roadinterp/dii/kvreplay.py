@@ -26,7 +26,7 @@ is ``2 x layers x kv_heads x head_dim x p0`` cache elements: SmolLM2-135M (30 la
 71 kB of residuals at one tail position.
 
 A step (:class:`KVReplayRunner`) gathers base and source residuals at the site,
-applies the interventions (:func:`roadinterp.dii.replay.interchange`, what the replay
+applies the interventions (:func:`roadinterp.dii._tables.interchange`, what the replay
 engine does), runs the model's own decoder layers after the site on ``[N, T, d]`` with a
 small cache object that hands each attention its row's cached prefix, then the final
 norm and the rows of the unembedding the task reads (``task.answer_ids``). The output's
@@ -45,8 +45,15 @@ from dataclasses import dataclass
 
 import torch
 
-from roadinterp.dii._tables import InputIndex, Stop, first, forward_kwargs, per_row_reason
-from roadinterp.dii.replay import ReplayRows, interchange
+from roadinterp.dii._tables import (
+    InputIndex,
+    ReplayRows,
+    Stop,
+    first,
+    forward_kwargs,
+    interchange,
+    per_row_reason,
+)
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, check_left_padded, sequence_length
 

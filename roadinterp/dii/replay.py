@@ -24,31 +24,26 @@ and the model inputs must be content only (``input_ids``/``inputs_embeds``, an
 all-ones ``attention_mask``): a padding mask or explicit positions differ per row
 and would be taken from the placeholder. :meth:`SiteReplay.verify` checks the
 replayed outputs against plain forwards before a run relies on them;
-:func:`make_runner` falls back to pyvene (the reference path) whenever replay is
-unsupported or the check fails, and says why in ``runner.reason``.
+:func:`roadinterp.dii.runners.make_runner` falls back to pyvene (the reference path)
+whenever replay is unsupported or the check fails (:class:`ReplayUnavailable`, its private
+signal), and says why in ``runner.reason``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
-from pyvene.models.modeling_utils import do_intervention, get_module_hook
+from pyvene.models.modeling_utils import get_module_hook
 
 from roadinterp._pyvene import pv  # first: imports pyvene quietly
-from roadinterp.dii._tables import InputIndex, Stop, first, forward_kwargs, per_row_reason
-from roadinterp.errors import ConfigError, RoadinterpError
-from roadinterp.interventions import attach_dii, run_dii
+from roadinterp.dii._tables import InputIndex, ReplayUnavailable, Stop, first, forward_kwargs
+from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, sequence_length
-from roadinterp.tasks.base import CounterfactualBatch
 
 REPLAY_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
 CONTENT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds")
 DEFAULT_MAX_BYTES = 1 << 30  # state table budget (1 GiB); larger runs use pyvene
-Engine = Literal["auto", "kv", "kv-bf16", "replay", "pyvene"]
-ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.dii.kvreplay
 
 
 def _with_first(output, tensor):
@@ -97,7 +92,7 @@ class SiteReplay:
     def __init__(self, model, site: Site, *, chunk: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         reason = unsupported_reason(model, site)
         if reason:
-            raise ConfigError(f"replay is not available at {site.label()}: {reason}")
+            raise ReplayUnavailable(f"replay is not available at {site.label()}: {reason}")
         self.model, self.site, self.chunk, self.max_bytes = model, site, chunk, max_bytes
         for p in model.parameters():  # frozen, as pyvene's disable_model_gradients leaves it: no weight grads
             p.requires_grad_(False)
@@ -127,7 +122,7 @@ class SiteReplay:
                 if "hidden_states" in kwargs:
                     new = fn(kwargs["hidden_states"])
                     return None if new is None else (args, {**kwargs, "hidden_states": new})
-                raise ConfigError(f"cannot find the hidden state entering {self.site.label()}")
+                raise ReplayUnavailable(f"cannot find the hidden state entering {self.site.label()}")
             return self._register(pre, with_kwargs=True)
 
         def post(module, args, kwargs, output):
@@ -152,7 +147,7 @@ class SiteReplay:
         finally:
             handle.remove()
         if not got:
-            raise ConfigError(f"the model never reached {self.site.label()}")
+            raise ReplayUnavailable(f"the model never reached {self.site.label()}")
         return got[0]
 
     # ----- table
@@ -160,7 +155,7 @@ class SiteReplay:
         """Row ids of ``inputs`` in the state table, computing states of unseen rows.  # [n]"""
         content = _content(inputs)
         if isinstance(content, str):
-            raise ConfigError(f"replay cannot run these inputs: {content}")
+            raise ReplayUnavailable(f"replay cannot run these inputs: {content}")
         keys = sorted(content)
         if self.placeholder is None:
             self.placeholder = {k: content[k][:1] for k in keys}
@@ -179,7 +174,7 @@ class SiteReplay:
                 self._chunks.append(states)
                 used = sum(c.numel() * c.element_size() for c in self._chunks)
                 if used > self.max_bytes:
-                    raise ConfigError(
+                    raise ReplayUnavailable(
                         f"replay state table exceeds {self.max_bytes / 2**20:.0f} MiB at {self.site.label()}; "
                         "use engine='pyvene' or fewer/shorter inputs"
                     )
@@ -229,7 +224,7 @@ class SiteReplay:
         """
         content = _content(inputs)
         if isinstance(content, str):
-            raise ConfigError(f"replay cannot run these inputs: {content}")
+            raise ReplayUnavailable(f"replay cannot run these inputs: {content}")
         if self.keep is not None and read is None:
             raise ConfigError("a pruned replay must be verified on what the task reads: pass read=task.logits")
         part = {k: v[:rows] for k, v in content.items()}
@@ -240,12 +235,12 @@ class SiteReplay:
             got = self.run(states)
             ref, got = (read(ref), read(got)) if read is not None else (_first_tensor(ref), _first_tensor(got))
         except (IndexError, RuntimeError) as err:
-            raise ConfigError(f"replayed forward failed: {err}") from err
+            raise ReplayUnavailable(f"replayed forward failed: {err}") from err
         if ref.shape != got.shape:
-            raise ConfigError(f"replayed output has shape {list(got.shape)}, the model's {list(ref.shape)}")
+            raise ReplayUnavailable(f"replayed output has shape {list(got.shape)}, the model's {list(ref.shape)}")
         err = float((ref.float() - got.float()).abs().max())
         if not err <= atol:
-            raise ConfigError(f"replayed outputs differ from plain forwards by {err:.2e} (> {atol:g})")
+            raise ReplayUnavailable(f"replayed outputs differ from plain forwards by {err:.2e} (> {atol:g})")
         return err
 
     def prune(self, inputs: Mapping[str, torch.Tensor], positions: Sequence[int], read) -> bool:
@@ -262,7 +257,7 @@ class SiteReplay:
         self.keep = keep
         try:
             self.verify(inputs, read=read)
-        except ConfigError:
+        except ReplayUnavailable:
             self.keep = None
             return False
         return True
@@ -270,183 +265,3 @@ class SiteReplay:
 
 def _first_tensor(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else first(output)
-
-
-# ------------------------------------------------------------------ DII runners
-class PyveneRunner:
-    """The reference path: pyvene runs base + one source per variable on every call."""
-
-    engine = "pyvene"
-
-    def __init__(self, model, site: Site, interventions: Sequence, coords, *, shared: bool, named_positions=None,
-                 reason: str = "") -> None:
-        self.site, self.coords, self.named_positions, self.reason = site, coords, named_positions, reason
-        self.pvm = attach_dii(model, site, list(interventions), shared=shared)
-
-    def prepare(self, data: CounterfactualBatch) -> CounterfactualBatch:
-        return replace(data, raw=None)  # numpy copies on every subset are pure overhead here
-
-    def concat(self, handles: Sequence[CounterfactualBatch]) -> CounterfactualBatch:
-        """One handle holding the rows of ``handles`` one after the other."""
-        return CounterfactualBatch.concat(handles)
-
-    def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]]):
-        subs = [d.subset(idx) for d, idx in parts]
-        b = subs[0] if len(subs) == 1 else CounterfactualBatch.concat(subs)
-        return run_dii(self.pvm, self.site, b.base, b.sources, self.coords, named_positions=self.named_positions,
-                       row_positions=b.positions)
-
-
-@dataclass(frozen=True)
-class ReplayRows:
-    """One dataset in a replay table: the table row of each base and source input."""
-
-    rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
-
-    def __len__(self) -> int:
-        return int(self.rows.shape[0])
-
-
-class ReplayRunner:
-    """DII through :class:`SiteReplay`: look up states, intervene, run the suffix only.
-
-    The interventions are applied exactly as pyvene's setter hooks apply them (one
-    ``do_intervention`` per variable, each on the previous one's output), at the
-    site's positions of the looked-up states.
-    """
-
-    engine = "replay"
-
-    def __init__(self, replay: SiteReplay, interventions: Sequence, coords, *, named_positions=None) -> None:
-        self.replay, self.interventions, self.coords = replay, list(interventions), [list(c) for c in coords]
-        self.named_positions = named_positions
-        self.reason = ""
-        self._pos: torch.Tensor | None = None
-        self._units: torch.Tensor | None = None  # [m, u, d] site positions of every table row
-        self._tail: torch.Tensor | None = None  # [m, s', d] what the tail runs on (all or kept positions)
-        self._tail_pos: torch.Tensor | None = None  # site positions within the tail's positions
-
-    def prepare(self, data: CounterfactualBatch) -> ReplayRows:
-        return self.prepare_all([data])[0]
-
-    def concat(self, handles: Sequence[ReplayRows]) -> ReplayRows:
-        """One handle holding the rows of ``handles`` one after the other."""
-        return ReplayRows(torch.cat([h.rows for h in handles]))
-
-    def prepare_all(self, datasets: Sequence[CounterfactualBatch]) -> list[ReplayRows]:
-        """Table rows of every base and source input of ``datasets`` (one pass over all of them)."""
-        parts: list[Mapping[str, torch.Tensor]] = []
-        for data in datasets:
-            if len(data.sources) != len(self.interventions):
-                raise ConfigError(f"{len(data.sources)} sources for {len(self.interventions)} interventions")
-            seq = sequence_length(data.base)
-            pos = torch.as_tensor(self.replay.site.position_indices(seq, self.named_positions))
-            if self._pos is not None and not torch.equal(pos, self._pos):
-                raise ConfigError("replay datasets must resolve the site to the same positions")
-            self._pos, self._units = pos, None
-            parts.extend([data.base, *data.sources])
-        keys = sorted(parts[0])
-        if any(sorted(p) != keys for p in parts):
-            raise ConfigError("replay datasets must all have the same input keys")
-        ids = self.replay.add({k: torch.cat([p[k] for p in parts]) for k in keys})
-        chunks = iter(ids.split([len(next(iter(p.values()))) for p in parts]))
-        return [ReplayRows(torch.stack([next(chunks) for _ in range(1 + len(data.sources))], 1))
-                for data in datasets]
-
-    @property
-    def units(self) -> torch.Tensor:
-        """Every table row's state at the site positions.  # [m, u, d]"""
-        self._views()
-        return self._units
-
-    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(states the tail runs on ``[m, s', d]``, the site positions within them)."""
-        table = self.replay.table
-        if self._units is None or self._units.shape[0] != table.shape[0]:
-            self._units = table[:, self._pos].contiguous()
-            keep = self.replay.keep
-            if keep is None:
-                self._tail, self._tail_pos = table, self._pos
-            else:
-                self._tail = table[:, keep].contiguous()
-                self._tail_pos = torch.as_tensor([keep.index(int(p)) for p in self._pos])
-        return self._tail, self._tail_pos
-
-    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
-        tail, tail_pos = self._views()
-        units = self._units
-        rows = torch.cat([r.rows.index_select(0, i) for r, i in parts]) if len(parts) > 1 \
-            else parts[0][0].rows.index_select(0, parts[0][1])  # index_select: faster than rows[i] on CPU
-        base_rows = rows[:, 0]  # [N]
-        n, V, (u, d) = rows.shape[0], len(self.coords), units.shape[1:]
-        # base and every source, one gather (index_select: ~3x faster than units[rows] on CPU)
-        X = units.index_select(0, rows.reshape(-1).to(units.device)).view(n, 1 + V, u, d)  # [N, 1 + V, u, d]
-        b = interchange(self.interventions, self.coords, X).to(tail.dtype)
-        if tail.shape[1] == u and torch.equal(tail_pos, torch.arange(u)):  # the tail is the site positions
-            return self.replay.run(b)
-        h = tail.index_select(0, base_rows.to(tail.device))  # [N, seq or kept, d], fresh: written in place
-        h[:, tail_pos.to(h.device)] = b
-        return self.replay.run(h)
-
-
-def interchange(interventions: Sequence, coords, X: torch.Tensor) -> torch.Tensor:
-    """Base states after every variable's interchange, as pyvene's setter hooks apply them.
-
-    ``X`` holds the base and one source per variable at the site positions
-    (``[N, 1 + V, u, d]``); returns ``[N, u, d]``. One ``do_intervention`` per variable,
-    each on the previous one's output, or all variables in one ``mix`` when they share
-    one intervention that has it.
-    """
-    n, V, u, d = X.shape[0], X.shape[1] - 1, X.shape[2], X.shape[3]
-    subspaces = [[list(c)] * n for c in coords]  # pyvene's per-row form (one list object repeated)
-    first = interventions[0]
-    if hasattr(first, "mix") and all(iv is first for iv in interventions):
-        return first.mix(X.transpose(1, 2).reshape(n, u, (1 + V) * d), subspaces)  # all variables at once
-    b = X[:, 0]
-    for v, (iv, sp) in enumerate(zip(interventions, subspaces)):  # as pyvene's hooks, in turn
-        b = do_intervention(b, X[:, 1 + v], iv, sp)
-    return b
-
-
-def make_runner(model, site: Site, task, interventions: Sequence, coords, *, shared: bool,
-                datasets: Sequence[CounterfactualBatch], engine: Engine = "auto"):
-    """A DII runner for ``datasets`` and the prepared handle of each, in order.
-
-    ``engine="auto"`` uses :class:`roadinterp.dii.kvreplay.KVReplayRunner` on causal LMs
-    (only the intervened positions run, on cached keys/values), else :class:`ReplayRunner`
-    when the site and inputs allow it, each only once its check against plain forwards
-    passes, else :class:`PyveneRunner` (``runner.reason`` says why); ``"kv"``,
-    ``"kv-bf16"`` (its cache in bf16) and ``"replay"`` raise instead of falling back;
-    ``"pyvene"`` always uses pyvene.
-    """
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    named = task.positions
-    reason = ""
-    if engine in ("auto", "kv", "kv-bf16"):
-        from roadinterp.dii.kvreplay import make_kv_runner
-
-        try:
-            return make_kv_runner(model, site, task, interventions, coords, datasets=datasets,
-                                  engine="kv" if engine == "auto" else engine)
-        except RoadinterpError as err:  # e.g. a SiteError: a position that differs per row
-            if engine != "auto":
-                raise ConfigError(f"engine={engine!r} is not possible here: {err}") from None
-            reason = f"kv: {err}; "
-    if engine != "pyvene":
-        why = unsupported_reason(model, site, datasets[0].base) or per_row_reason(site, datasets[0], "replay") or ""
-        reason += why
-        if not why:
-            try:
-                replay = SiteReplay(model, site)
-                base = datasets[0].base
-                if not replay.prune(base, site.position_indices(sequence_length(base), named), task.logits):
-                    replay.verify(base)
-                runner = ReplayRunner(replay, interventions, coords, named_positions=named)
-                return runner, runner.prepare_all(datasets)
-            except ConfigError as err:
-                reason += str(err)
-        if engine == "replay":
-            raise ConfigError(f"engine='replay' is not possible here: {reason}")
-    runner = PyveneRunner(model, site, interventions, coords, shared=shared, named_positions=named, reason=reason)
-    return runner, [runner.prepare(d) for d in datasets]

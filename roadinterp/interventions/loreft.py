@@ -18,12 +18,13 @@ Per-example ``subspaces`` (row indices) route an example to a subset of the rows
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from roadinterp._pyvene import pv
+from roadinterp._scoped import seeded
 from roadinterp.errors import ConfigError, ShapeError
 from roadinterp.sites import module_key
 
@@ -43,15 +44,14 @@ class LoreftIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= embed_dim:
             raise ConfigError(f"LoReFT rank must be an int in 1..{embed_dim}, got {rank!r}")
         self.dim, self.rank, self.orthogonal = embed_dim, rank, orthogonal
-        if seed is not None:
-            torch.manual_seed(seed)  # nn.Linear / orthogonal init draw from the global generator
-        rotate = nn.Linear(embed_dim, rank, bias=False)  # weight [r, d]
-        if orthogonal:
-            rotate = nn.utils.parametrizations.orthogonal(rotate)
-        else:
-            rotate.weight.requires_grad_(False)
-        self.rotate_layer = rotate
-        self.learned_source = nn.Linear(embed_dim, rank)  # W [r, d], b [r]
+        with seeded(seed):  # nn.Linear / orthogonal init draw from the global generator
+            rotate = nn.Linear(embed_dim, rank, bias=False)  # weight [r, d]
+            if orthogonal:
+                rotate = nn.utils.parametrizations.orthogonal(rotate)
+            else:
+                rotate.weight.requires_grad_(False)
+            self.rotate_layer = rotate
+            self.learned_source = nn.Linear(embed_dim, rank)  # W [r, d], b [r]
 
     @property
     def R(self) -> torch.Tensor:  # [r, d]
@@ -59,7 +59,7 @@ class LoreftIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         if base.shape[-1] != self.dim:
-            raise ConfigError(f"LoreftIntervention is {self.dim} wide but the site is {base.shape[-1]} wide")
+            raise ShapeError(f"LoreftIntervention is {self.dim} wide but the site is {base.shape[-1]} wide")
         R = self.R.to(base.dtype)  # [r, d]
         x = base.to(R.dtype)
         delta = self.learned_source(x) - x @ R.T  # [batch, units, r]
@@ -83,11 +83,10 @@ class LoreftAdapter(nn.Module):
         if not targets:
             raise ConfigError("a LoReFT adapter needs at least one target")
         self.targets, self.rank, self.meta = dict(targets), rank, dict(meta or {})
-        if seed is not None:
-            torch.manual_seed(seed)
-        self.ivs = nn.ModuleDict({
-            module_key(k): LoreftIntervention(d, rank=rank, orthogonal=_orthogonal) for k, d in self.targets.items()
-        })
+        with seeded(seed):  # one stream for every target's init, in order
+            self.ivs = nn.ModuleDict({
+                module_key(k): LoreftIntervention(d, rank=rank, orthogonal=_orthogonal) for k, d in self.targets.items()
+            })
 
     def intervention(self, target: str) -> LoreftIntervention:
         if target not in self.targets:

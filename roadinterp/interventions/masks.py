@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from roadinterp._pyvene import pv
-from roadinterp.errors import ConfigError
+from roadinterp.errors import ConfigError, ShapeError
 
 DBM_T_START, DBM_T_END = 1.0, 0.01  # mask temperature, annealed geometrically over training
 DBM_SPARSITY = 1e-3  # lambda: penalty per open neuron (soft mask summed), added to the cross-entropy
@@ -64,7 +64,7 @@ class NeuronMaskInterchange(pv.TrainableIntervention, pv.DistributedRepresentati
 
     def forward(self, base, source, subspaces=None, **kwargs):
         if base.shape[-1] != self.dim:
-            raise ConfigError(f"neuron mask is {self.dim} wide but the site is {base.shape[-1]} wide")
+            raise ShapeError(f"neuron mask is {self.dim} wide but the site is {base.shape[-1]} wide")
         m = torch.sigmoid(self.logits / self.temperature) if self.training else self.hard_mask()
         return (base.float() + m * (source - base).float()).to(base.dtype)
 
@@ -88,6 +88,6 @@ class ProjectionInterchange(pv.Intervention, pv.DistributedRepresentationInterve
     def forward(self, base, source, subspaces=None, **kwargs):
         Q = self.basis
         if base.shape[-1] != Q.shape[0]:
-            raise ConfigError(f"projection is {Q.shape[0]} wide but the site is {base.shape[-1]} wide")
+            raise ShapeError(f"projection is {Q.shape[0]} wide but the site is {base.shape[-1]} wide")
         delta = ((source - base).float() @ Q) @ Q.T
         return (base.float() + delta).to(base.dtype)

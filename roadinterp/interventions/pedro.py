@@ -46,7 +46,7 @@ class PedroConfig:
 
     dim: int  # width of the pooled hidden state (the model's hidden size for placement "linear")
     bottleneck: int = 8  # width of the generator's hidden layer (r in the paper)
-    pooling: str = "last"  # "last" token | "mean" over tokens | learned "attention" pooling
+    pooling: Pooling = "last"  # "last" token | "mean" over tokens | learned "attention" pooling
     activation: str = "relu"  # generator non-linearity: "relu" | "gelu" | "tanh"
     init_std: float | None = None  # std of the down-projection init; None = 1/sqrt(dim)
 
@@ -221,7 +221,7 @@ class PedroIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.
     def forward(self, base, source=None, subspaces=None, **kwargs):
         d = self.generator.config.dim
         if base.shape[-1] % d:
-            raise ConfigError(f"PedroIntervention is {d} wide but the site is {base.shape[-1]} wide")
+            raise ShapeError(f"PedroIntervention is {d} wide but the site is {base.shape[-1]} wide")
         h = base if base.dim() == 3 else base.reshape(base.shape[0], -1, d)  # [batch, n_positions, d]
         vectors = self.generator(h)  # [batch, d] fp32
         return scale(h, vectors).reshape(base.shape)

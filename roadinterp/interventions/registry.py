@@ -23,12 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from roadinterp._pyvene import pv
-from roadinterp.errors import ConfigError, unknown
+from roadinterp._scoped import seeded
 from roadinterp.interventions.masks import NeuronMaskInterchange
 from roadinterp.interventions.road import RoadInterchange, assign_axes
+from roadinterp.registry import Registry
 
 
 @dataclass
@@ -45,35 +44,28 @@ class Family:
     name: str
     build: Callable[..., FamilyBuild]  # (dim, sizes, seed, **options) -> FamilyBuild
     description: str
-    rotated: bool = True  # False for axis-aligned families (neuron)
+    # True when roadinterp.dii.batched can train K candidates of this family in one step:
+    # no parameters (neuron-fixed), or one RoadInterchange whose candidates stack along a K axis
+    batched: bool = False
 
 
-_FAMILIES: dict[str, Family] = {}
+_FAMILIES: Registry[Family] = Registry("family")
 
 
 def register_family(family: Family, *, overwrite: bool = False) -> None:
-    if family.name in _FAMILIES and not overwrite:
-        raise ConfigError(f"family {family.name!r} is already registered; pass overwrite=True")
-    _FAMILIES[family.name] = family
+    _FAMILIES.register(family.name, family, overwrite=overwrite)
 
 
 def get_family(name: str) -> Family:
-    if name not in _FAMILIES:
-        raise unknown("family", name, list(_FAMILIES))
-    return _FAMILIES[name]
+    return _FAMILIES.get(name)
 
 
 def list_families() -> list[str]:
-    return list(_FAMILIES)
+    return _FAMILIES.names()
 
 
 def _contiguous(sizes: Sequence[int], dim: int) -> list[list[int]]:
     return assign_axes(dim, sizes, dim)
-
-
-def _seeded(seed: int | None):
-    if seed is not None:
-        torch.manual_seed(seed)
 
 
 # pyvene interventions get keep_last_dim=True like ours: a multi-position site then arrives as
@@ -105,35 +97,35 @@ def _road_like(family):
 
 
 def _das(dim, sizes, seed=None, **_):
-    _seeded(seed)
-    iv = pv.RotatedSpaceIntervention(embed_dim=dim, keep_last_dim=True)
+    with seeded(seed):  # pyvene's init draws from torch's global generator
+        iv = pv.RotatedSpaceIntervention(embed_dim=dim, keep_last_dim=True)
     return FamilyBuild([iv] * len(sizes), _contiguous(sizes, dim), True)
 
 
 def _lowrank(dim, sizes, seed=None, **_):
-    _seeded(seed)
     rank = sum(sizes)
-    iv = pv.LowRankRotatedSpaceIntervention(embed_dim=dim, low_rank_dimension=rank, keep_last_dim=True)
+    with seeded(seed):
+        iv = pv.LowRankRotatedSpaceIntervention(embed_dim=dim, low_rank_dimension=rank, keep_last_dim=True)
     return FamilyBuild([iv] * len(sizes), _contiguous(sizes, rank), True)
 
 
 def _boundless(dim, sizes, seed=None, **_):
-    _seeded(seed)
     ivs = []
-    for s in sizes:
-        iv = pv.BoundlessRotatedSpaceIntervention(embed_dim=dim)  # [batch, d] only: see check_cell
-        iv.set_intervention_boundaries(float(s) / dim)  # start at the requested size
-        ivs.append(iv)
+    with seeded(seed):
+        for s in sizes:
+            iv = pv.BoundlessRotatedSpaceIntervention(embed_dim=dim)  # [batch, d] only: see check_cell
+            iv.set_intervention_boundaries(float(s) / dim)  # start at the requested size
+            ivs.append(iv)
     return FamilyBuild(ivs, [list(range(dim)) for _ in sizes], False)
 
 
 for _f in (
-    Family("neuron", _neuron_mask, "learned sparse neuron mask (DBM): at most size neurons per variable",
-           rotated=False),
+    Family("neuron", _neuron_mask, "learned sparse neuron mask (DBM): at most size neurons per variable"),
     Family("neuron-fixed", _neuron_fixed, "the first size neurons, nothing learned (a cost baseline)",
-           rotated=False),
-    Family("road", _road_like("road"), "one RoAd layer, one rotated axis per pair per variable"),
-    Family("butterfly", _road_like("butterfly"), "RoAd butterfly: 2 factors of log2(d) layers, strides 1..d/2"),
+           batched=True),
+    Family("road", _road_like("road"), "one RoAd layer, one rotated axis per pair per variable", batched=True),
+    Family("butterfly", _road_like("butterfly"), "RoAd butterfly: 2 factors of log2(d) layers, strides 1..d/2",
+           batched=True),
     Family("das", _das, "full orthogonal rotation (pyvene RotatedSpaceIntervention)"),
     Family("lowrank", _lowrank, "low-rank orthonormal basis (pyvene LowRankRotatedSpaceIntervention)"),
     Family("boundless", _boundless, "learned boundary (pyvene BoundlessRotatedSpaceIntervention)"),

@@ -19,7 +19,9 @@ both reduce to pyvene's ``VanillaIntervention`` on the same coordinates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -156,7 +158,7 @@ class RoadIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.D
     def forward(self, base, source=None, subspaces=None, **kwargs):
         d = self.rotation.dim
         if base.shape[-1] != d:
-            raise ConfigError(f"RoadIntervention is {d} wide but the site is {base.shape[-1]} wide")
+            raise ShapeError(f"RoadIntervention is {d} wide but the site is {base.shape[-1]} wide")
         block_mask = subspace_mask(subspaces, base.shape[0], d // 2, base.device)
         element_mask = None
         if block_mask is not None:
@@ -170,71 +172,201 @@ class RoadIntervention(pv.SourcelessIntervention, pv.TrainableIntervention, pv.D
 
 @io.register_kind
 class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationIntervention):
-    """DII in a RoAd (``road``) or RoAd-butterfly (``butterfly``) rotated basis.
+    """DII in a RoAd (``road``) or RoAd-butterfly (``butterfly``) rotated basis, for K candidates.
 
     ``subspaces`` per example are the *rotated coordinates* to take from the
     source (use :func:`assign_axes`). Alpha is frozen at 1 by default: for DII
     only the basis matters, and road_1's alpha cancels in ``R^-1 M R`` anyway.
+
+    **Candidates.** ``n_candidates=K > 1`` holds K independent bases in one module
+    (``theta`` ``[K, L, n_params]`` instead of ``[L, n_params]``): the seeds of a search
+    cell trained in one shared step (:mod:`roadinterp.dii.batched`). Row ``r`` of a batch
+    uses candidate ``rows[r]``, set with ``with iv.rows(ids):`` (or :meth:`blocks` for the
+    trainer's equal contiguous blocks) around the forward; the maths is the same per
+    candidate. :meth:`stack` builds one from K single interchanges, :meth:`candidate`
+    gets one back. ``strides`` sets the layer strides directly (what :meth:`stack`,
+    :meth:`candidate` and loading need; ``family``/``depth``/``n_layers`` derive them otherwise).
     """
 
     def __init__(
         self, embed_dim: int, *, family: str = "road", variant: str = "road_1",
         group_size: int | None = None, n_layers: int | None = None, depth: int = 1,
+        strides: Sequence[int] | None = None, n_candidates: int = 1,
         init: str = "random", seed: int | None = None, train_alpha: bool = False, **kwargs,
     ) -> None:
         kwargs.setdefault("keep_last_dim", True)
         super().__init__(embed_dim=embed_dim, **kwargs)
         if family not in ("road", "butterfly"):
             raise ConfigError(f"RoadInterchange family must be 'road' or 'butterfly', got {family!r}")
-        self.family, self.variant, self.dim = family, variant, embed_dim
+        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+            raise ConfigError(f"n_candidates must be >= 1, got {n_candidates!r}")
+        self.family, self.variant, self.dim, self.n_candidates = family, variant, embed_dim, n_candidates
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        if family == "road":
+        if strides is not None:
+            self.strides = [int(s) for s in strides]
+        elif family == "road":
             self.strides = [(group_size or embed_dim) // 2]
         else:
             if group_size is not None:
                 raise ConfigError("butterfly sets its own group sizes (strides); do not pass group_size")
             self.strides = butterfly_strides(embed_dim, n_layers, depth)
+        if not self.strides:
+            raise ConfigError("RoadInterchange needs at least one layer stride")
         for s in self.strides:
             rot.check_layout(embed_dim, 2 * s, variant)
-        thetas, alphas = zip(*(rot.init_params(embed_dim, variant, init=init, generator=gen) for _ in self.strides))
-        self.theta = nn.Parameter(torch.stack(thetas))  # [L, n_params] fp32
-        self.alpha = nn.Parameter(torch.stack(alphas), requires_grad=train_alpha)  # [L, n_params]
+        draws = [rot.init_params(embed_dim, variant, init=init, generator=gen)
+                 for _ in range(n_candidates) for _ in self.strides]
+        lead = (n_candidates, len(self.strides)) if n_candidates > 1 else (len(self.strides),)
+        thetas, alphas = (torch.stack(t).reshape(*lead, -1) for t in zip(*draws))
+        self.theta = nn.Parameter(thetas)  # [L, n_params] or [K, L, n_params] fp32
+        self.alpha = nn.Parameter(alphas, requires_grad=train_alpha)  # like theta
+        self._rows: torch.Tensor | None = None  # candidate of every row (K > 1)
+        self._blocks: tuple[int, int] | None = None  # (K, B) when rows are equal contiguous blocks
+        self._block_rows: torch.Tensor | None = None  # cached arange(K).repeat_interleave(B)
 
     @property
     def group_size(self) -> int:
         """Pair layout of the layer next to the mask (the one axes are assigned in)."""
         return 2 * self.strides[-1]
 
+    @property
+    def _lead(self) -> tuple[int, ...]:
+        """The candidate axis: ``()`` for one candidate, ``(K,)`` for several."""
+        return (self.n_candidates,) if self.n_candidates > 1 else ()
+
+    # ---------------------------------------------------------------- candidates
+    @classmethod
+    def stack(cls, ivs: Sequence[RoadInterchange]) -> RoadInterchange:
+        """K single interchanges as one with K candidates (copies of their angles)."""
+        ivs = list(ivs)
+        if not ivs:
+            raise ConfigError("stack needs at least one RoadInterchange")
+        first = ivs[0]
+        for iv in ivs:
+            if iv.n_candidates != 1 or (iv.dim, iv.strides, iv.variant) != (first.dim, first.strides, first.variant):
+                raise ConfigError(
+                    f"candidates must be single interchanges that share width, strides and variant to be "
+                    f"batched: {iv} vs {first}"
+                )
+        out = cls(first.dim, family=first.family, variant=first.variant, strides=first.strides,
+                  n_candidates=len(ivs), init="identity", train_alpha=first.alpha.requires_grad)
+        with torch.no_grad():
+            out.theta.copy_(torch.stack([iv.theta.detach() for iv in ivs]).reshape(out.theta.shape))
+            out.alpha.copy_(torch.stack([iv.alpha.detach() for iv in ivs]).reshape(out.alpha.shape))
+        return out
+
+    def candidate(self, k: int) -> RoadInterchange:
+        """Candidate ``k`` as a single interchange (a copy of its angles)."""
+        one = RoadInterchange(self.dim, family=self.family, variant=self.variant, strides=self.strides,
+                              init="identity", train_alpha=self.alpha.requires_grad)
+        theta, alpha = (self.theta[k], self.alpha[k]) if self._lead else (self.theta, self.alpha)
+        with torch.no_grad():
+            one.theta = nn.Parameter(theta.detach().clone())
+            one.alpha = nn.Parameter(alpha.detach().clone(), requires_grad=self.alpha.requires_grad)
+        return one
+
+    def set_rows(self, rows: torch.Tensor | Sequence[int] | None) -> None:
+        """Candidate index of every row of the next forwards (``None`` clears).
+
+        When the rows come in equal contiguous blocks (``0,0,..,1,1,..``: what the
+        trainer builds) the forward broadcasts ``[K, 1, d]`` coefficients over a
+        ``[K, B, ...]`` view instead of gathering ``[K*B, d]``: same numbers, no copy.
+        """
+        self._rows, self._blocks = None, None
+        if rows is None:
+            return
+        r = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        K = self.n_candidates
+        if r.numel() and (r.min() < 0 or r.max() >= K):
+            raise ConfigError(f"candidate ids must be in 0..{K - 1}, got {r.min()}..{r.max()}")
+        self._rows = r
+        if r.numel() and r.numel() % K == 0:
+            B = r.numel() // K
+            if torch.equal(r, torch.arange(K).repeat_interleave(B)):
+                self._blocks = (K, B)
+
+    @contextlib.contextmanager
+    def rows(self, rows) -> Iterator[RoadInterchange]:
+        """``with iv.rows(ids): pvm(...)`` -- routing is cleared afterwards, even on error."""
+        self.set_rows(rows)
+        try:
+            yield self
+        finally:
+            self._rows, self._blocks = None, None
+
+    @contextlib.contextmanager
+    def blocks(self, per_candidate: int) -> Iterator[RoadInterchange]:
+        """Like :meth:`rows` for ``per_candidate`` rows of candidate 0, then of 1, ... (no checks needed)."""
+        K = self.n_candidates
+        if self._block_rows is None or self._block_rows.numel() != K * per_candidate:
+            self._block_rows = torch.arange(K).repeat_interleave(per_candidate)
+        self._rows, self._blocks = self._block_rows, (K, per_candidate)
+        try:
+            yield self
+        finally:
+            self._rows, self._blocks = None, None
+
+    # ---------------------------------------------------------------- maths
     def _table(self, inverse: bool = False) -> tuple[torch.Tensor, ...]:
-        """Every layer's coefficients (and the inverse's): :func:`layer_coefficients`.  # [L, d] each"""
+        """Every layer's coefficients (and the inverse's): :func:`layer_coefficients`.  # [*K, L, d] each"""
         return layer_coefficients(self.theta, self.alpha, self.strides, self.variant, inverse=inverse)
 
-    def rotate(self, h: torch.Tensor) -> torch.Tensor:
-        """``R h`` (fp32)."""
-        c1, c2 = self._table()
-        return apply_layers(h.float(), c1, c2, self.strides)
+    def _layers(self, x: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, *, reverse: bool = False):
+        """Every layer's ``x * c1 + rotate_half(x) * c2`` in stride order; layers sit after the K axis.  # like x"""
+        return apply_layers(x, c1, c2, self.strides, reverse=reverse, layer_dim=len(self._lead))
 
-    def unrotate(self, h: torch.Tensor) -> torch.Tensor:
-        """``R^-1 h`` (fp32)."""
-        _, _, i1, i2 = self._table(inverse=True)
-        return apply_layers(h.float(), i1, i2, self.strides, reverse=True)
+    def rotate(self, h: torch.Tensor) -> torch.Tensor:
+        """``R h`` (fp32; one candidate)."""
+        if self._lead:
+            raise ConfigError(f"rotate needs one candidate; this interchange holds {self.n_candidates}: "
+                              "use candidate(k)")
+        return self._layers(h.float(), *self._table())
+
+    def _routing(self, n: int) -> torch.Tensor | None:
+        """The candidate of each of ``n`` rows (``None``: one candidate, no routing needed)."""
+        rows = self._rows
+        if rows is None and self._lead:
+            raise ConfigError(
+                f"RoadInterchange holds {self.n_candidates} candidates: wrap the forward in "
+                "`with iv.rows(candidate_ids):` to say which candidate each row uses"
+            )
+        if rows is not None and rows.shape[0] != n:
+            raise ShapeError(f"{rows.shape[0]} candidate ids were set but the batch has {n} rows")
+        return rows
+
+    def _dense(self, mask: torch.Tensor | None) -> bool:
+        """Narrow site, the same coordinates on every row, rows in candidate blocks: the low-rank maps."""
+        return (self._rows is None or self._blocks is not None) and mask is not None and mask.shape[0] == 1 \
+            and self.dim <= DENSE_MAX_DIM
 
     def forward(self, base, source, subspaces=None, **kwargs):
-        if base.shape[-1] != self.dim:
-            raise ConfigError(f"RoadInterchange is {self.dim} wide but the site is {base.shape[-1]} wide")
-        mask = uniform_mask(subspaces, base.shape[0], self.dim, base.device)
+        n, d = base.shape[0], self.dim
+        if base.shape[-1] != d:
+            raise ShapeError(f"RoadInterchange is {d} wide but the site is {base.shape[-1]} wide")
+        rows = self._routing(n)
+        mask = uniform_mask(subspaces, n, d, base.device)
         if mask is None:
             raise ConfigError("RoadInterchange needs subspaces: the rotated coordinates of each variable")
-        diff = (source - base).float()
-        if mask.shape[0] == 1 and self.dim <= DENSE_MAX_DIM:
-            (U,), W = self.factors([mask[0]])
-            delta = (diff @ U) @ W  # same map as below in low-rank form (see mix), two thin matmuls per row
+        if self._dense(mask):
+            return self.mix(torch.cat([base, source], -1), [subspaces])
+        L = len(self.strides)
+        table = torch.stack(self._table(inverse=True), -3).reshape(-1, 4, L, d)  # [K, 4, L, d]
+        mid = [1] * (base.dim() - 2)  # unit/position dims between rows and d
+        if rows is None or self._blocks is not None:
+            # one candidate, or rows in equal contiguous blocks: view the batch as [K, B, ...]
+            K, B = self._blocks or (1, n)
+            lead = (K, B)
+            table = table.reshape(K, 4, L, 1, *mid, d)
         else:
-            c1, c2, i1, i2 = self._table(inverse=True)
-            diff = apply_layers(diff, c1, c2, self.strides)  # R (s - b)
-            m = mask.to(diff.dtype).reshape(mask.shape[0], *([1] * (base.dim() - 2)), self.dim)
-            delta = apply_layers(diff * m, i1, i2, self.strides, reverse=True)  # R^-1 M R (s - b)
-        return (base.float() + delta).to(base.dtype)
+            lead = (n,)
+            table = table[rows.to(base.device)].reshape(n, 4, L, *mid, d)  # the one gather
+        diff = (source - base).float().reshape(*lead, *base.shape[1:])  # [K, B, units, d] or [n, units, d]
+        m = mask.to(diff.dtype)
+        m = m.reshape(1, 1, *mid, d) if m.shape[0] == 1 else m.reshape(*lead, *mid, d)
+        c1, c2, i1, i2 = table.unbind(1)  # each [K or n, L, (1,) ..., d]
+        layers = functools.partial(apply_layers, strides=self.strides, layer_dim=1)
+        delta = layers(layers(diff, c1, c2) * m, i1, i2, reverse=True)  # R^-1 M R (s - b)
+        return (base.float() + delta.reshape(base.shape)).to(base.dtype)
 
     def interchange(self, base, sources, subspaces):
         """Every variable's DII in one call: ``b + R^-1 sum_v M_v R (s_v - b)``.  # like base
@@ -251,26 +383,30 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         Narrow sites (``d <= DENSE_MAX_DIM``) with the same coordinates on every row use
         the low-rank form of each variable's map, ``R^-1 M_v R = U_v W_v`` (``U_v`` the
         columns of R^-1 and ``W_v`` the rows of R that ``M_v`` keeps, see :meth:`factors`):
-        ``b + sum_v ((s_v - b) U_v) W_v``, two thin matmuls per call instead of rotating
-        every example forth and back once per variable (or ``(1+V) d x d`` dense maps).
-        Other sites apply :meth:`forward` once per variable.
+        ``b + sum_v ((s_v - b) U_v) W_v``, two thin matmuls per call (per candidate: bmms)
+        instead of rotating every example forth and back once per variable. Other sites
+        apply :meth:`forward` once per variable.
         """
         n, d, V = stacked.shape[0], self.dim, len(subspaces)
         if stacked.shape[-1] != (1 + V) * d:
             raise ShapeError(f"stacked states are {stacked.shape[-1]} wide; {1 + V} x {d} expected")
         masks = [uniform_mask(sp, n, d, stacked.device) for sp in subspaces]
-        if d > DENSE_MAX_DIM or any(m is None or m.shape[0] != 1 for m in masks):
+        if not all(self._dense(m) for m in masks):
             base, *sources = stacked.split(d, -1)
             for s, sp in zip(sources, subspaces):
                 base = self.forward(base, s, sp)
             return base
-        base, *sources = stacked.float().split(d, -1)
+        self._routing(n)
+        x = stacked.float()
+        if self._lead:
+            x = x.reshape(self.n_candidates, -1, (1 + V) * d)  # [K, B * units, (1 + V) d]
+        base, *sources = x.split(d, -1)
         Us, W = self.factors([m[0] for m in masks])
-        z = torch.cat([(s - base) @ U for s, U in zip(sources, Us)], -1)  # rotated changes  [..., k]
-        return (base + z @ W).to(stacked.dtype)
+        z = torch.cat([(s - base) @ U for s, U in zip(sources, Us)], -1)  # rotated changes  [*K, ..., k]
+        return (base + z @ W).reshape(*stacked.shape[:-1], d).to(stacked.dtype)
 
     def factors(self, masks: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``R^-1 M_v R`` in low-rank row-vector form: ``x @ U_v @ W_v``.  # [d, k_v] each, [sum k_v, d]
+        """``R^-1 M_v R`` in low-rank row-vector form: ``x @ U_v @ W_v``.  # [*K, d, k_v] each, [*K, sum k_v, d]
 
         ``U_v = Rt[:, s_v]`` (``x @ U_v`` are the kept rotated coordinates of x) and
         ``W`` stacks every variable's ``Rit[s_v]``. For a pure rotation these are the rows
@@ -281,33 +417,35 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         sels = [m.nonzero().flatten() for m in masks]
         if not self.orthogonal():
             Rt, Rit = self.dense_maps()
-            return [Rt[:, s] for s in sels], Rit[torch.cat(sels)]
-        A = torch.eye(self.dim, device=self.theta.device)[torch.cat(sels)]  # e_s rows  [k, d]
-        c1, c2 = self._table()
-        A = apply_layers(A, c1, -c2, self.strides, reverse=True)  # a rotation's inverse: the same angles negated
-        return [a.T for a in A.split([len(x) for x in sels])], A
+            return [Rt[..., s] for s in sels], Rit[..., torch.cat(sels), :]
+        lead, L, d = self._lead, len(self.strides), self.dim
+        c1, c2 = (c.reshape(*lead, L, *([1] if lead else []), d) for c in self._table())
+        A = torch.eye(d, device=self.theta.device)[torch.cat(sels)].expand(*lead, -1, d)  # e_s rows  [*K, k, d]
+        A = self._layers(A, c1, -c2, reverse=True)  # a rotation's inverse: the same angles negated (R^T)
+        return [a.transpose(-1, -2) for a in A.split([len(x) for x in sels], -2)], A
 
     def projectors(self, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Row-vector form of ``R^-1 M_v R`` for each mask (``x @ P_v``), from :meth:`factors`.  # [d, d] each"""
+        """Row-vector form of ``R^-1 M_v R`` for each mask (``x @ P_v``), from :meth:`factors`.  # [*K, d, d] each"""
         Us, W = self.factors(masks)
-        return [U @ w for U, w in zip(Us, W.split([U.shape[1] for U in Us]))]
+        return [U @ w for U, w in zip(Us, W.split([U.shape[-1] for U in Us], -2))]
 
     def orthogonal(self) -> bool:
         """True when R is a pure rotation (road_1, every scale exactly 1): then R^-1 = R^T."""
         return self.variant == "road_1" and not self.alpha.requires_grad and bool((self.alpha == 1).all())
 
     def dense_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Rt, Rit)`` with ``x @ Rt = R x`` and ``x @ Rit = R^-1 x`` for row vectors.  # [d, d] each
+        """``(Rt, Rit)`` with ``x @ Rt = R x`` and ``x @ Rit = R^-1 x`` for row vectors.  # [*K, d, d] each
 
         Built by running the element-wise maps on the identity's rows. :meth:`factors`
         slices them when R is not a pure rotation (for a rotation it needs only the kept
         rows of R); also the reference for tests and figures.
         """
         orthogonal = self.orthogonal()
-        c1, c2, *inv = self._table(inverse=not orthogonal)
-        eye = torch.eye(self.dim, device=self.theta.device)
-        Rt = apply_layers(eye, c1, c2, self.strides)
-        Rit = Rt.T if orthogonal else apply_layers(eye, *inv, self.strides, reverse=True)
+        lead, L, d = self._lead, len(self.strides), self.dim
+        c1, c2, *inv = (c.reshape(*lead, L, *([1] if lead else []), d) for c in self._table(inverse=not orthogonal))
+        eye = torch.eye(d, device=self.theta.device).expand(*lead, d, d)
+        Rt = self._layers(eye, c1, c2)
+        Rit = Rt.transpose(-1, -2) if orthogonal else self._layers(eye, *inv, reverse=True)
         return Rt, Rit
 
     def matrix(self) -> torch.Tensor:
@@ -318,6 +456,9 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
     KIND = "road_interchange"
 
     def to_state(self):
+        if self._lead:
+            raise ConfigError(f"save one candidate at a time (candidate(k)); this interchange holds "
+                              f"{self.n_candidates}")
         config = {"dim": self.dim, "family": self.family, "variant": self.variant, "strides": self.strides}
         return config, {"theta": self.theta.detach(), "alpha": self.alpha.detach()}
 
@@ -332,9 +473,8 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         if variant in rot.VARIANTS:  # sizes against the file's tensors before anything is allocated
             for name in ("theta", "alpha"):
                 io.expect_shape(tensors, name, (len(strides), rot.n_params(dim, variant)), where)
-        new = cls(dim, family=io.expect(config, "family", str, where), variant=variant,
-                  init="identity", group_size=2 * strides[0] if config["family"] == "road" else None)
-        new.strides = list(strides)
+        new = cls(dim, family=io.expect(config, "family", str, where), variant=variant, strides=strides,
+                  init="identity")
         for name in ("theta", "alpha"):
             t = tensors.get(name)
             if t is None:
@@ -346,4 +486,5 @@ class RoadInterchange(pv.TrainableIntervention, pv.DistributedRepresentationInte
         return new
 
     def __str__(self) -> str:
-        return f"RoadInterchange(family={self.family}, dim={self.dim}, strides={self.strides})"
+        k = f", candidates={self.n_candidates}" if self._lead else ""
+        return f"RoadInterchange(family={self.family}, dim={self.dim}{k}, strides={self.strides})"

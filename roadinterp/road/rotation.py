@@ -204,11 +204,6 @@ def masked_coefficients(
     return c1 * m + (1 - m), c2 * m
 
 
-def angle_of(c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
-    """Effective angle atan2(c2, c1) per element (for road_1 this is theta)."""
-    return torch.atan2(c2, c1)
-
-
 def init_params(
     dim: int, variant: str, *, init: Literal["identity", "random"] = "identity",
     generator: torch.Generator | None = None, scale: float = math.pi,

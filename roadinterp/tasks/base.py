@@ -24,7 +24,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from roadinterp.errors import ConfigError, UnknownNameError, unknown
+from roadinterp.errors import ConfigError, UnknownNameError
+from roadinterp.registry import Registry
 
 Split = Literal["train", "test"]
 Mode = Literal["each", "all", "mixed"]
@@ -350,7 +351,7 @@ class TokenTask(Task):
 
 
 # ----- registry -------------------------------------------------------------------------
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(task: Task, *, overwrite: bool = False) -> None:
@@ -361,9 +362,7 @@ def register_task(task: Task, *, overwrite: bool = False) -> None:
         raise ConfigError("task.name must be a non-empty string")
     if task.kind not in ("vector", "tokens"):
         raise ConfigError(f"task.kind must be 'vector' or 'tokens', got {task.kind!r}")
-    if task.name in _TASKS and not overwrite:
-        raise ConfigError(f"task {task.name!r} is already registered; pass overwrite=True to replace it")
-    _TASKS[task.name] = task
+    _TASKS.register(task.name, task, overwrite=overwrite)
 
 
 def get_task(name: str | Task) -> Task:
@@ -381,13 +380,11 @@ def get_task(name: str | Task) -> Task:
     if not isinstance(name, str):
         raise ConfigError(f"a task is a name or a Task, got {type(name).__name__}")
     if name in _TASKS:
-        return _TASKS[name]
+        return _TASKS.get(name)
     if ":" in name:
         return _load_reference(name)
     _load_plugins()
-    if name not in _TASKS:
-        raise unknown("task", name, list(_TASKS))
-    return _TASKS[name]
+    return _TASKS.get(name)  # UnknownNameError listing the tasks
 
 
 _REFERENCES: dict[str, Task] = {}
@@ -472,4 +469,4 @@ def _load_plugins() -> None:
 def list_tasks() -> list[Task]:
     """Registered tasks (built-in, then installed plugins and user tasks), in registration order."""
     _load_plugins()
-    return list(_TASKS.values())
+    return _TASKS.values()

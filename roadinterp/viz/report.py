@@ -213,20 +213,19 @@ def _with_null_baselines(config: Mapping[str, Any], table: pd.DataFrame) -> pd.D
     """Fill the no-op baselines of runs stored before they were recorded (they depend only on
     the task and the held-out set, both fixed by run.json)."""
     from roadinterp.errors import RoadinterpError
-    from roadinterp.search import SearchConfig, null_baseline
+    from roadinterp.summary import null_baseline
     from roadinterp.tasks import get_task
 
     missing = [c for c in ("iia_null", "iia_rival_null") if c not in table or table[c].isna().all()]
     if not missing or table.empty:
         return table
     try:
-        cfg = SearchConfig.from_json(dict(config))
         table = table.copy()
         if "iia_null" in missing:
-            table["iia_null"] = null_baseline(cfg)
+            table["iia_null"] = null_baseline(config)
         if "iia_rival_null" in missing and table["iia_rival"].notna().any():
-            table["iia_rival_null"] = null_baseline(cfg, next(iter(get_task(cfg.task).rivals)))
-    except (RoadinterpError, StopIteration, TypeError, ValueError):
+            table["iia_rival_null"] = null_baseline(config, next(iter(get_task(config["task"]).rivals)))
+    except (RoadinterpError, KeyError, StopIteration, TypeError, ValueError):
         pass  # a config this roadinterp cannot rebuild: show what was stored
     return table
 
@@ -447,7 +446,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
         body.append('<p class="empty">No finished cells yet: this run has not stored any result. '
                     "The report is rewritten at the end of every run.</p>")
     else:
-        from roadinterp.search import best_alignment, summarize
+        from roadinterp.summary import best_alignment, summarize
 
         table = Ln.with_seed_agreement(run_dir, _with_null_baselines(config, table))
         for key in cells:

@@ -1,0 +1,178 @@
+"""The one DII fit loop: K candidates of one cell (K = 1 for ``train_dii``), fitted and scored.
+
+A *candidate* is one config's intervention: one seed of a cell. ``fit_cell`` builds
+each candidate's intervention (stacking road-like ones into one
+:class:`~roadinterp.interventions.RoadInterchange` with a candidate axis), asks
+:func:`~roadinterp.dii.runners.make_runner` for a runner over all their data, then
+runs the steps: every candidate draws exactly the minibatch it would draw alone
+(its own seeded order), the rows of all candidates go through one forward, and the
+loss is the sum of the candidates' own mean cross-entropies, so each candidate's
+gradient sees only its rows and Adam (element-wise) keeps their updates apart.
+:func:`iia` scores every candidate on its held-out rows in shared forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+
+import torch
+
+from roadinterp._scoped import seeded, torch_threads
+from roadinterp.dii.config import DIIConfig, TrainResult, cell_variables, make_data
+from roadinterp.dii.runners import make_runner
+from roadinterp.finite import check_step
+from roadinterp.interventions import RoadInterchange, get_family
+from roadinterp.sites import Site
+
+
+def _route(iv, rows):
+    """Say which candidate each row uses (only a RoadInterchange holds candidates)."""
+    return iv.rows(rows) if isinstance(iv, RoadInterchange) else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def iia(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], sizes: Sequence[int], *,
+        batch_size: int = 1024, max_rows: int = 8192) -> list[float]:
+    """IIA of candidate ``k`` on the first ``sizes[k]`` rows of ``handles[k]``, all candidates in the same forwards.
+
+    ``runner``/``handles`` come from :func:`roadinterp.dii.runners.make_runner`; ``iv`` is
+    the (stacked) intervention the rows are routed through. Each forward takes up to
+    ``batch_size`` rows of every dataset (fewer when that would exceed ``max_rows`` in total).
+    """
+    K = len(handles)
+    chunk = max(1, min(batch_size, max_rows // K))
+    correct = [0] * K
+    for start in range(0, max(sizes), chunk):
+        idx = [torch.arange(start, min(start + chunk, n)) for n in sizes]
+        keep = [k for k in range(K) if len(idx[k])]
+        rows = torch.repeat_interleave(torch.tensor(keep), torch.tensor([len(idx[k]) for k in keep]))
+        with _route(iv, rows):
+            out = runner([(handles[k], idx[k]) for k in keep])
+        y = torch.cat([labels[k][idx[k]] for k in keep])
+        hit = (task.logits(out).argmax(-1) == y).long()
+        per = torch.zeros(K, dtype=torch.long).index_add_(0, rows, hit)
+        for k in keep:
+            correct[k] += int(per[k])
+    return [correct[k] / max(sizes[k], 1) for k in range(K)]
+
+
+def _anneal_boundless(interventions, step: int, total: int) -> None:
+    """Temperature schedules: ``anneal(frac)`` (our neuron masks) or pyvene boundless's."""
+    frac = step / max(total - 1, 1)
+    for iv in {id(i): i for i in interventions}.values():
+        if hasattr(iv, "anneal"):
+            iv.anneal(frac)
+        elif hasattr(iv, "set_temperature"):
+            iv.set_temperature(torch.tensor(50.0 * (0.1 / 50.0) ** frac))
+
+
+def _boundary_penalty(interventions) -> torch.Tensor | float:
+    """Sparsity terms: ``penalty()`` (our neuron masks) or pyvene boundless's boundary width."""
+    pen = 0.0
+    for iv in {id(i): i for i in interventions}.values():
+        if hasattr(iv, "penalty"):
+            pen = pen + iv.penalty()
+        elif hasattr(iv, "get_boundary_parameters"):
+            pen = pen + 1e-3 * iv.get_boundary_parameters().sum()
+    return pen
+
+
+def _build(configs: Sequence[DIIConfig], width: int, n_vars: int):
+    """Every candidate's family build (seeded as a lone run would be), and the interventions to run."""
+    builds = []
+    for c in configs:
+        with seeded(c.seed):  # families that draw from torch's global generator (pyvene's)
+            builds.append(get_family(c.family).build(width, [c.size] * n_vars, seed=c.seed, variant=c.variant,
+                                                     depth=c.depth))
+    if len(builds) == 1:
+        return builds, builds[0].interventions, builds[0].shared
+    first = builds[0].interventions[0]
+    iv = RoadInterchange.stack([b.interventions[0] for b in builds]) if isinstance(first, RoadInterchange) else first
+    return builds, [iv] * n_vars, True
+
+
+def fit_cell(model, task, site: Site, configs: Sequence[DIIConfig], data: Sequence | None, width: int
+             ) -> list[TrainResult]:
+    """Train and score the K candidates ``configs`` of one cell; one TrainResult each, in order.
+
+    The configs must agree on everything but the seed (and, for road-like families, the
+    family name among equal strides): see :func:`roadinterp.dii.batched.batch_groups`.
+    ``TrainResult.seconds`` is the wall time / K.
+    """
+    first, K = configs[0], len(configs)
+    variables = cell_variables(task, first)
+    t0 = time.perf_counter()
+    with torch_threads(first.threads):
+        if data is None:
+            data = [make_data(task, c) for c in configs]
+        trains = [d[0] for d in data]
+        test = data[0][1]  # every config scores on the same held-out set (fixed test_seed)
+        builds, ivs, shared = _build(configs, width, len(variables))
+        iv = ivs[0]
+        # one runner for all candidates: with replay, inputs the candidates share run once
+        runner, handles = make_runner(model, site, task, ivs, builds[0].coords, shared=shared,
+                                      datasets=[*trains, test], engine=first.engine)
+        h_trains, h_test = handles[:K], handles[K]
+        losses = _fit(runner, task, ivs, h_trains, [tr.labels for tr in trains], configs)
+        for v in ivs:
+            v.eval()
+        iias = iia(runner, iv, task, [h_test] * K, [test.labels] * K, [len(test)] * K)
+        n_tr = min(len(trains[0]), first.n_test)
+        train_iias = iia(runner, iv, task, h_trains, [tr.labels for tr in trains], [n_tr] * K)
+    seconds = (time.perf_counter() - t0) / K
+    out = []
+    for k, c in enumerate(configs):
+        result_ivs = ivs if K == 1 else ([iv.candidate(k)] * len(variables) if isinstance(iv, RoadInterchange)
+                                         else builds[k].interventions)
+        out.append(TrainResult(
+            iia=iias[k], train_iia=train_iias[k], site=site, config=c, variables=variables,
+            coords=builds[k].coords, seconds=seconds, losses=losses[k], interventions=result_ivs,
+            engine=runner.engine,
+        ))
+    return out
+
+
+def _fit(runner, task, ivs, h_trains, labels, configs) -> list[list[float]]:
+    """Adam over every candidate's own minibatches; each candidate's losses, step by step."""
+    first, K = configs[0], len(configs)
+    params = [p for v in {id(i): i for i in ivs}.values() for p in v.parameters() if p.requires_grad]
+    losses: list[list[float]] = [[] for _ in range(K)]
+    lr = first.learning_rate
+    if not params or lr <= 0:
+        return losses
+    opt = torch.optim.Adam(params, lr=lr)
+    gens = [torch.Generator().manual_seed(c.seed) for c in configs]
+    n, bs = len(labels[0]), first.batch_size
+    total, step = -(-n // bs) * first.epochs, 0
+    # every candidate's training rows in one handle: candidate k's row i is k * n + i, so a step
+    # takes one slice of the epoch's orders and one gather, not one per candidate
+    h_all = h_trains[0] if K == 1 else runner.concat(h_trains)
+    y_all = labels[0] if K == 1 else torch.cat(list(labels))
+    offsets = (torch.arange(K) * n)[:, None]  # [K, 1]
+    iv = ivs[0]
+    what = f"DII training ({first.family})" if K == 1 else f"batched DII training ({first.family}, {K} seeds)"
+    for _ in range(first.epochs):
+        orders = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets  # [K, n]
+        for start in range(0, n, bs):
+            idx = orders[:, start : start + bs]  # [K, B]: candidate k's rows, as it would draw alone
+            B = idx.shape[1]
+            idx = idx.reshape(-1)
+            _anneal_boundless(ivs, step, total)
+            with iv.blocks(B) if K > 1 else contextlib.nullcontext():
+                out = runner([(h_all, idx)])
+            logits, y = task.logits(out).float(), y_all.index_select(0, idx)
+            if K == 1:
+                per = torch.nn.functional.cross_entropy(logits, y).reshape(1)
+            else:
+                per = torch.nn.functional.cross_entropy(logits, y, reduction="none").view(K, B).mean(1)  # [K]
+            loss = per.sum() + _boundary_penalty(ivs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # candidates' gradients do not mix
+            value = check_step(loss, params, what=what, step=step)  # before Adam sees a NaN/inf
+            opt.step()
+            for k, v in enumerate([value] if K == 1 else per.detach().tolist()):
+                losses[k].append(v)
+            step += 1
+    return losses

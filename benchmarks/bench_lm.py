@@ -1,8 +1,11 @@
 """``roadinterp bench lm``: a full-depth site scan of SmolLM2-135M on IOI, KV engine vs the previous one.
 
 The scan: every layer of ``zoo:smollm2-135m`` (30) at ``block_output`` / last token,
-family butterfly, 3 seeds, with controls (random-init model, rival hypothesis), batched
-seeds, through :func:`roadinterp.search.search` as a user runs it, with the KV engine
+aligning IOI's ``io_position`` (which of the two names is the indirect object: MIB aligns
+one variable at a time; ``io_token``, the name itself, is the harder one: docs/results.md),
+family butterfly, 3 seeds, with controls
+(random-init model, rival hypothesis, site patch), batched seeds, through
+:func:`roadinterp.search.search` as a user runs it, with the KV engine
 (``engine="auto"``, :mod:`roadinterp.dii.kvreplay`) and the frozen model in ``DTYPE``.
 
 The naive arm is the previous engine: ``auto`` before the KV engine meant pyvene on
@@ -33,10 +36,11 @@ from benchmarks.common import machine, main, ratio
 from roadinterp.interventions import get_family
 from roadinterp.sites import Site, n_layers
 
-FULL = dict(model="zoo:smollm2-135m", task="ioi", dtype="bfloat16", seeds=3, n_train=128, n_test=64, epochs=2,
+FULL = dict(model="zoo:smollm2-135m", task="ioi", variables=["io_position"], dtype="bfloat16", seeds=3, n_train=256,
+            n_test=128, epochs=2,
             batch_size=32, size=8, naive_layers=[15], naive_seeds=1, step_layer=15, step_batch=32,
             step_families=["butterfly", "road", "neuron", "das", "lowrank"], naive_step_families=["butterfly"], reps=3)
-QUICK = dict(model="zoo:interval-llama", task="interval", dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
+QUICK = dict(model="zoo:interval-llama", task="interval", variables=None, dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
              batch_size=32, size=4, naive_layers=[1], naive_seeds=1, step_layer=1, step_batch=8,
              step_families=["butterfly", "das"], naive_step_families=["butterfly", "das"], reps=1)
 
@@ -60,7 +64,7 @@ def _scan(cfg: dict, layers, seeds: int, engine: str, dtype: str):
                   iia_random_model=row.get("iia_random_model"), iia_rival=row.get("iia_rival"),
                   elapsed=round(time.perf_counter() - t0, 1))
 
-    table = search(task=cfg["task"], model=cfg["model"], layers=list(layers), positions=["last"],
+    table = search(task=cfg["task"], model=cfg["model"], variables=cfg["variables"], layers=list(layers), positions=["last"],
                    families=["butterfly"], sizes=[cfg["size"]], seeds=seeds, controls=True, n_train=cfg["n_train"],
                    n_test=cfg["n_test"], epochs=cfg["epochs"], batch_size=cfg["batch_size"], batched=True,
                    engine=engine, device="cpu", dtype=dtype, on_cell=on_cell)
@@ -76,7 +80,7 @@ def _steps(cfg: dict) -> dict:
 
     model = get_model(cfg["model"], "cpu", "float32")
     task = get_bound_task(cfg["task"], cfg["model"])
-    data = task.counterfactuals(cfg["step_batch"], split="train", seed=0)
+    data = task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=cfg["variables"])
     site = Site(cfg["step_layer"], "block_output", "last")
     width = site_width(model, site)
     out: dict = {}

@@ -36,7 +36,7 @@ from benchmarks.common import machine, main, ratio
 from roadinterp.interventions import get_family
 from roadinterp.sites import Site, n_layers
 
-FULL = dict(model="zoo:smollm2-135m", task="ioi", variables=["io_position"], dtype="bfloat16", seeds=3, n_train=256,
+FULL = dict(model="zoo:smollm2-135m", task="ioi", variables=["io_position"], dtype="float32", seeds=3, n_train=256,
             n_test=128, epochs=2,
             batch_size=32, size=8, naive_layers=[15], naive_seeds=1, step_layer=15, step_batch=32,
             step_families=["butterfly", "road", "neuron", "das", "lowrank"], naive_step_families=["butterfly"], reps=3)

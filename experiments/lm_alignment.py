@@ -1,17 +1,19 @@
 """Alignment search on a real pretrained LM: SmolLM2-135M on ioi and ravel-city.
 
-A layer scan at the last token with the butterfly and das families, several seeds and
-the controls (the same cell on a randomly re-initialised copy of the same config, the
-task's rival hypothesis, the no-op baseline), written into docs/results.md beside MIB's
-published DAS numbers. Prompts are filtered to those the model answers correctly; the
-section records each task's base accuracy and kept fraction.
+MIB-style, one causal variable at a time: IOI's ``io_position`` (*which* of the two
+opening names is the indirect object) and ``io_token`` (*what* that name is), and
+RAVEL's ``country`` of a city. Each is a layer scan at the last token with the
+butterfly and das families, 3 seeds and every control (the same cell on a randomly
+re-initialised copy of the model, the task's rival hypothesis, the no-op baseline, the
+whole-site patch, the row-space part), written into docs/results.md with the mean and
+spread over seeds of **every** layer searched. Prompts are filtered to those the model
+answers correctly; the section records each task's base accuracy and kept fraction.
 
-The full scan (every third layer, 3 seeds, 2048 training counterfactuals) is hours of CPU
-on the reference machine; ``--quick`` is the reduced scan this repository reports, and
-says so in the section it writes.
+    python experiments/lm_alignment.py --run runs/lm --out docs/results.md --workers 2
+    python experiments/lm_alignment.py --quick --run runs/lm-quick --out /tmp/results.md   # a smoke run
 
-    python experiments/lm_alignment.py --run runs/lm --out docs/results.md            # full
-    python experiments/lm_alignment.py --quick --run runs/lm-quick --out docs/results.md
+The scan resumes (``--resume`` per run directory); ``--render-only`` writes the section
+from whatever cells are stored (a scan cut short says so).
 """
 
 from __future__ import annotations
@@ -31,96 +33,109 @@ from roadinterp.search import get_bound_task  # noqa: E402
 
 HEADING = "## Alignment on a pretrained LM: SmolLM2-135M (ioi, ravel-city)"
 MODEL = "zoo:smollm2-135m"
-FULL = dict(layers=list(range(0, 30, 3)), seeds=3, n_train=2048, n_test=512, epochs=2, batch_size=32)
-QUICK = dict(layers=[15, 27], seeds=1, n_train=64, n_test=32, epochs=1, batch_size=16)
-SIZES = {"ioi": 16, "ravel-city": 16}
+# (run name, task, the variable aligned)
+SCANS = [("ioi-io_position", "ioi", "io_position"), ("ioi-io_token", "ioi", "io_token"),
+         ("ravel-city-country", "ravel-city", "country")]
+FULL = dict(layers=list(range(0, 30, 3)), seeds=3, n_train=256, n_test=128, epochs=3, batch_size=32, size=16)
+QUICK = dict(layers=[21], seeds=2, n_train=32, n_test=32, epochs=1, batch_size=16, size=8)
 
 
-def command(args, task) -> str:
+def command(args, task: str, variable: str, name: str) -> str:
     c = args.scan
-    return (f"roadinterp align --model {MODEL} --task {task} --family butterfly,das --positions last "
-            f"--layers {','.join(map(str, c['layers']))} --size {SIZES[task]} --seeds {c['seeds']} "
+    return (f"roadinterp align --model {MODEL} --task {task} --variables {variable} --family butterfly,das "
+            f"--positions last --layers {','.join(map(str, c['layers']))} --size {c['size']} --seeds {c['seeds']} "
             f"--n-train {c['n_train']} --n-test {c['n_test']} --epochs {c['epochs']} "
-            f"--batch-size {c['batch_size']} --out {args.run}/{task}")
+            f"--batch-size {c['batch_size']} --workers {args.workers} --out {args.run}/{name}")
+
+
+def _f(r, key: str) -> str:
+    v = r.get(key, float("nan"))
+    return "–" if v != v else f"{v:.3f}"
 
 
 def render(results, args) -> str:
     c = args.scan
     lines = []
     if args.quick:
-        lines += [f"**Reduced scan** (`--quick`): layers {c['layers']} (not every third layer), {c['seeds']} seeds "
-                  f"(not 3), {c['n_train']} training / {c['n_test']} held-out counterfactuals, {c['epochs']} epoch, "
-                  f"batch {c['batch_size']}. The full scan (`python experiments/lm_alignment.py`) did not fit the "
-                  "shared 2-core machine; these numbers are a smoke-level reading, not the full result.", ""]
-    lines += ["Commands (then `python experiments/lm_alignment.py"
-              + (" --quick" if args.quick else "") + f" --run {args.run} --out {args.out}` renders this section):", ""]
-    lines += [f"    {command(args, t)}" for t in results]
-    lines += ["", "| task | base accuracy train / test (full vocab) | kept prompts train / test | family | layer | "
-              "seeds | held-out IIA mean ± std | range | train IIA | no-op | random-init | rival (its no-op) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for task, (table, stats, secs) in results.items():
-        s = ri.summarize(table).sort_values(["layer", "family"])
+        lines += [f"**Smoke run** (`--quick`): layers {c['layers']}, {c['seeds']} seeds, {c['n_train']} training "
+                  "counterfactuals. Not a result.", ""]
+    lines += ["Commands (one per variable; then `python experiments/lm_alignment.py"
+              + (" --quick" if args.quick else "") + f" --run {args.run} --out {args.out} --render-only` renders "
+              "this section from the stored cells):", ""]
+    lines += [f"    {command(args, task, var, name)}" for name, (task, var, *_rest) in results.items()]
+    lines += ["", "Every layer searched, mean ± std over seeds of held-out IIA (bases and sources from held-out "
+              "entities: names, cities). *no-op*: IIA of changing nothing; *site patch*: IIA of patching the whole "
+              "576-wide residual at the last token (an upper reference for any subspace); *random-init*: the same "
+              "cell trained on a re-initialised copy of the model; *rival*: the task's false hypothesis trained the "
+              "same way (its own no-op in brackets).", ""]
+    for name, (task, var, table, stats, secs) in results.items():
         acc = f"{stats['train']['base_accuracy']:.3f} / {stats['test']['base_accuracy']:.3f}"
-        kept = (f"{stats['train']['kept']}/{stats['train']['n']} / {stats['test']['kept']}/{stats['test']['n']}")
+        kept = f"{stats['train']['kept']}/{stats['train']['n']} / {stats['test']['kept']}/{stats['test']['n']}"
+        lines += [f"### {task}: `{var}`", "",
+                  f"Base accuracy (full vocabulary) train / test {acc}; kept prompts {kept}; wall time "
+                  f"{secs / 60:.1f} min.", "",
+                  "| family | layer | seeds | held-out IIA | range | train IIA | no-op | site patch | random-init "
+                  "| rival (its no-op) | warnings |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        s = ri.summarize(table).sort_values(["family", "layer"])
         for _, r in s.iterrows():
             lines.append(
-                f"| {task} | {acc} | {kept} | {r['family']} | {r['layer']} | {int(r['n_seeds'])} | "
-                f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f} | {r['iia_min']:.3f}–{r['iia_max']:.3f} | "
-                f"{r.get('train_iia_mean', float('nan')):.3f} | {r.get('iia_null_mean', float('nan')):.3f} | "
-                f"{r.get('iia_random_model_mean', float('nan')):.3f} | {r.get('iia_rival_mean', float('nan')):.3f} "
-                f"({r.get('iia_rival_null_mean', float('nan')):.3f}) |")
-    lines += ["", "MIB (Mueller et al. 2025, causal variable localization track) runs DAS on IOI (output token, "
+                f"| {r['family']} | {r['layer']} | {int(r['n_seeds'])} | {r['iia_mean']:.3f} ± {r['iia_std']:.3f} | "
+                f"{r['iia_min']:.3f}–{r['iia_max']:.3f} | {_f(r, 'train_iia_mean')} | {_f(r, 'iia_null_mean')} | "
+                f"{_f(r, 'iia_site_patch_mean')} | {_f(r, 'iia_random_model_mean')} | {_f(r, 'iia_rival_mean')} "
+                f"({_f(r, 'iia_rival_null_mean')}) | {r.get('warnings') or ''} |")
+        for fam, g in s.groupby("family"):
+            lines.append(f"\n*{fam}, over all {len(g)} layers searched*: held-out IIA mean {g['iia_mean'].mean():.3f}, "
+                         f"min {g['iia_mean'].min():.3f}, max {g['iia_mean'].max():.3f} (layer "
+                         f"{int(g.loc[g['iia_mean'].idxmax(), 'layer'])}); no-op {g['iia_null_mean'].mean():.3f}.")
+        lines.append("")
+    lines += ["MIB (Mueller et al. 2025, causal variable localization track) runs DAS on IOI (output token, "
               "output position), MCQA, arithmetic and RAVEL (country, continent, language) on GPT-2 small, "
               "Qwen-2.5-0.5B, Gemma-2-2B and Llama-3.1-8B, and finds DAS the best featurizer. Those are other, "
               "larger models with MIB's own prompts, counterfactuals and metric; their per-cell DAS numbers were "
-              "not available in this session's sources, so no number is set beside ours here.", ""]
-    for task, (table, stats, secs) in results.items():
-        best = ri.best_alignment(table)
-        lines.append(f"- **{task}**: best {best['family']} at layer {best['layer']}, held-out IIA "
-                     f"{best['iia_mean']:.3f} ± {best['iia_std']:.3f} ({int(best['n_seeds'])} seeds); "
-                     f"wall time {secs / 60:.1f} min.")
+              "not available in this project's offline sources, so no number is set beside ours here.", ""]
     if args.partial:
-        lines.append("- Rendered from the cells stored when the scan was stopped (`--render-only`); wall time is "
-                     "from the run directory's first to last write. Peak memory was not recorded for this run.")
+        lines.append("- Rendered from stored cells (`--render-only`); wall time is from each run directory's first "
+                     "to last write. Peak memory is not recorded by a render.")
     else:
-        lines.append(f"- Peak memory (max RSS of the scan process): {args.peak_mb:.0f} MiB.")
+        lines.append(f"- Peak memory (max RSS of the scan process, workers excluded): {args.peak_mb:.0f} MiB.")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", default="runs/lm", help="run directory root (one sub-directory per task; resumed)")
+    ap.add_argument("--run", default="runs/lm", help="run directory root (one sub-directory per variable; resumed)")
     ap.add_argument("--out", default="docs/results.md", help="markdown file whose section this writes")
-    ap.add_argument("--tasks", default="ioi,ravel-city")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="the reduced scan (see the module docstring)")
+    ap.add_argument("--scans", default=",".join(n for n, *_ in SCANS), help="which scans (run names) to run")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a smoke run (see the module docstring)")
     ap.add_argument("--render-only", action="store_true",
                     help="write the section from the cells already stored in --run (a scan cut short)")
     args = ap.parse_args(argv)
     args.scan = QUICK if args.quick else FULL
+    wanted = args.scans.split(",")
+    unknown = sorted(set(wanted) - {n for n, *_ in SCANS})
+    if unknown:
+        ap.error(f"unknown scans {unknown}; known: {', '.join(n for n, *_ in SCANS)}")
     results = {}
-    if args.render_only:
-        from roadinterp.store import read_run
+    args.partial = args.render_only
+    for name, task, var in SCANS:
+        if name not in wanted:
+            continue
+        run = Path(args.run) / name
+        if args.render_only:
+            from roadinterp.store import read_run
 
-        for task in args.tasks.split(","):
-            run = Path(args.run) / task
             if (run / "run.json").is_file():
-                table = read_run(run)[1]
                 wall = (run / "results.db").stat().st_mtime - (run / "run.json").stat().st_mtime
-                results[task] = (table, get_bound_task(task, MODEL).stats, wall)
-        args.peak_mb = float("nan")
-        args.partial = True
-        write_section(args.out, HEADING, render(results, args))
-        return 0
-    args.partial = False
-    for task in args.tasks.split(","):
+                results[name] = (task, var, read_run(run)[1], get_bound_task(task, MODEL).stats, wall)
+            continue
         t0 = time.perf_counter()
-        table = ri.search(task=task, model=MODEL, families=["butterfly", "das"], positions=["last"],
-                          sizes=[SIZES[task]], controls=True, out=f"{args.run}/{task}", resume=True,
-                          workers=args.workers, batched=True, **args.scan)
-        stats = get_bound_task(task, MODEL).stats
-        results[task] = (table, stats, time.perf_counter() - t0)
-        print(task, f"{results[task][2]:.0f} s", stats, flush=True)
+        scan = {k: v for k, v in args.scan.items() if k != "size"}
+        table = ri.search(task=task, model=MODEL, variables=[var], families=["butterfly", "das"],
+                          positions=["last"], sizes=[args.scan["size"]], controls=True, out=str(run), resume=True,
+                          workers=args.workers, batched=True, **scan)
+        results[name] = (task, var, table, get_bound_task(task, MODEL).stats, time.perf_counter() - t0)
+        print(name, f"{results[name][4]:.0f} s", flush=True)
     args.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_section(args.out, HEADING, render(results, args))
     print(f"wrote {HEADING!r} to {args.out}")

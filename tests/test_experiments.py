@@ -49,3 +49,28 @@ def test_composition_linear_quick(tmp_path):
     # the base model solves its own task and none of the behaviours
     base_row = next(l for l in text.splitlines() if l.startswith("| base |"))
     assert base_row.split("|")[2].strip().startswith("1.000")
+
+
+@pytest.mark.slow
+def test_lm_alignment_quick_on_the_real_model(tmp_path):
+    """The SmolLM2 scan script: one variable (io_position), its run stored, a section with a row per
+    family and layer, the controls' columns filled, then --render-only gives the same table."""
+    out = tmp_path / "results.md"
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "experiments" / "lm_alignment.py"), "--quick", "--scans", "ioi-io_position",
+           "--run", str(run), "--out", str(out), "--workers", "1"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "### ioi: `io_position`" in text and "--variables io_position" in text
+    rows = [l for l in text.splitlines() if l.startswith("| butterfly | 21 |") or l.startswith("| das | 21 |")]
+    assert len(rows) == 2, text
+    for row in rows:  # family, layer, seeds, IIA, range, train IIA, no-op, site patch, random-init, rival, warnings
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        assert cells[2] == "2" and all(0 <= float(cells[i]) <= 1 for i in (5, 6, 7, 8)), row
+    import json
+
+    assert json.loads((run / "ioi-io_position" / "run.json").read_text())["variables"] == ["io_position"]
+    again = subprocess.run([*cmd, "--render-only"], env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [l for l in out.read_text().splitlines() if l.startswith("| butterfly | 21 |")] == rows[:1]

@@ -112,7 +112,7 @@ class TrainResult:
             "family": self.config.family, "layer": self.site.layer, "component": self.site.component,
             "position": str(self.site.positions), "size": self.config.size, "seed": self.config.seed,
             "hypothesis": self.config.hypothesis, "iia": self.iia, "train_iia": self.train_iia,
-            "seconds": self.seconds,
+            "seconds": self.seconds, "engine": self.engine,
         }
 
 

@@ -1,5 +1,6 @@
 # Two commands on a fresh machine (see README.md):
-#   make demo   set up .venv and run the main job (alignment search on hierarchical equality)
+#   make demo   set up .venv and run the main job (a full-depth alignment scan of SmolLM2-135M on IOI)
+#   make demo-quick   the toy alignment search on hierarchical equality (under a minute)
 #   make test   set up .venv and run the whole test suite
 PY ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo demo-quick test test-fast lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +27,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/roadinterp align --task hierarchical-equality --out runs/demo --resume
+	$(BIN)/roadinterp align --model zoo:smollm2-135m --task ioi --variables io_position --positions last --family butterfly --size 8 --seeds 3 --n-train 256 --n-test 128 --epochs 2 --batch-size 32 --out runs/demo --resume
+
+demo-quick: setup
+	$(BIN)/roadinterp align --task hierarchical-equality --out runs/demo-quick --resume
 
 test: setup
 	bash scripts/ensure_chromium.sh || echo "chromium unavailable: browser tests will fail"

@@ -34,8 +34,8 @@ from roadinterp.search import get_bound_task  # noqa: E402
 HEADING = "## Alignment on a pretrained LM: SmolLM2-135M (ioi, ravel-city)"
 MODEL = "zoo:smollm2-135m"
 # (run name, task, the variable aligned)
-SCANS = [("ioi-io_position", "ioi", "io_position"), ("ioi-io_token", "ioi", "io_token"),
-         ("ravel-city-country", "ravel-city", "country")]
+SCANS = [("ioi-io_position", "ioi", "io_position"), ("ravel-city-country", "ravel-city", "country"),
+         ("ioi-io_token", "ioi", "io_token")]
 FULL = dict(layers=list(range(0, 30, 3)), seeds=3, n_train=256, n_test=128, epochs=3, batch_size=32, size=16)
 QUICK = dict(layers=[21], seeds=2, n_train=32, n_test=32, epochs=1, batch_size=16, size=8)
 

@@ -105,7 +105,7 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     interventions: list = field(default_factory=list, repr=False)
-    engine: str = "pyvene"  # the engine that ran the steps ("replay" or "pyvene")
+    engine: str = "pyvene"  # the engine that ran the steps (kv, kv-bf16, replay or pyvene: a results column)
 
     def row(self) -> dict[str, Any]:
         return {

@@ -231,6 +231,17 @@ def test_learned_angles_section_renders_the_saved_parameters(learned_report, tmp
         z = figs[name]["traces"][0]["z"]
         bases = [io.load(run / "subspaces" / f"{fam}-L{layer}-block_output-last-s2-seed{s}") for s in range(3)]
         np.testing.assert_allclose(z, pairwise_agreement([b.bases() for b in bases]), atol=1e-6)
+    # the row-space split plots the stored dormant shares and the IIA of the subspace and its row-space part
+    split = [n for n in expected if n.startswith("rowspace-")]
+    assert len(split) == 2  # the best cell of each family (the MLP's next layer reads block_output)
+    for name in split:
+        fam, layer = name.split("-")[1:3]
+        rows = table[(table["family"] == fam) & (table["layer"] == int(layer))].sort_values("seed")
+        y = {tr["name"]: tr["y"] for tr in figs[name]["traces"]}
+        np.testing.assert_allclose(y["null space (dormant)"], rows["dormant_fraction"], atol=1e-9)
+        np.testing.assert_allclose(y["row space (read downstream)"], 1 - rows["dormant_fraction"], atol=1e-9)
+        np.testing.assert_allclose(y["IIA, whole subspace"], rows["iia_joint"], atol=1e-9)
+        np.testing.assert_allclose(y["IIA, row-space part only"], rows["iia_rowspace"], atol=1e-9)
 
 
 def test_learned_angles_screenshot(learned_report, tmp_path):
@@ -241,7 +252,7 @@ def test_learned_angles_screenshot(learned_report, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report-learned-angles.png"
     shot.unlink(missing_ok=True)
-    proc = run_chromium([f"--screenshot={shot}", "--window-size=1200,1750", "--virtual-time-budget=15000",
+    proc = run_chromium([f"--screenshot={shot}", "--window-size=1200,2300", "--virtual-time-budget=15000",
                          page.as_uri()], tmp_path / "ud7", timeout=90)
     assert shot.exists() and shot.stat().st_size > 20_000, f"no screenshot (rc {proc.returncode}):\n{proc.stderr[-2000:]}"
     assert page_errors(proc.stderr) == []

@@ -511,6 +511,36 @@ def test_subspace_warning_fires_when_seeds_agree_on_iia_but_not_on_the_subspace(
 
 
 @pytest.mark.slow
+def test_rowspace_split_plots_the_stored_shares_and_iia_and_is_absent_without_a_reader(learned_run):
+    from roadinterp.viz import learned as L
+    from roadinterp.viz import static as S
+    from roadinterp.viz.report import learned_figures
+
+    table = _run_table(learned_run)
+    rows = L.cell_rows(table, "das|0|block_output|last|2")
+    stored = rows.sort_values("seed")
+    assert stored["dormant_fraction"].notna().all()  # the MLP's next layer is a registered reader
+    fig = L.rowspace_split(rows)
+    y = {tr.name: np.asarray(tr.y, dtype=float) for tr in fig.data}
+    np.testing.assert_allclose(y["null space (dormant)"], stored["dormant_fraction"])
+    np.testing.assert_allclose(y["row space (read downstream)"] + y["null space (dormant)"], 1.0)
+    dormant = next(tr for tr in fig.data if tr.name == "null space (dormant)")
+    np.testing.assert_allclose(np.asarray(dormant.base, dtype=float), 1 - stored["dormant_fraction"])  # stacked
+    np.testing.assert_allclose(y["IIA, whole subspace"], stored["iia_joint"])
+    np.testing.assert_allclose(y["IIA, row-space part only"], stored["iia_rowspace"])
+    np.testing.assert_allclose(y["no-op baseline"], stored["iia_joint_null"].mean())
+    # the static twin draws the same bars: 3 row-space + 3 dormant on the left, 3 + 3 IIA on the right
+    share, iia = S.rowspace_split(rows).axes
+    heights = [p.get_height() for p in share.patches]
+    np.testing.assert_allclose(heights, [*(1 - stored["dormant_fraction"]), *stored["dormant_fraction"]], atol=1e-12)
+    np.testing.assert_allclose([p.get_height() for p in iia.patches], [*stored["iia_joint"], *stored["iia_rowspace"]])
+    # a site with no reader stores NaN: no table, no figure in the report's section
+    blind = table.assign(dormant_fraction=float("nan"), iia_rowspace=float("nan"))
+    assert L.rowspace_table(L.cell_rows(blind, "das|0|block_output|last|2")).empty
+    assert not [n for _, _, n, _ in learned_figures(learned_run, blind) if n.startswith("rowspace-")]
+    assert len([n for _, _, n, _ in learned_figures(learned_run, table) if n.startswith("rowspace-")]) == 2
+
+
 def test_report_learned_section_cell_option_and_figures(learned_run, tmp_path):
     import subprocess
     import sys

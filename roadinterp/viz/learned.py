@@ -12,6 +12,11 @@ turns those saves into tidy tables and plotly figures:
 * :func:`seed_subspaces` — seed x seed mean principal-angle cosine between the learned
   subspaces (:mod:`roadinterp.subspace`), trained model beside control, chance level in
   the title. Do seeds with the same IIA learn the same subspace?
+* :func:`rowspace_split` — per seed, how much of the learned subspace the next layer can
+  read (its row-space share) and how much is *dormant* (in the kernel of the reader:
+  ``dormant_fraction``, :mod:`roadinterp.controls`), beside the IIA of the whole subspace
+  and of its row-space part alone. A subspace that scores only through its dormant part
+  is the interpretability illusion of Makelov et al. (2023).
 * :func:`layer_sweep` — best IIA per layer and family with the controls as bands (the
   way MIB and the DAS papers show a layer sweep); readable at 30 layers.
 
@@ -313,6 +318,54 @@ def subspace_panels(run_dir, rows: pd.DataFrame, panels: dict[str, dict] | None 
     return out
 
 
+ROWSPACE_COLUMNS = ("dormant_fraction", "iia_joint", "iia_rowspace", "iia_joint_null")
+
+
+def rowspace_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per seed of one cell: ``dormant`` and ``row_space`` shares of the learned subspace (they sum
+    to 1) and the IIA of the whole subspace (``iia_joint``), of its row-space part alone
+    (``iia_rowspace``) and of doing nothing (``iia_joint_null``), all on the joint counterfactuals.
+    Empty when the site has no registered reader (no ``dormant_fraction``)."""
+    if "dormant_fraction" not in rows or not rows["dormant_fraction"].map(_finite).any():
+        return pd.DataFrame(columns=["seed", "dormant", "row_space", "iia_joint", "iia_rowspace", "iia_joint_null"])
+    r = rows[rows["dormant_fraction"].map(_finite)].sort_values("seed")
+    return pd.DataFrame({
+        "seed": r["seed"].astype(int).to_numpy(), "dormant": r["dormant_fraction"].astype(float).to_numpy(),
+        "row_space": 1.0 - r["dormant_fraction"].astype(float).to_numpy(),
+        **{c: r[c].astype(float).to_numpy() if c in r else np.full(len(r), np.nan)
+           for c in ("iia_joint", "iia_rowspace", "iia_joint_null")},
+    })
+
+
+def rowspace_split(rows: pd.DataFrame) -> go.Figure:
+    """Row space vs null space of one cell's learned subspace, per seed: stacked shares (left) and
+    the IIA of the whole subspace beside its row-space part alone, no-op dotted (right)."""
+    t = rowspace_table(rows)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "share of the subspace the next layer reads", "IIA: whole subspace vs its row-space part"))
+    seeds = [f"seed {s}" for s in t["seed"]]
+    # left: one stacked bar per seed (the dormant bar starts where the row-space bar ends)
+    fig.add_trace(go.Bar(x=seeds, y=t["row_space"], name="row space (read downstream)", marker_color="#2a6fdb",
+                         offsetgroup="share", hovertemplate="%{x}: row-space share %{y:.3f}<extra></extra>"), 1, 1)
+    fig.add_trace(go.Bar(x=seeds, y=t["dormant"], base=t["row_space"], name="null space (dormant)",
+                         marker_color="#bbbbbb", offsetgroup="share",
+                         hovertemplate="%{x}: dormant share %{y:.3f}<extra></extra>"), 1, 1)
+    # right: two bars side by side per seed
+    fig.add_trace(go.Bar(x=seeds, y=t["iia_joint"], name="IIA, whole subspace", marker_color="#3a9a3a",
+                         offsetgroup="joint", hovertemplate="%{x}: IIA %{y:.3f}<extra></extra>"), 1, 2)
+    fig.add_trace(go.Bar(x=seeds, y=t["iia_rowspace"], name="IIA, row-space part only", marker_color="#d9822b",
+                         offsetgroup="rowspace",
+                         hovertemplate="%{x}: IIA of the row-space part %{y:.3f}<extra></extra>"), 1, 2)
+    if len(t) and t["iia_joint_null"].map(_finite).any():
+        null = float(t["iia_joint_null"].mean())
+        fig.add_trace(go.Scatter(x=seeds, y=[null] * len(seeds), mode="lines+markers", name="no-op baseline",
+                                 line={"dash": "dot", "color": "#444"}, marker={"size": 4}), 1, 2)
+    fig.update_layout(barmode="group", title=f"how much of the learned subspace is dormant? {_cell_title(rows)}",
+                      **_LAYOUT)
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
 def layer_sweep(table: pd.DataFrame) -> go.Figure:
     """Best held-out IIA per layer (one line per family, ±std over seeds), controls as grey bands.
 
@@ -371,6 +424,6 @@ def saved_kinds(run_dir: str | os.PathLike, rows: pd.DataFrame) -> set[str]:
 
 __all__ = [
     "agreement_data", "agreement_panels", "cell_key", "cell_rows", "focus_cells", "layer_sweep", "layer_sweep_table", "load_saved",
-    "saved_kinds", "seed_angle_table", "seed_angles", "seed_bases", "seed_subspaces", "subspace_panels", "subspace_warnings",
+    "rowspace_split", "rowspace_table", "saved_kinds", "seed_angle_table", "seed_angles", "seed_bases", "seed_subspaces", "subspace_panels", "subspace_warnings",
     "with_seed_agreement",
 ]

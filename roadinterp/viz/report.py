@@ -329,6 +329,8 @@ def _focus_figures(run_dir, table: pd.DataFrame, cells: Sequence[str], *, static
             figs.append((f"angles-{_slug(key)}", M.seed_angles(run_dir, rows)))
         if "subspace" in kinds:
             figs.append((f"subspaces-{_slug(key)}", M.seed_subspaces(run_dir, rows, panels)))
+        if not Ln.rowspace_table(rows).empty:
+            figs.append((f"rowspace-{_slug(key)}", M.rowspace_split(rows)))
         yield key, why, rows, panels, figs
 
 
@@ -338,8 +340,9 @@ def learned_figures(run_dir, table: pd.DataFrame, cells: Sequence[str] = (), *,
 
     Focus cells: the best cell of each family and every cell named in ``cells``
     (``family|layer|component|position|size``). Road and butterfly cells get the angle
-    figure; every rotated family with saved subspaces the seed-agreement figure; a cell
-    with neither gets one ``(key, why, "", None)`` entry.
+    figure; every rotated family with saved subspaces the seed-agreement figure; a cell whose
+    site has a registered reader the row-space / dormant split; a cell with none of these gets
+    one ``(key, why, "", None)`` entry.
     """
     out = []
     for key, why, _, _, figs in _focus_figures(run_dir, table, cells, static=static):
@@ -377,7 +380,10 @@ def _learned_html(run_dir, table: pd.DataFrame, summary: pd.DataFrame, cells: Se
              "on the random-init model; and for every rotated family the principal angles between the seeds' "
              "learned subspaces (agreement 1 = the seeds swap the same subspace; random subspaces already score "
              "the level given in brackets). Seeds that reach the same IIA with different subspaces have not found "
-             "<em>the</em> place the variable lives.</p>")
+             "<em>the</em> place the variable lives. Where the next layer reads the site through one linear map, "
+             "the subspace is split into the part that map can see (row space) and the dormant rest (its null "
+             "space), with the IIA of the row-space part alone: a subspace that scores only through its dormant "
+             "part is an interpretability illusion.</p>")
     body = ["<h2>Learned angles</h2>", intro]
     body.extend(f'<p class="warn">{_e(w)}</p>' for w in Ln.subspace_warnings(summary))
     figs = []

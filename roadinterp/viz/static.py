@@ -220,6 +220,31 @@ def seed_subspaces(run_dir, rows: pd.DataFrame, panels: dict[str, dict] | None =
     return fig
 
 
+def rowspace_split(rows: pd.DataFrame) -> Figure:
+    """Row-space vs dormant share of one cell's learned subspace per seed (stacked), and the IIA of
+    the whole subspace beside its row-space part alone, no-op dotted."""
+    from roadinterp.viz import learned as Ln
+
+    t = Ln.rowspace_table(rows)
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    share, iia = fig.subplots(1, 2)
+    x = np.arange(len(t))
+    labels = [f"seed {s}" for s in t["seed"]]
+    share.bar(x, t["row_space"], color="#2a6fdb", label="row space (read downstream)")
+    share.bar(x, t["dormant"], bottom=t["row_space"], color="#bbbbbb", label="null space (dormant)")
+    iia.bar(x - 0.2, t["iia_joint"], 0.4, color="#3a9a3a", label="whole subspace")
+    iia.bar(x + 0.2, t["iia_rowspace"], 0.4, color="#d9822b", label="row-space part only")
+    if len(t) and t["iia_joint_null"].notna().any():
+        iia.axhline(float(t["iia_joint_null"].mean()), ls=":", color="0.3", label="no-op baseline")
+    for ax, title in ((share, "share the next layer reads"), (iia, "IIA")):
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"how much of the learned subspace is dormant? {Ln._cell_title(rows)}", fontsize=10)
+    return fig
+
+
 def layer_sweep(table: pd.DataFrame) -> Figure:
     """Best held-out IIA per layer (a line per family, ±std), controls as shaded bands, no-op dotted."""
     from roadinterp.viz import learned as Ln

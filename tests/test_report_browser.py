@@ -308,7 +308,7 @@ def test_adapter_report_in_browser(tmp_path):
     import torch
 
     from roadinterp.adapters.adapter import RoadAdapter
-    from roadinterp.viz.report import write_adapter_report
+    from roadinterp.viz.adapter_report import write_adapter_report
 
     adapters = {}
     for name, blocks in (("task-a", [0, 1, 2]), ("task-b", [5, 6])):

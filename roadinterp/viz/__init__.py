@@ -108,8 +108,8 @@ def write_figures(run_dir, out_dir, cells=()):
 
 
 def write_adapter_report(adapters, out_html, owners=None):
-    """See :func:`roadinterp.viz.report.write_adapter_report`."""
-    from roadinterp.viz.report import write_adapter_report as _write
+    """See :func:`roadinterp.viz.adapter_report.write_adapter_report`."""
+    from roadinterp.viz.adapter_report import write_adapter_report as _write
 
     return _write(adapters, out_html, owners=owners)
 

@@ -8,8 +8,9 @@ values, task and model names, positions) is HTML-escaped.
 
 :func:`write_report` reads a run directory with :func:`roadinterp.store.read_run`, so
 it works on a finished, partial (some cells) or empty run; the ``align`` command
-calls it at the end of every run. :func:`write_adapter_report` shows the learned
-angles of trained adapters and, for a composed adapter, who owns which block.
+calls it at the end of every run. The adapter page (learned angles of trained
+adapters, block ownership of a composed one) is :mod:`roadinterp.viz.adapter_report`,
+built with this module's page helpers.
 """
 
 from __future__ import annotations
@@ -489,52 +490,4 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
         body.append(_collapsed(table, _cells_html, "rows"))
     body.append("<h2>Configuration (run.json)</h2>")
     body.append(_table(["field", "value"], [[k, json.dumps(v)] for k, v in sorted(config.items())]))
-    return _write_atomic(Path(out_html), _page(title, body, with_plotly=bool(figs)))
-
-
-# ------------------------------------------------------------- adapter report
-def _n_blocks(adapter) -> int | None:
-    widths = list(getattr(adapter, "targets", {}).values())
-    return min(widths) // 2 if widths else None
-
-
-def write_adapter_report(adapters: Mapping[str, Any], out_html: str | os.PathLike,
-                         owners: Mapping[str, Sequence[int]] | None = None) -> Path:
-    """One page showing each adapter's angles and alphas; with ``owners`` also the block-ownership map.
-
-    ``adapters``: ``{name: RoadAdapter}`` (anything :func:`roadinterp.viz.angle_table` accepts).
-    ``owners``: ``{adapter_name: [block, ...]}`` of a composed adapter.
-    """
-    title = "roadinterp adapters"
-    body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">{len(adapters)} adapter(s) · report written {_e(_stamp())}</p>']
-    figs = []
-    if owners is None:  # a composed adapter carries its ownership map
-        owners = next((ad.meta["owners"] for ad in adapters.values() if (getattr(ad, "meta", None) or {}).get("owners")),
-                      None)
-    if owners:
-        first = next(iter(adapters.values()), None)
-        n = _n_blocks(first) if first is not None else None
-        body.append("<h2>Block ownership</h2>")
-        fig = F.ownership(owners, n)
-        figs.append(fig)
-        body.append(_figure_div(fig, "block ownership"))
-    if not adapters:
-        body.append('<p class="empty">No adapters given.</p>')
-    for name, ad in adapters.items():
-        body.append(f"<h2>{_e(name)}</h2>")
-        facts = [["variant", getattr(ad, "variant", "")], ["placement", getattr(ad, "placement", "")]]
-        if hasattr(ad, "targets"):
-            facts.append(["targets", ", ".join(f"{k} ({w})" for k, w in ad.targets.items())])
-            blocks = getattr(ad, "blocks", None)
-            facts.append(["subspace", "all blocks" if blocks is None else f"{len(blocks)} blocks"])
-        if hasattr(ad, "n_trainable"):
-            facts.append(["trainable entries used", ad.n_trainable()])
-        for k, v in (getattr(ad, "meta", None) or {}).items():
-            facts.append([f"meta.{k}", json.dumps(v, default=str)])
-        body.append(_table(["", ""], facts))
-        for what, fig in (("angles", F.angles(ad)), ("angles (polar)", F.angles(ad, "polar")),
-                          ("alphas", F.alphas(ad)), ("angle heat map", F.angle_heatmap(ad))):
-            fig.update_layout(title=f"{name}: {fig.layout.title.text}")
-            figs.append(fig)
-            body.append(_figure_div(fig, f"{name} {what}"))
     return _write_atomic(Path(out_html), _page(title, body, with_plotly=bool(figs)))

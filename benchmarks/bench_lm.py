@@ -38,7 +38,7 @@ from roadinterp.sites import Site, n_layers
 
 FULL = dict(model="zoo:smollm2-135m", task="ioi", variables=["io_position"], dtype="float32", seeds=3, n_train=256,
             n_test=128, epochs=2,
-            batch_size=32, size=8, naive_layers=[15], naive_seeds=1, step_layer=15, step_batch=32,
+            batch_size=32, size=8, naive_layers=[22], naive_seeds=1, step_layer=15, step_batch=32,
             step_families=["butterfly", "road", "neuron", "das", "lowrank"], naive_step_families=["butterfly"], reps=3)
 QUICK = dict(model="zoo:interval-llama", task="interval", variables=None, dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
              batch_size=32, size=4, naive_layers=[1], naive_seeds=1, step_layer=1, step_batch=8,

@@ -93,6 +93,10 @@ def render(results, args) -> str:
               "Qwen-2.5-0.5B, Gemma-2-2B and Llama-3.1-8B, and finds DAS the best featurizer. Those are other, "
               "larger models with MIB's own prompts, counterfactuals and metric; their per-cell DAS numbers were "
               "not available in this project's offline sources, so no number is set beside ours here.", ""]
+    missing = [name for name, *_ in SCANS if name not in results]
+    if missing:
+        lines.append(f"- **Not in this section** (not run, or no stored cells): {', '.join(missing)}; "
+                     f"`python experiments/lm_alignment.py --scans {','.join(missing)} --run {args.run}` runs them.")
     if args.partial:
         lines.append("- Rendered from stored cells (`--render-only`); wall time is from each run directory's first "
                      "to last write. Peak memory is not recorded by a render.")

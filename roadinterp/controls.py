@@ -72,8 +72,10 @@ def cell_warnings(row: Mapping[str, Any]) -> list[str]:
     """Warning codes of one summary row (``ri.summarize`` output; ``*_mean`` columns), in fixed order.
 
     * ``illusion-suspect``: the subspace beats the whole-site patch on the same
-      counterfactuals by more than ``MARGIN`` (``iia_joint_mean > iia_site_patch_mean + MARGIN``),
-      or its row-space part is within ``MARGIN`` of the no-op while the subspace is ``HIGH``
+      counterfactuals by more than ``MARGIN`` (``iia_joint_mean > iia_site_patch_mean + MARGIN``)
+      while doing something (more than ``MARGIN`` above its no-op: a subspace that changes
+      nothing "beats" a site patch that breaks the output, e.g. at a late layer, without
+      being an illusion), or its row-space part is within ``MARGIN`` of the no-op while the subspace is ``HIGH``
       above it;
     * ``near-noop``: mean IIA within ``MARGIN`` of the no-op baseline;
     * ``random-init-comparable``: the random-init model reaches within ``MARGIN`` of the mean IIA;
@@ -87,7 +89,8 @@ def cell_warnings(row: Mapping[str, Any]) -> list[str]:
     iia, null = _get(row, "iia_mean"), _get(row, "iia_null_mean")
     joint, site = _get(row, "iia_joint_mean"), _get(row, "iia_site_patch_mean")
     jnull, rowspace = _get(row, "iia_joint_null_mean"), _get(row, "iia_rowspace_mean")
-    suspect = joint is not None and site is not None and joint > site + MARGIN
+    suspect = (joint is not None and site is not None and joint > site + MARGIN
+               and (jnull is None or joint - jnull > MARGIN))
     if joint is not None and rowspace is not None and jnull is not None:
         suspect = suspect or (rowspace - jnull < MARGIN and joint - jnull > HIGH)
     if suspect:

@@ -35,6 +35,10 @@ GOOD = {"iia_mean": 0.95, "iia_std": 0.01, "n_seeds": 5, "iia_null_mean": 0.5, "
     ({}, []),
     ({"iia_site_patch_mean": 0.5}, ["illusion-suspect"]),  # the subspace beats patching everything
     ({"iia_site_patch_mean": 0.95}, []),  # within the margin: no warning
+    # a subspace that does nothing "beats" a site patch that breaks the output (SmolLM2 IOI
+    # io_position at layers 24-27: joint 0.484 = its no-op, site patch 0.047): no illusion
+    ({"iia_mean": 0.484, "iia_null_mean": 0.484, "iia_joint_mean": 0.484, "iia_joint_null_mean": 0.484,
+      "iia_site_patch_mean": 0.047, "iia_rowspace_mean": 0.484, "iia_random_model_mean": 0.0}, ["near-noop"]),
     ({"iia_rowspace_mean": 0.52}, ["illusion-suspect"]),  # only the dormant part carries it
     ({"iia_rowspace_mean": 0.52, "iia_joint_mean": 0.6, "iia_site_patch_mean": 0.6}, []),  # not high: no claim
     ({"iia_mean": 0.53, "iia_random_model_mean": 0.4}, ["near-noop"]),

@@ -40,9 +40,9 @@ FULL = dict(layers=list(range(0, 30, 3)), seeds=3, n_train=256, n_test=128, epoc
 QUICK = dict(layers=[21], seeds=2, n_train=32, n_test=32, epochs=1, batch_size=16, size=8)
 
 
-def command(args, task: str, variable: str, name: str) -> str:
+def command(args, task: str, variable: str, name: str, families: str = "butterfly,das") -> str:
     c = args.scan
-    return (f"roadinterp align --model {MODEL} --task {task} --variables {variable} --family butterfly,das "
+    return (f"roadinterp align --model {MODEL} --task {task} --variables {variable} --family {families} "
             f"--positions last --layers {','.join(map(str, c['layers']))} --size {c['size']} --seeds {c['seeds']} "
             f"--n-train {c['n_train']} --n-test {c['n_test']} --epochs {c['epochs']} "
             f"--batch-size {c['batch_size']} --workers {args.workers} --out {args.run}/{name}")
@@ -62,7 +62,8 @@ def render(results, args) -> str:
     lines += ["Commands (one per variable; then `python experiments/lm_alignment.py"
               + (" --quick" if args.quick else "") + f" --run {args.run} --out {args.out} --render-only` renders "
               "this section from the stored cells):", ""]
-    lines += [f"    {command(args, task, var, name)}" for name, (task, var, *_rest) in results.items()]
+    lines += [f"    {command(args, task, var, name, ','.join(dict.fromkeys(table['family'])))}"
+              for name, (task, var, table, *_rest) in results.items()]
     lines += ["", "Every layer searched, mean ± std over seeds of held-out IIA (bases and sources from held-out "
               "entities: names, cities). *no-op*: IIA of changing nothing; *site patch*: IIA of patching the whole "
               "576-wide residual at the last token (an upper reference for any subspace); *random-init*: the same "
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/results.md", help="markdown file whose section this writes")
     ap.add_argument("--scans", default=",".join(n for n, *_ in SCANS), help="which scans (run names) to run")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--families", default="butterfly,das", help="intervention families (comma-separated)")
     ap.add_argument("--quick", action="store_true", help="a smoke run (see the module docstring)")
     ap.add_argument("--render-only", action="store_true",
                     help="write the section from the cells already stored in --run (a scan cut short)")
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         scan = {k: v for k, v in args.scan.items() if k != "size"}
-        table = ri.search(task=task, model=MODEL, variables=[var], families=["butterfly", "das"],
+        table = ri.search(task=task, model=MODEL, variables=[var], families=args.families.split(","),
                           positions=["last"], sizes=[args.scan["size"]], controls=True, out=str(run), resume=True,
                           workers=args.workers, batched=True, **scan)
         results[name] = (task, var, table, get_bound_task(task, MODEL).stats, time.perf_counter() - t0)

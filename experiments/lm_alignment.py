@@ -40,7 +40,7 @@ FULL = dict(layers=list(range(0, 30, 3)), seeds=3, n_train=256, n_test=128, epoc
 QUICK = dict(layers=[21], seeds=2, n_train=32, n_test=32, epochs=1, batch_size=16, size=8)
 
 
-def command(args, task: str, variable: str, name: str, families: str = "butterfly,das") -> str:
+def command(args, task: str, variable: str, name: str, families: str) -> str:
     c = args.scan
     return (f"roadinterp align --model {MODEL} --task {task} --variables {variable} --family {families} "
             f"--positions last --layers {','.join(map(str, c['layers']))} --size {c['size']} --seeds {c['seeds']} "

@@ -128,23 +128,13 @@ def check_variables(variables) -> tuple[str, ...]:
 def cell_variables(task, config: DIIConfig) -> tuple[str, ...]:
     """The causal variables a cell aligns: ``config.variables`` if set (a subset of the main
     hypothesis's, in that order), else every variable of ``config.hypothesis``."""
-    allowed = task_variables(task, config.hypothesis)
+    allowed = task.hypothesis_variables(config.hypothesis)
     if config.variables is None:
         return allowed
     unknown = [v for v in config.variables if v not in allowed]
     if unknown:
         raise ConfigError(f"unknown variable {unknown[0]!r} for task {task.name}; its variables: {', '.join(allowed)}")
     return tuple(config.variables)
-
-
-def task_variables(task, hypothesis: str) -> tuple[str, ...]:
-    """The causal variables a hypothesis aligns (``main``: the task's own)."""
-    if hypothesis == "main":
-        return tuple(task.variables)
-    if hypothesis not in task.rivals:
-        known = ["main", *task.rivals]
-        raise ConfigError(f"unknown hypothesis {hypothesis!r} for task {task.name}; known: {', '.join(known)}")
-    return tuple(task.rivals[hypothesis])
 
 
 def check_cell(model, task, site: Site, config: DIIConfig) -> int:

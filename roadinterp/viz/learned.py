@@ -318,9 +318,6 @@ def subspace_panels(run_dir, rows: pd.DataFrame, panels: dict[str, dict] | None 
     return out
 
 
-ROWSPACE_COLUMNS = ("dormant_fraction", "iia_joint", "iia_rowspace", "iia_joint_null")
-
-
 def rowspace_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per seed of one cell: ``dormant`` and ``row_space`` shares of the learned subspace (they sum
     to 1) and the IIA of the whole subspace (``iia_joint``), of its row-space part alone

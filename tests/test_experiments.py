@@ -74,3 +74,27 @@ def test_lm_alignment_quick_on_the_real_model(tmp_path):
     again = subprocess.run([*cmd, "--render-only"], env=ENV, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [l for l in out.read_text().splitlines() if l.startswith("| butterfly | 21 |")] == rows[:1]
+
+
+@pytest.mark.slow
+def test_planted_rotation_quick(tmp_path):
+    """A random rotation plants V1, V2 in a 48-wide layer: the planted subspaces are the ideal DII
+    (oracle IIA 1), a random subspace and the no-op are near chance, and das finds the planted one."""
+    out, data = tmp_path / "results.md", tmp_path / "planted.json"
+    out.write_text("# Results\n\n## Other\n\nkept\n")
+    cmd = [sys.executable, str(ROOT / "experiments" / "planted_rotation.py"), "--quick", "--out", str(out),
+           "--data", str(data)]
+    subprocess.run(cmd, check=True, env=ENV, capture_output=True)
+    text = out.read_text()
+    assert "## Other\n\nkept" in text and text.count("## Planted rotation") == 1
+    rows = [[c.strip() for c in l.strip().strip("|").split("|")] for l in text.splitlines() if l.startswith("| 48 |")]
+    (_, accuracy, planted, random_subspace), = [r for r in rows if len(r) == 4]  # the model's checks
+    assert accuracy == planted == "1.000" and float(random_subspace) < 0.3
+    das, butterfly = (next(r for r in rows if r[1] == f) for f in ("das", "butterfly"))
+    assert float(das[3].split("±")[0]) > 0.85, das  # the setup is learnable
+    assert float(das[6]) < 0.15 and das[6] == butterfly[6]  # no-op at chance, one held-out set
+    assert 0.0 <= float(butterfly[3].split("±")[0]) <= 1.0
+    section = text[text.index("## Planted rotation"):]
+    out.write_text("# Results\n")
+    subprocess.run([*cmd, "--render-only"], check=True, env=ENV, capture_output=True)
+    assert out.read_text().endswith(section)

@@ -486,7 +486,7 @@ def _print_summary(console, summary, best, out) -> None:
     from rich.table import Table
 
     t = Table(title="alignment search: held-out IIA over seeds")
-    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "train IIA", "no-op",
+    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "train IIA", "vocab IIA", "no-op",
                 "random-init", "rival", "seed agree (random)", "site patch", "warnings"):
         t.add_column(col, no_wrap=col != "warnings")
 
@@ -498,7 +498,8 @@ def _print_summary(console, summary, best, out) -> None:
         agree = f(r, "seed_agreement", 2)
         t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
                   str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
-                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "train_iia_mean"), f(r, "iia_null_mean"),
+                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "train_iia_mean"), f(r, "iia_vocab_mean"),
+                  f(r, "iia_null_mean"),
                   f(r, "iia_random_model_mean"),
                   f(r, "iia_rival_mean"), agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})",
                   f(r, "iia_site_patch_mean"), str(r.get("warnings") or ""))

@@ -51,7 +51,7 @@ from roadinterp.io import load_json, write_text_atomic
 
 RESULT_COLUMNS = [
     "task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
-    "iia_random_model", "iia_rival", "rival", "seconds", "iia_null", "iia_rival_null",
+    "iia_vocab", "iia_random_model", "iia_rival", "rival", "seconds", "iia_null", "iia_rival_null",
     "seed_agreement", "seed_agreement_chance",
 ]
 SAVED_KINDS = {"cell": "cells", "subspace": "subspaces"}  # what -> folder of the run directory

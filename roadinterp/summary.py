@@ -18,12 +18,15 @@ import pandas as pd
 
 from roadinterp.controls import cell_warnings, is_control_column, join_codes, null_iia
 
+SCORES = ("train_iia", "iia_vocab")  # per-seed scores beside ``iia`` (not controls): summarised like controls
+
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, spread and range over seeds per (family, layer, component, position, size), with warnings.
 
-    Every control column (``iia_*``, ``train_iia_rival[...]``, ``dormant_fraction``) gets
-    ``_mean`` and ``_max``; ``warnings`` holds :func:`roadinterp.controls.cell_warnings`
+    ``train_iia`` and ``iia_vocab`` (held-out IIA over the full vocabulary), when stored and not
+    all empty (vector tasks, runs from before the column), and every control column (``iia_*``,
+    ``train_iia_rival[...]``, ``dormant_fraction``) get ``_mean`` and ``_max``; ``warnings`` holds :func:`roadinterp.controls.cell_warnings`
     of the row, ``;``-separated. ``seed_agreement`` (when stored): mean principal-angle cosine
     between the seeds' learned subspaces (:mod:`roadinterp.subspace`), with
     ``seed_agreement_chance`` for random subspaces.
@@ -33,7 +36,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     keys = ["family", "layer", "component", "position", "size"]
     agg = {"iia": ["mean", "std", "min", "max", "count"]}
     for c in table.columns:
-        if (c == "train_iia" or is_control_column(c)) and pd.to_numeric(table[c], errors="coerce").notna().any():
+        if (c in SCORES or is_control_column(c)) and pd.to_numeric(table[c], errors="coerce").notna().any():
             agg[c] = ["mean", "max"]
     agree = [c for c in ("seed_agreement", "seed_agreement_chance") if c in table and table[c].notna().any()]
     for c in agree:  # one value per cell, repeated on its seeds' rows

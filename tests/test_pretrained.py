@@ -109,6 +109,7 @@ def test_align_cell_on_smollm2_ioi_through_the_cli(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     (cell,) = out["cells"]
     assert cell["task"] == "ioi" and cell["model"] == "zoo:smollm2-135m"
-    for key in ("iia", "train_iia", "iia_random_model", "iia_rival", "iia_null"):
+    for key in ("iia", "train_iia", "iia_vocab", "iia_random_model", "iia_rival", "iia_null"):
         assert 0.0 <= cell[key] <= 1.0, (key, cell)
+    assert cell["iia_vocab"] <= cell["iia"]  # top-1 over 49152 tokens, not only among the names
     assert json.loads((tmp_path / "run" / "run.json").read_text())["batch_size"] == 16

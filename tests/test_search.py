@@ -24,7 +24,7 @@ SMALL = ["--task", "hierarchical-equality", "--layers", "0,2", "--family", "neur
 SMALL_CFG = dict(task="hierarchical-equality", layers=[0, 2], families=["neuron", "road"], sizes=[2], seeds=2,
                  n_train=256, n_test=256, epochs=1, controls=False)
 COMPARE = ["task", "model", "family", "layer", "component", "position", "size", "seed", "iia", "train_iia",
-           "iia_random_model", "iia_rival"]
+           "iia_vocab", "iia_random_model", "iia_rival"]
 
 
 def _env():
@@ -129,9 +129,10 @@ def test_search_local_with_controls_and_summary(tmp_path):
     assert torch.equal(iv.matrix(), again.matrix())
     assert plot_angles(tmp_path / "run", tmp_path / "angles.html").stat().st_size > 1000
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
-    assert list(csv.columns[:14]) == ["task", "model", "family", "layer", "component", "position", "size",
-                                       "seed", "iia", "train_iia", "iia_random_model", "iia_rival", "rival",
-                                       "seconds"]
+    assert list(csv.columns[:15]) == ["task", "model", "family", "layer", "component", "position", "size",
+                                       "seed", "iia", "train_iia", "iia_vocab", "iia_random_model", "iia_rival",
+                                       "rival", "seconds"]
+    assert csv["iia_vocab"].isna().all()  # a vector task: no vocabulary to take a top-1 over
 
 
 # long enough per cell that the run is still going when two cells are stored (training got fast)

@@ -8,7 +8,7 @@ The data flow, in the order the modules run:
     train.train_dii (one seed) / batched.train_dii_batched (K seeds of a cell, grouped)
         │
         ▼
-    fit.fit_cell: build K candidates ─▶ runners.make_runner ─▶ Adam steps ─▶ fit.iia
+    fit.fit_cell: build K candidates ─▶ runners.make_runner ─▶ Adam steps ─▶ fit.iia_scores (answers, vocabulary)
                                              │
                                              ▼
                         kvreplay (causal LMs: cached keys/values, only the intervened positions run)
@@ -22,7 +22,7 @@ fast (``_tables``: what both share). No I/O and no plotting happen in this packa
 
 from roadinterp.dii.batched import batch_groups, supports_batched, train_dii_batched
 from roadinterp.dii.config import ENGINES, DIIConfig, TrainResult, check_cell, make_data
-from roadinterp.dii.fit import fit_cell, iia
+from roadinterp.dii.fit import fit_cell, iia, iia_scores
 from roadinterp.dii.runners import make_runner
 from roadinterp.dii.train import randomized_copy, train_dii
 
@@ -34,6 +34,7 @@ __all__ = [
     "check_cell",
     "fit_cell",
     "iia",
+    "iia_scores",
     "make_data",
     "make_runner",
     "randomized_copy",

@@ -52,6 +52,18 @@ def per_row_reason(site, data, engine: str) -> str | None:
     return None
 
 
+def answer_columns(task) -> torch.Tensor | None:
+    """The vocabulary id of each answer of ``task`` (label ``i`` -> ``answer_columns(task)[i]``).  # long [n_classes]
+
+    ``None`` for a task that reads no vocabulary (vector tasks: ``task.logits`` are class
+    scores). Token tasks read the last position's logits at these columns; the KV engine
+    computes only them while training, and every engine's full-vocabulary IIA compares the
+    top-1 token against them.
+    """
+    ids = getattr(task, "answer_ids", None)
+    return None if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
+
+
 def _row_hash(raw: np.ndarray) -> np.ndarray:
     """64-bit hash of every row of a ``[n, bytes]`` uint8 array.  # [n] uint64"""
     n, w = raw.shape

@@ -94,7 +94,11 @@ class DIIConfig:
 
 @dataclass
 class TrainResult:
-    """Outcome of one DII run. ``iia`` is held-out interchange intervention accuracy."""
+    """Outcome of one DII run. ``iia`` is held-out interchange intervention accuracy over the
+    task's answers (argmax among the answer tokens / classes), ``train_iia`` the same on the
+    training counterfactuals, ``iia_vocab`` held-out IIA over the model's full vocabulary (the
+    top-1 token at the last position is the counterfactual answer's; MIB's reading; ``None``
+    for tasks without answer tokens, such as vector tasks)."""
 
     iia: float
     train_iia: float
@@ -106,13 +110,14 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     interventions: list = field(default_factory=list, repr=False)
     engine: str = "pyvene"  # the engine that ran the steps (kv, kv-bf16, replay or pyvene: a results column)
+    iia_vocab: float | None = None
 
     def row(self) -> dict[str, Any]:
         return {
             "family": self.config.family, "layer": self.site.layer, "component": self.site.component,
             "position": str(self.site.positions), "size": self.config.size, "seed": self.config.seed,
             "hypothesis": self.config.hypothesis, "iia": self.iia, "train_iia": self.train_iia,
-            "seconds": self.seconds, "engine": self.engine,
+            "iia_vocab": self.iia_vocab, "seconds": self.seconds, "engine": self.engine,
         }
 
 

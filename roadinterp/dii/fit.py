@@ -8,7 +8,8 @@ runs the steps: every candidate draws exactly the minibatch it would draw alone
 (its own seeded order), the rows of all candidates go through one forward, and the
 loss is the sum of the candidates' own mean cross-entropies, so each candidate's
 gradient sees only its rows and Adam (element-wise) keeps their updates apart.
-:func:`iia` scores every candidate on its held-out rows in shared forwards.
+:func:`iia_scores` scores every candidate on its held-out rows in shared forwards, over the
+task's answers (``iia``) and over the full vocabulary (``iia_vocab``, token tasks).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from roadinterp._scoped import seeded, torch_threads
+from roadinterp.dii._tables import answer_columns
 from roadinterp.dii.config import DIIConfig, TrainResult, cell_variables, make_data
 from roadinterp.dii.runners import make_runner
 from roadinterp.finite import check_step
@@ -33,29 +35,44 @@ def _route(iv, rows):
 
 
 @torch.no_grad()
-def iia(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], sizes: Sequence[int], *,
-        batch_size: int = 1024, max_rows: int = 8192) -> list[float]:
-    """IIA of candidate ``k`` on the first ``sizes[k]`` rows of ``handles[k]``, all candidates in the same forwards.
+def iia_scores(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], sizes: Sequence[int], *,
+               vocab: bool = False, batch_size: int = 1024, max_rows: int = 8192
+               ) -> tuple[list[float], list[float] | None]:
+    """Candidate ``k``'s IIA on the first ``sizes[k]`` rows of ``handles[k]``: over the task's
+    answers and, with ``vocab``, over the whole vocabulary; all candidates in the same forwards.
 
+    Answer-set IIA: the argmax of ``task.logits`` (the answer tokens' logits of a token task)
+    is the counterfactual label. Full-vocabulary IIA (MIB's reading): the top-1 token of the
+    whole vocabulary at the last position is the label's answer token, so it is never above
+    the answer-set IIA. It needs a task with answer ids (:func:`answer_columns`); for a task
+    without (vector tasks), and without ``vocab``, the second list is ``None``.
     ``runner``/``handles`` come from :func:`roadinterp.dii.runners.make_runner`; ``iv`` is
     the (stacked) intervention the rows are routed through. Each forward takes up to
     ``batch_size`` rows of every dataset (fewer when that would exceed ``max_rows`` in total).
     """
+    columns = answer_columns(task) if vocab else None
     K = len(handles)
     chunk = max(1, min(batch_size, max_rows // K))
-    correct = [0] * K
+    correct = torch.zeros(2, K, dtype=torch.long)  # [answers / vocabulary, K]
     for start in range(0, max(sizes), chunk):
         idx = [torch.arange(start, min(start + chunk, n)) for n in sizes]
         keep = [k for k in range(K) if len(idx[k])]
         rows = torch.repeat_interleave(torch.tensor(keep), torch.tensor([len(idx[k]) for k in keep]))
         with _route(iv, rows):
-            out = runner([(handles[k], idx[k]) for k in keep])
+            out = runner([(handles[k], idx[k]) for k in keep], vocab=columns is not None)
         y = torch.cat([labels[k][idx[k]] for k in keep])
-        hit = (task.logits(out).argmax(-1) == y).long()
-        per = torch.zeros(K, dtype=torch.long).index_add_(0, rows, hit)
-        for k in keep:
-            correct[k] += int(per[k])
-    return [correct[k] / max(sizes[k], 1) for k in range(K)]
+        correct[0].index_add_(0, rows, (task.logits(out).argmax(-1) == y).long())
+        if columns is not None:  # the last position's logits over the vocabulary, where TokenTask.logits reads
+            full = out.logits if hasattr(out, "logits") else out[0]  # [n, seq, vocab]
+            correct[1].index_add_(0, rows, (full[:, -1].argmax(-1) == columns[y]).long())
+    scores = [[int(c) / max(n, 1) for c, n in zip(row, sizes)] for row in correct.tolist()]
+    return scores[0], (scores[1] if columns is not None else None)
+
+
+def iia(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], sizes: Sequence[int], *,
+        batch_size: int = 1024, max_rows: int = 8192) -> list[float]:
+    """The answer-set IIA of :func:`iia_scores` (training sets and controls: no full unembedding)."""
+    return iia_scores(runner, iv, task, handles, labels, sizes, batch_size=batch_size, max_rows=max_rows)[0]
 
 
 def _anneal_boundless(interventions, step: int, total: int) -> None:
@@ -118,7 +135,8 @@ def fit_cell(model, task, site: Site, configs: Sequence[DIIConfig], data: Sequen
         losses = _fit(runner, task, ivs, h_trains, [tr.labels for tr in trains], configs)
         for v in ivs:
             v.eval()
-        iias = iia(runner, iv, task, [h_test] * K, [test.labels] * K, [len(test)] * K)
+        iias, vocab_iias = iia_scores(runner, iv, task, [h_test] * K, [test.labels] * K, [len(test)] * K,
+                                      vocab=True)
         n_tr = min(len(trains[0]), first.n_test)
         train_iias = iia(runner, iv, task, h_trains, [tr.labels for tr in trains], [n_tr] * K)
     seconds = (time.perf_counter() - t0) / K
@@ -129,7 +147,7 @@ def fit_cell(model, task, site: Site, configs: Sequence[DIIConfig], data: Sequen
         out.append(TrainResult(
             iia=iias[k], train_iia=train_iias[k], site=site, config=c, variables=variables,
             coords=builds[k].coords, seconds=seconds, losses=losses[k], interventions=result_ivs,
-            engine=runner.engine,
+            engine=runner.engine, iia_vocab=None if vocab_iias is None else vocab_iias[k],
         ))
     return out
 

@@ -31,7 +31,7 @@ engine does), runs the model's own decoder layers after the site on ``[N, T, d]`
 small cache object that hands each attention its row's cached prefix, then the final
 norm and the rows of the unembedding the task reads (``task.answer_ids``). The output's
 ``logits`` are ``[N, 1, vocab]``, zero outside those columns, so ``task.logits`` reads it
-unchanged. :func:`prepare` refuses (``None`` and a reason) what it cannot run exactly;
+unchanged; ``runner(parts, vocab=True)`` (held-out evaluation only) fills every column. :func:`prepare` refuses (``None`` and a reason) what it cannot run exactly;
 ``make_runner`` verifies on a few rows before use and otherwise falls back to replay.
 """
 
@@ -49,6 +49,7 @@ from roadinterp.dii._tables import (
     InputIndex,
     ReplayRows,
     Stop,
+    answer_columns,
     first,
     forward_kwargs,
     interchange,
@@ -395,8 +396,7 @@ class KVReplayRunner:
             p.requires_grad_(False)
         self.interventions, self.coords = list(interventions), [list(c) for c in coords]
         self.named_positions, self.max_bytes, self.reason = task.positions, max_bytes, ""
-        ids = getattr(task, "answer_ids", None)
-        self.columns = None if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
+        self.columns = answer_columns(task)  # the unembedding rows a training step computes
         # the tail starts at the site's block (block_input) or the next one (block_output)
         self.start = site.layer + (site.component == "block_output")
         self.table: CleanRuns | None = None
@@ -443,7 +443,8 @@ class KVReplayRunner:
         chunks = iter(ids.split([len(next(iter(p.values()))) for p in parts]))
         return [ReplayRows(torch.stack([next(chunks) for _ in range(1 + len(d.sources))], 1)) for d in datasets]
 
-    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
+    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]], *, vocab: bool = False):
+        """The intervened output of ``parts``; ``vocab``: every unembedding row, not only the answers'."""
         from transformers.modeling_outputs import CausalLMOutput
 
         table = self.table
@@ -460,7 +461,7 @@ class KVReplayRunner:
         X = res.index_select(0, rows.reshape(-1).to(dev)).view(n, 1 + V, table.T, -1)[:, :, pos]  # [N, 1+V, u, d]
         h[:, pos] = interchange(self.interventions, self.coords, X).to(h.dtype)
         h = table.tail(h.to(self.parts.head.weight.dtype), self.start, rows[:, 0].to(dev))
-        cols = None if self.columns is None else self.columns.to(dev)
+        cols = None if vocab or self.columns is None else self.columns.to(dev)
         return CausalLMOutput(logits=table.logits(h, cols))
 
     @torch.no_grad()
@@ -474,8 +475,7 @@ class KVReplayRunner:
             raise ConfigError("the clean-run table was cleared while verifying")
         h = self.table.res[:, self.start].index_select(0, ids)
         h = self.table.tail(h.to(self.parts.head.weight.dtype), self.start, ids)
-        cols = None if self.columns is None else self.columns
-        got = read(CausalLMOutput(logits=self.table.logits(h, cols)))
+        got = read(CausalLMOutput(logits=self.table.logits(h, self.columns)))
         ref = read(self.model(**part, **forward_kwargs(self.model)))
         if ref.shape != got.shape:
             raise ConfigError(f"KV-replayed reading has shape {list(got.shape)}, the model's {list(ref.shape)}")

@@ -3,7 +3,10 @@
 Both trainers (``train_dii``, ``train_dii_batched``, through :mod:`roadinterp.dii.fit`) see
 only this interface: ``runner.prepare(data)`` (or ``make_runner(..., datasets=...)``) turns
 each dataset into a *handle*, and ``runner([(handle, row_ids), ...])`` returns the model
-output for those rows with the interventions applied at the site.
+output for those rows with the interventions applied at the site. ``runner(..., vocab=True)``
+promises logits over the whole vocabulary at the last position (the held-out
+full-vocabulary IIA); without it a runner may compute only the task's answer columns (the
+KV engine does, the others always return the model's full output).
 :class:`~roadinterp.dii.kvreplay.KVReplayRunner` (causal LMs: only the intervened positions
 run, on cached keys/values) and :class:`ReplayRunner` (cached site states,
 :class:`~roadinterp.dii.replay.SiteReplay`; only what follows the site runs) are the fast
@@ -46,7 +49,7 @@ class PyveneRunner:
         """One handle holding the rows of ``handles`` one after the other."""
         return CounterfactualBatch.concat(handles)
 
-    def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]]):
+    def __call__(self, parts: Sequence[tuple[CounterfactualBatch, torch.Tensor]], *, vocab: bool = False):
         subs = [d.subset(idx) for d, idx in parts]
         b = subs[0] if len(subs) == 1 else CounterfactualBatch.concat(subs)
         return run_dii(self.pvm, self.site, b.base, b.sources, self.coords, named_positions=self.named_positions,
@@ -118,7 +121,7 @@ class ReplayRunner:
                 self._tail_pos = torch.as_tensor([keep.index(int(p)) for p in self._pos])
         return self._tail, self._tail_pos
 
-    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]]):
+    def __call__(self, parts: Sequence[tuple[ReplayRows, torch.Tensor]], *, vocab: bool = False):
         tail, tail_pos = self._views()
         units = self._units
         rows = torch.cat([r.rows.index_select(0, i) for r, i in parts]) if len(parts) > 1 \

@@ -235,8 +235,9 @@ def _summary_html(summary: pd.DataFrame) -> str:
     has_rand = "iia_random_model_mean" in summary
     has_rival = "iia_rival_mean" in summary
     has_null = "iia_null_mean" in summary
-    has_train = "train_iia_mean" in summary
-    header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"] + (["train IIA"] if has_train else [])
+    has_train, has_vocab = "train_iia_mean" in summary, "iia_vocab_mean" in summary
+    header = [*_CELL_KEYS, "IIA mean ± std", "range", "seeds"] + (["train IIA"] if has_train else []) \
+        + (["full-vocabulary IIA"] if has_vocab else [])
     has_rival_null = "iia_rival_null_mean" in summary
     if has_null:
         header.append("no-op baseline")
@@ -253,6 +254,8 @@ def _summary_html(summary: pd.DataFrame) -> str:
         row += [f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}", f"{r['iia_min']:.3f}–{r['iia_max']:.3f}", int(r["n_seeds"])]
         if has_train:  # memorisation shows as train IIA far above held-out IIA
             row.append(_num(r["train_iia_mean"]))
+        if has_vocab:  # top-1 over every token, not only among the answers (MIB's reading)
+            row.append(_num(r["iia_vocab_mean"]))
         if has_null:
             row.append(_num(r["iia_null_mean"]))
         if has_rand:
@@ -473,6 +476,8 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
                         "means over fewer seeds than configured are less reliable.</p>")
         body.append("<h2>Summary over seeds</h2>")
         body.append('<p class="meta">One row per cell (family, layer, component, position, size), best mean first. '
+                    "IIA: the argmax among the task's answers is the counterfactual label; full-vocabulary IIA "
+                    "(token tasks): the top-1 token of the whole vocabulary is its answer token. "
                     "Controls: IIA of the same cell on a randomly initialised model and for the task's rival "
                     "hypothesis; a real alignment scores high on IIA and low on both.</p>")
         body.append(_collapsed(summary, _summary_html, "cells"))

@@ -71,10 +71,28 @@ def _scan(cfg: dict, layers, seeds: int, engine: str, dtype: str):
     return table, time.perf_counter() - t0
 
 
-def _steps(cfg: dict) -> dict:
-    """Milliseconds of one fwd+bwd DII step per family at ``step_layer``: the KV engine, and pyvene
-    for ``naive_step_families`` (median of ``reps`` after a warm-up)."""
+def make_step(model, task, data, site: Site, width: int, family: str, size: int, engine: str):
+    """One DII forward + backward of ``family`` on all of ``data`` at ``site`` by ``engine``, as a callable."""
     from roadinterp.dii.runners import make_runner
+
+    built = get_family(family).build(width, [size] * len(data.sources), seed=0)
+    runner, (h,) = make_runner(model, site, task, built.interventions, built.coords, shared=built.shared,
+                               datasets=[data], engine=engine)
+    params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters()
+              if p.requires_grad]
+    idx = torch.arange(len(data))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(task.logits(runner([(h, idx)])).float(), data.labels)
+        if params:
+            loss.backward()
+
+    step.engine = runner.engine
+    return step
+
+
+def step_setup(cfg: dict):
+    """The model, bound task, training counterfactuals, site and width of ``cfg``'s step measurements."""
     from roadinterp.search import get_bound_task, get_model
     from roadinterp.sites import site_width
 
@@ -82,32 +100,29 @@ def _steps(cfg: dict) -> dict:
     task = get_bound_task(cfg["task"], cfg["model"])
     data = task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=cfg["variables"])
     site = Site(cfg["step_layer"], "block_output", "last")
-    width = site_width(model, site)
+    return model, task, data, site, site_width(model, site)
+
+
+def _steps(cfg: dict) -> dict:
+    """Milliseconds of one fwd+bwd DII step per family at ``step_layer``: the KV engine, and pyvene
+    for ``naive_step_families`` (median of ``reps`` after a warm-up)."""
+    model, task, data, site, width = step_setup(cfg)
     out: dict = {}
     for fam in cfg["step_families"]:
         row = {}
         for engine in ("kv", "pyvene") if fam in cfg["naive_step_families"] else ("kv",):
-            built = get_family(fam).build(width, [cfg["size"]] * len(data.sources), seed=0)
-            runner, (h,) = make_runner(model, site, task, built.interventions, built.coords, shared=built.shared,
-                                       datasets=[data], engine=engine)
-            params = [p for iv in {id(i): i for i in built.interventions}.values() for p in iv.parameters()
-                      if p.requires_grad]
-            idx = torch.arange(len(data))
+            step = make_step(model, task, data, site, width, fam, cfg["size"], engine)
             times = []
             for _ in range(cfg["reps"] + 1):  # the first is a warm-up
                 t0 = time.perf_counter()
-                loss = torch.nn.functional.cross_entropy(task.logits(runner([(h, idx)])).float(), data.labels)
-                if params:
-                    loss.backward()
+                step()
                 times.append(time.perf_counter() - t0)
             row[engine] = 1000 * sorted(times[1:])[len(times[1:]) // 2]
         if "pyvene" in row:
             row["ratio"] = ratio(row["pyvene"], row["kv"])
         out[fam] = row
         _progress("step", family=fam, **row)
-    built = get_family("butterfly").build(width, [cfg["size"]] * len(data.sources), seed=0)
-    runner, _ = make_runner(model, site, task, built.interventions, built.coords, shared=True, datasets=[data])
-    out["_auto_picks"] = runner.engine  # what the scan's engine="auto" ran
+    out["_auto_picks"] = make_step(model, task, data, site, width, "butterfly", cfg["size"], "auto").engine
     return out
 
 

@@ -55,3 +55,20 @@ def test_bench_lm_quick_returns_its_keys():
     assert out["ratios"]["iia_gap"] <= 0.02  # fp32 on both arms in the quick setting: the same IIA
     assert set(out["step_ms"]) == {"butterfly", "das"}
     assert all(r["kv"] > 0 and r["pyvene"] > 0 for r in out["step_ms"].values())
+
+
+def test_profile_step_quick_profiles_both_engines():
+    from benchmarks.profile_step import markdown, run
+
+    out = run(quick=True)
+    json.dumps(out)
+    pv, kv = out["engines"]["pyvene"], out["engines"]["kv"]
+    assert pv["engine"] == "pyvene" and kv["engine"] == "kv"  # each engine really ran (no silent fallback)
+    for e in (pv, kv):
+        assert e["wall_s"] > 0 and e["groups"]["matmul"]["calls"] > 0
+        assert abs(sum(g["share"] for g in e["groups"].values()) - 1) < 1e-6
+        assert e["top"] and all(r["op"].startswith("aten::") for r in e["top"])
+    # the KV engine runs one position of the blocks after the site, pyvene every position of all of them
+    assert kv["groups"]["matmul"]["calls"] < pv["groups"]["matmul"]["calls"]
+    table = markdown(out)
+    assert "pyvene (before)" in table and f"{kv['wall_s']:.3f} s" in table

@@ -278,3 +278,25 @@ def test_align_through_the_cli_writes_iia_vocab(tmp_path):
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
     assert csv["iia_vocab"].notna().all() and (csv["iia_vocab"] <= csv["iia"]).all()
     assert "full-vocabulary IIA" in (tmp_path / "run" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_smollm2_ioi_iia_vocab_is_the_brute_force_one_on_kv_and_pyvene():
+    """The real LM (vocab 49152) on IOI's padded prompts: the KV engine's full unembedding at
+    evaluation and pyvene's full forward give the hooked-forward reference, row for row."""
+    from roadinterp.frozen import get_bound_task, get_model
+
+    model, task = get_model("zoo:smollm2-135m"), get_bound_task("ioi", "zoo:smollm2-135m")
+    data = task.counterfactuals(48, split="test", seed=0, variables=("io_position",))
+    site = Site(20, "block_output", "last")
+    built = _perturbed("butterfly", model.config.hidden_size, 1)
+    columns = answer_columns(task)
+    hit_a, hit_v = brute_force_hits(model, site, built.interventions, built.coords, data, columns)
+    want = (int(hit_a.sum()) / len(data), int(hit_v.sum()) / len(data))
+    assert want[1] <= want[0]
+    for engine in ("kv", "pyvene"):
+        runner, (h,) = make_runner(model, site, task, built.interventions, built.coords, shared=built.shared,
+                                   datasets=[data], engine=engine)
+        got = iia_scores(runner, built.interventions[0], task, [h], [data.labels], [len(data)], vocab=True,
+                         batch_size=16)
+        assert (got[0][0], got[1][0]) == pytest.approx(want, abs=1e-12), (engine, got, want)

@@ -34,6 +34,9 @@ def _route(iv, rows):
     return iv.rows(rows) if isinstance(iv, RoadInterchange) else contextlib.nullcontext()
 
 
+VOCAB_MAX_ROWS = 1024  # rows per forward when scoring over the vocabulary: 1024 x 49152 fp32 logits = 200 MB
+
+
 @torch.no_grad()
 def iia_scores(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], sizes: Sequence[int], *,
                vocab: bool = False, batch_size: int = 1024, max_rows: int = 8192
@@ -48,9 +51,12 @@ def iia_scores(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tenso
     without (vector tasks), and without ``vocab``, the second list is ``None``.
     ``runner``/``handles`` come from :func:`roadinterp.dii.runners.make_runner`; ``iv`` is
     the (stacked) intervention the rows are routed through. Each forward takes up to
-    ``batch_size`` rows of every dataset (fewer when that would exceed ``max_rows`` in total).
+    ``batch_size`` rows of every dataset (fewer when that would exceed ``max_rows`` in total,
+    or :data:`VOCAB_MAX_ROWS` with ``vocab``).
     """
     columns = answer_columns(task) if vocab else None
+    if columns is not None:
+        max_rows = min(max_rows, VOCAB_MAX_ROWS)
     K = len(handles)
     chunk = max(1, min(batch_size, max_rows // K))
     correct = torch.zeros(2, K, dtype=torch.long)  # [answers / vocabulary, K]
@@ -61,10 +67,10 @@ def iia_scores(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tenso
         with _route(iv, rows):
             out = runner([(handles[k], idx[k]) for k in keep], vocab=columns is not None)
         y = torch.cat([labels[k][idx[k]] for k in keep])
-        correct[0].index_add_(0, rows, (task.logits(out).argmax(-1) == y).long())
+        correct[0].index_add_(0, rows, (task.logits(out).argmax(-1).cpu() == y).long())
         if columns is not None:  # the last position's logits over the vocabulary, where TokenTask.logits reads
             full = out.logits if hasattr(out, "logits") else out[0]  # [n, seq, vocab]
-            correct[1].index_add_(0, rows, (full[:, -1].argmax(-1) == columns[y]).long())
+            correct[1].index_add_(0, rows, (full[:, -1].argmax(-1).cpu() == columns[y]).long())
     scores = [[int(c) / max(n, 1) for c, n in zip(row, sizes)] for row in correct.tolist()]
     return scores[0], (scores[1] if columns is not None else None)
 

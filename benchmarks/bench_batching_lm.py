@@ -238,7 +238,7 @@ def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = 
     gather_1000 = _gather_cost(bank_model, pick)
     gather_16 = _gather_cost(road_model, distinct)
     return {
-        "benchmark": "batching", "setting": "lm", "model": spec, "quick": quick, "config": cfg,
+        "benchmark": "batching", "setting": "lm", "device": str(device), "model": spec, "quick": quick, "config": cfg,
         "n_road_layers": len(paths), "prompt_lengths": [len(r) for r in rows], "padded_to": int(ids.shape[1]),
         "tail": fused.status(),
         "ratios": ratios, "ratio_spread": spread, "tokens_per_s": tps, "median_s": med,

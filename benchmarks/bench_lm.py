@@ -36,11 +36,11 @@ from benchmarks.common import machine, main, ratio
 from roadinterp.interventions import get_family
 from roadinterp.sites import Site, n_layers
 
-FULL = dict(model="zoo:smollm2-135m", task="ioi", variables=["io_position"], dtype="float32", seeds=3, n_train=256,
+FULL = dict(model="zoo:smollm2-135m", device="auto", task="ioi", variables=["io_position"], dtype="float32", seeds=3, n_train=256,
             n_test=128, epochs=2,
             batch_size=32, size=8, naive_layers=[22], naive_seeds=1, step_layer=15, step_batch=32,
             step_families=["butterfly", "road", "neuron", "das", "lowrank"], naive_step_families=["butterfly"], reps=3)
-QUICK = dict(model="zoo:interval-llama", task="interval", variables=None, dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
+QUICK = dict(model="zoo:interval-llama", device="auto", task="interval", variables=None, dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
              batch_size=32, size=4, naive_layers=[1], naive_seeds=1, step_layer=1, step_batch=8,
              step_families=["butterfly", "das"], naive_step_families=["butterfly", "das"], reps=1)
 
@@ -48,6 +48,19 @@ QUICK = dict(model="zoo:interval-llama", task="interval", variables=None, dtype=
 def _progress(phase: str, **data) -> None:
     """One JSON line on stderr per finished phase or cell (a long run can be followed, or cut short)."""
     print(json.dumps({"t": round(time.time(), 1), "phase": phase, **data}, default=str), file=sys.stderr, flush=True)
+
+
+def _device(cfg: dict) -> str:
+    """The device ``cfg["device"]`` resolves to here (``auto``: a GPU when there is one)."""
+    from roadinterp import zoo
+
+    return str(zoo._resolve_device(cfg["device"]))
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so a timestamp covers it (no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _peak_rss_gb() -> float:
@@ -67,7 +80,7 @@ def _scan(cfg: dict, layers, seeds: int, engine: str, dtype: str):
     table = search(task=cfg["task"], model=cfg["model"], variables=cfg["variables"], layers=list(layers), positions=["last"],
                    families=["butterfly"], sizes=[cfg["size"]], seeds=seeds, controls=True, n_train=cfg["n_train"],
                    n_test=cfg["n_test"], epochs=cfg["epochs"], batch_size=cfg["batch_size"], batched=True,
-                   engine=engine, device="cpu", dtype=dtype, on_cell=on_cell)
+                   engine=engine, device=cfg["device"], dtype=dtype, on_cell=on_cell)
     return table, time.perf_counter() - t0
 
 
@@ -96,9 +109,11 @@ def step_setup(cfg: dict):
     from roadinterp.search import get_bound_task, get_model
     from roadinterp.sites import site_width
 
-    model = get_model(cfg["model"], "cpu", "float32")
+    from roadinterp.frozen import place
+
+    model = get_model(cfg["model"], cfg["device"], "float32")
     task = get_bound_task(cfg["task"], cfg["model"])
-    data = task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=cfg["variables"])
+    data = place(task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=cfg["variables"]), model)
     site = Site(cfg["step_layer"], "block_output", "last")
     return model, task, data, site, site_width(model, site)
 
@@ -114,8 +129,10 @@ def _steps(cfg: dict) -> dict:
             step = make_step(model, task, data, site, width, fam, cfg["size"], engine)
             times = []
             for _ in range(cfg["reps"] + 1):  # the first is a warm-up
+                _sync()
                 t0 = time.perf_counter()
                 step()
+                _sync()
                 times.append(time.perf_counter() - t0)
             row[engine] = 1000 * sorted(times[1:])[len(times[1:]) // 2]
         if "pyvene" in row:
@@ -156,7 +173,7 @@ def _run(cfg: dict, quick: bool) -> dict:
 
     from roadinterp.search import get_bound_task, get_model
 
-    all_layers = list(range(n_layers(get_model(cfg["model"], "cpu", cfg["dtype"]))))
+    all_layers = list(range(n_layers(get_model(cfg["model"], cfg["device"], cfg["dtype"]))))
     layers = cfg.get("layers") or all_layers
     get_bound_task(cfg["task"], cfg["model"])  # untimed: binding filters the prompts once (cached on disk)
     # the naive arm runs in its own process meanwhile (it would take as long as the whole scan
@@ -180,7 +197,7 @@ def _run(cfg: dict, quick: bool) -> dict:
                                           iia_rival=("iia_rival", "mean"), iia_null=("iia_null", "mean"))
     best = int(per_layer["iia"].idxmax())
     return {
-        "benchmark": "lm", "quick": quick, "config": dict(cfg), "device": "cpu",
+        "benchmark": "lm", "quick": quick, "config": dict(cfg), "device": _device(cfg),
         "engine": steps.pop("_auto_picks"),
         "seconds": {"scan": fast_s, "naive_subset": naive_s, "kv_per_cell": kv_cell, "naive_per_cell": naive_cell,
                     "naive_scan_extrapolated": naive_cell * len(fast)},

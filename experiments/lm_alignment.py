@@ -19,6 +19,7 @@ from whatever cells are stored (a scan cut short says so).
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
@@ -73,6 +74,17 @@ def command(args, task: str, variable: str, name: str, families: str) -> str:
             f"--batch-size {c['batch_size']} --workers {args.workers} --out {args.run}/{name}")
 
 
+TIMING = "timing.json"  # a live scan's wall time, kept in its run directory for --render-only
+
+
+def _wall(run: Path) -> float:
+    """Wall seconds of the live scan that filled ``run`` (NaN when none was recorded)."""
+    try:
+        return float(json.loads((run / TIMING).read_text())["wall_s"])
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+
+
 def _f(r, key: str) -> str:
     v = r.get(key, float("nan"))
     return "–" if v != v else f"{v:.3f}"
@@ -101,7 +113,7 @@ def render(results, args) -> str:
         kept = f"{stats['train']['kept']}/{stats['train']['n']} / {stats['test']['kept']}/{stats['test']['n']}"
         lines += [f"### {task}: `{var}`", "",
                   f"Base accuracy (full vocabulary) train / test {acc}; kept prompts {kept}; wall time "
-                  f"{secs / 60:.1f} min.", "",
+                  + ("not recorded" if secs != secs else f"{secs / 60:.1f} min") + ".", "",
                   "| family | layer | seeds | held-out IIA | range | vocab IIA | train IIA | no-op | site patch | "
                   "random-init | rival (its no-op) | warnings |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         s = ri.summarize(table).sort_values(["family", "layer"])
@@ -123,8 +135,8 @@ def render(results, args) -> str:
         lines.append(f"- **Not in this section** (not run, or no stored cells): {', '.join(missing)}; "
                      f"`python experiments/lm_alignment.py --scans {','.join(missing)} --run {args.run}` runs them.")
     if args.partial:
-        lines.append("- Rendered from stored cells (`--render-only`); wall time is from each run directory's first "
-                     "to last write. Peak memory is not recorded by a render.")
+        lines.append(f"- Rendered from stored cells (`--render-only`); wall times are the live scans' (`{TIMING}` in "
+                     "each run directory). Peak memory is not recorded by a render.")
     else:
         lines.append(f"- Peak memory (max RSS of the scan process, workers excluded): {args.peak_mb:.0f} MiB.")
     return "\n".join(lines)
@@ -156,15 +168,17 @@ def main(argv=None) -> int:
             from roadinterp.store import read_run
 
             if (run / "run.json").is_file():
-                wall = (run / "results.db").stat().st_mtime - (run / "run.json").stat().st_mtime
-                results[name] = (task, var, read_run(run)[1], get_bound_task(task, MODEL).stats, wall)
+                results[name] = (task, var, read_run(run)[1], get_bound_task(task, MODEL).stats, _wall(run))
             continue
         t0 = time.perf_counter()
         scan = {k: v for k, v in args.scan.items() if k != "size"}
         table = ri.search(task=task, model=MODEL, variables=[var], families=args.families.split(","),
                           positions=["last"], sizes=[args.scan["size"]], controls=True, out=str(run), resume=True,
                           workers=args.workers, batched=True, **scan)
-        results[name] = (task, var, table, get_bound_task(task, MODEL).stats, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        results[name] = (task, var, table, get_bound_task(task, MODEL).stats, wall)
+        (run / TIMING).write_text(json.dumps({"wall_s": wall, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                                              "workers": args.workers}))
         print(name, f"{results[name][4]:.0f} s", flush=True)
     args.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_section(args.out, HEADING, render(results, args))

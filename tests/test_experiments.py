@@ -65,15 +65,19 @@ def test_lm_alignment_quick_on_the_real_model(tmp_path):
     assert "### ioi: `io_position`" in text and "--variables io_position" in text
     rows = [l for l in text.splitlines() if l.startswith(("| butterfly | 21 |", "| das | 21 |"))]
     assert len(rows) == 2, text
-    for row in rows:  # family, layer, seeds, IIA, range, train IIA, no-op, site patch, random-init, rival, warnings
+    for row in rows:  # family, layer, seeds, IIA, range, vocab IIA, train IIA, no-op, site patch, random-init, ...
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        assert cells[2] == "2" and all(0 <= float(cells[i]) <= 1 for i in (5, 6, 7, 8)), row
+        assert cells[2] == "2" and all(0 <= float(cells[i]) <= 1 for i in (5, 6, 7, 8, 9)), row
+        assert float(cells[5]) <= float(cells[3].split("±")[0]) + 1e-9  # the full vocabulary is the stricter reading
+    wall = [l for l in text.splitlines() if l.startswith("Base accuracy")]
     import json
 
     assert json.loads((run / "ioi-io_position" / "run.json").read_text())["variables"] == ["io_position"]
     again = subprocess.run([*cmd, "--render-only"], env=ENV, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [l for l in out.read_text().splitlines() if l.startswith("| butterfly | 21 |")] == rows[:1]
+    # the live scan's wall time is kept in the run directory and rendered again
+    assert [l for l in out.read_text().splitlines() if l.startswith("Base accuracy")] == wall and "min." in wall[0]
 
 
 @pytest.mark.slow

@@ -161,13 +161,15 @@ def run_width(dim: int, a) -> tuple[list[dict], dict]:
     for family, depth in a.grid:
         if family == "das" and dim not in a.das_dims:
             continue
-        t0 = time.perf_counter()
-        table = ri.search(task=task.name, model=model, layers=[0], families=[family], sizes=[a.k], seeds=a.seeds,
-                          controls=False, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs,
-                          **({"dii": ri.DIIConfig(depth=depth)} if depth else {}))
         label = family if depth is None else f"{family} (depth {depth})"
+        # with --runs every finished seed is stored and a rerun resumes (das at 576 costs minutes a seed)
+        slug = f"d{dim}-{family}" + (f"-depth{depth}" if depth else "")
+        out = None if a.runs is None else str(Path(a.runs) / slug)
+        table = ri.search(task=task.name, model=model, layers=[0], families=[family], sizes=[a.k], seeds=a.seeds,
+                          controls=False, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs, out=out,
+                          resume=out is not None, **({"dii": ri.DIIConfig(depth=depth)} if depth else {}))
         rows.append({"dim": dim, "family": label, "iia": table["iia"].tolist(), "train_iia": table["train_iia"].tolist(),
-                     "null": float(table["iia_null"].iloc[0]), "seconds": time.perf_counter() - t0})
+                     "null": float(table["iia_null"].iloc[0]), "seconds": float(table["seconds"].sum())})
         print(f"d={dim} {label}: IIA {_stats(rows[-1]['iia'])[0]} train {_stats(rows[-1]['train_iia'])[0]} "
               f"no-op {rows[-1]['null']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows, checks
@@ -211,19 +213,35 @@ def _family_order(label: str) -> tuple:
     return ["das", "lowrank", "butterfly", "road"].index(name), int(depth.rstrip(")") or 0)
 
 
+def free_parameters(label: str, dim: int, k: int) -> int:
+    """Free parameters of a family's basis at width ``dim`` (size ``k`` for each of two variables):
+    angles of the RoAd families as the toolkit builds them; das a rotation of SO(d) (d(d-1)/2);
+    lowrank an orthonormal d x 2k frame (2kd - k(2k+1))."""
+    name, _, depth = label.partition(" (depth ")
+    if name == "das":
+        return dim * (dim - 1) // 2
+    if name == "lowrank":
+        return 2 * k * dim - k * (2 * k + 1)
+    options = {"depth": int(depth.rstrip(")"))} if depth else {}
+    build = ri.get_family(name).build(dim, [k, k], seed=0, **options)
+    return int(build.interventions[0].theta.numel())
+
+
 def render(data: dict) -> str:
     """The docs/results.md section from a stored run (``--data``)."""
     a = data["args"]
     k, m = a["k"], 2 * a["k"]
-    table = ["| d | family | seeds | held-out IIA mean ± std | range | train IIA | no-op | s per seed |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = [("| d | family | free parameters | seeds | held-out IIA mean ± std | range | train IIA | no-op | "
+              "s per seed |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         mean, rng = _stats(r["iia"])
-        table.append(f"| {r['dim']} | {r['family']} | {len(r['iia'])} | {mean} | {rng} | "
+        table.append(f"| {r['dim']} | {r['family']} | {free_parameters(r['family'], r['dim'], k)} | {len(r['iia'])} | "
+                     f"{mean} | {rng} | "
                      f"{statistics.mean(r['train_iia']):.3f} | {r['null']:.3f} | {r['seconds'] / len(r['iia']):.0f} |")
-    oracle = ["| d | model accuracy | planted subspaces (oracle) IIA | random 2k-dim subspace IIA |", "|---|---|---|---|"]
-    oracle += [f"| {c['dim']} | {c['accuracy']:.3f} | {c['oracle']:.3f} | {c['random_subspace']:.3f} |"
-               for c in data["checks"]]
+    oracle = [("| d | model accuracy | planted subspaces (oracle) IIA | random 2k-dim subspace IIA | "
+               "degrees of freedom of the planted pair |"), "|---|---|---|---|---|"]
+    oracle += [f"| {c['dim']} | {c['accuracy']:.3f} | {c['oracle']:.3f} | {c['random_subspace']:.3f} | "
+               f"{k * (c['dim'] - k) + k * (c['dim'] - 2 * k)} |" for c in data["checks"]]
     runs = data["runs"]
     partial = "" if all(r["complete"] for r in runs) else " **Partial run: a command has widths missing.**"
     commands = "Commands: " + "; ".join(f"`{r['command']}` ({r['wall']:.0f} s wall)" for r in runs)
@@ -235,11 +253,16 @@ def render(data: dict) -> str:
         f"the two planted {k}-dim subspaces. DII at block 0, size {k} per variable, mixed-mode counterfactuals, "
         f"{a['epochs']} epochs of {a['n_train']}, each family at its default learning rate, held-out IIA on "
         f"{a['n_test']} counterfactuals with fresh distractors, seeds 0..{a['seeds'] - 1}; no-op = the IIA of "
-        "doing nothing (the counterfactual label equals the base label). Raw numbers: "
+        "doing nothing (the counterfactual label equals the base label); s per seed = the family's search "
+        "wall time over its seeds, at nice 19 beside other jobs, so only a rough cost. Raw numbers: "
         f"`{data['data_path']}`."),
         "",
         ("The planted model, checked directly on block 0's output (no pyvene): swapping the planted "
-         "subspaces is the ideal intervention, a random subspace of the same size is not."),
+         "subspaces is the ideal intervention, a random subspace of the same size is not. A DII sees only "
+         "the two masked k-dim subspaces of its basis, so a family can express the planted intervention "
+         "only if it reaches that point of a manifold of k(d-k) + k(d-2k) dimensions (V1's subspace, then "
+         "V2's orthogonal to it); a family with fewer free parameters reaches a lower-dimensional subset "
+         "of it and, for a random Q, generically misses the planted point."),
         "",
         *oracle,
         "",
@@ -256,6 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=8, help="planted dimensions per variable (= the DII size)")
     ap.add_argument("--families", default="das,lowrank,butterfly,butterfly3,road",
                     help="comma list of das, lowrank, road, butterfly (default depth) or butterflyN (N factors)")
+    ap.add_argument("--runs", default=None,
+                    help="store each family's search under this folder (one run dir per width and family) and resume")
     ap.add_argument("--append", action="store_true",
                     help="add this run's rows to --data (replacing the same width and family) instead of replacing it")
     ap.add_argument("--das-dims", default="576",
@@ -280,7 +305,7 @@ def main(argv=None) -> int:
         f" --dims {a.dims} --das-dims {','.join(map(str, sorted(das_dims)))} --families {a.families} "
         f"--k {a.k} --seeds {a.seeds} --epochs {a.epochs} --n-train {a.n_train} --n-test {a.n_test} "
         f"--rotation-seed {a.rotation_seed}")) + f" --out {a.out} --data {a.data}" + \
-        (" --append" if a.append else "")
+        (" --append" if a.append else "") + (f" --runs {a.runs}" if a.runs else "")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     dims = [int(d) for d in a.dims.split(",")]

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section
 
 import roadinterp as ri
+from roadinterp.store import read_run
 from roadinterp.tasks.base import Do, Raw, Task, do
 
 HEADING = "## Planted rotation at real widths (butterfly vs das)"
@@ -165,9 +166,16 @@ def run_width(dim: int, a) -> tuple[list[dict], dict]:
         # with --runs every finished seed is stored and a rerun resumes (das at 576 costs minutes a seed)
         slug = f"d{dim}-{family}" + (f"-depth{depth}" if depth else "")
         out = None if a.runs is None else str(Path(a.runs) / slug)
-        table = ri.search(task=task.name, model=model, layers=[0], families=[family], sizes=[a.k], seeds=a.seeds,
-                          controls=False, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs, out=out,
-                          resume=out is not None, **({"dii": ri.DIIConfig(depth=depth)} if depth else {}))
+        if a.stored_only:  # the seeds a stopped run finished, nothing trained
+            if out is None or not Path(out).exists():
+                continue
+            table = read_run(out)[1]
+            if table.empty:
+                continue
+        else:
+            table = ri.search(task=task.name, model=model, layers=[0], families=[family], sizes=[a.k],
+                              seeds=a.seeds, controls=False, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs,
+                              out=out, resume=out is not None, **({"dii": ri.DIIConfig(depth=depth)} if depth else {}))
         rows.append({"dim": dim, "family": label, "iia": table["iia"].tolist(), "train_iia": table["train_iia"].tolist(),
                      "null": float(table["iia_null"].iloc[0]), "seconds": float(table["seconds"].sum())})
         print(f"d={dim} {label}: IIA {_stats(rows[-1]['iia'])[0]} train {_stats(rows[-1]['train_iia'])[0]} "
@@ -244,6 +252,9 @@ def render(data: dict) -> str:
                f"{k * (c['dim'] - k) + k * (c['dim'] - 2 * k)} |" for c in data["checks"]]
     runs = data["runs"]
     partial = "" if all(r["complete"] for r in runs) else " **Partial run: a command has widths missing.**"
+    short = [f"{r['family']} at d={r['dim']}" for r in data["rows"] if len(r["iia"]) < a["seeds"]]
+    if short:
+        partial += f" **Fewer than {a['seeds']} seeds finished for {', '.join(short)}** (see the seeds column)."
     commands = "Commands: " + "; ".join(f"`{r['command']}` ({r['wall']:.0f} s wall)" for r in runs)
     return "\n".join([
         (f"{commands} (one torch thread, `nice -n 19` on a shared 2-core machine).{partial} A hand-built frozen pyvene MLP (`experiments/planted_rotation.py`): V1 and V2 "
@@ -281,6 +292,8 @@ def main(argv=None) -> int:
                     help="comma list of das, lowrank, road, butterfly (default depth) or butterflyN (N factors)")
     ap.add_argument("--runs", default=None,
                     help="store each family's search under this folder (one run dir per width and family) and resume")
+    ap.add_argument("--stored-only", action="store_true",
+                    help="with --runs: take the seeds a stopped run stored, train nothing (fewer seeds show in the table)")
     ap.add_argument("--append", action="store_true",
                     help="add this run's rows to --data (replacing the same width and family) instead of replacing it")
     ap.add_argument("--das-dims", default="576",
@@ -305,7 +318,8 @@ def main(argv=None) -> int:
         f" --dims {a.dims} --das-dims {','.join(map(str, sorted(das_dims)))} --families {a.families} "
         f"--k {a.k} --seeds {a.seeds} --epochs {a.epochs} --n-train {a.n_train} --n-test {a.n_test} "
         f"--rotation-seed {a.rotation_seed}")) + f" --out {a.out} --data {a.data}" + \
-        (" --append" if a.append else "") + (f" --runs {a.runs}" if a.runs else "")
+        (" --append" if a.append else "") + (f" --runs {a.runs}" if a.runs else "") + \
+        (" --stored-only" if a.stored_only else "")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     dims = [int(d) for d in a.dims.split(",")]

@@ -251,11 +251,14 @@ def render(data: dict) -> str:
     oracle += [f"| {c['dim']} | {c['accuracy']:.3f} | {c['oracle']:.3f} | {c['random_subspace']:.3f} | "
                f"{k * (c['dim'] - k) + k * (c['dim'] - 2 * k)} |" for c in data["checks"]]
     runs = data["runs"]
-    partial = "" if all(r["complete"] for r in runs) else " **Partial run: a command has widths missing.**"
+    das_dims = sorted({r["dim"] for r in data["rows"] if r["family"] == "das"})
+    partial = "" if all(r["complete"] or r.get("note") for r in runs) else \
+        " **Partial run: a command has widths missing.**"
     short = [f"{r['family']} at d={r['dim']}" for r in data["rows"] if len(r["iia"]) < a["seeds"]]
     if short:
         partial += f" **Fewer than {a['seeds']} seeds finished for {', '.join(short)}** (see the seeds column)."
-    commands = "Commands: " + "; ".join(f"`{r['command']}` ({r['wall']:.0f} s wall)" for r in runs)
+    commands = "Commands: " + "; ".join(
+        f"`{r['command']}` ({r['wall']:.0f} s wall{'; ' + r['note'] if r.get('note') else ''})" for r in runs)
     return "\n".join([
         (f"{commands} (one torch thread, `nice -n 19` on a shared 2-core machine).{partial} A hand-built frozen pyvene MLP (`experiments/planted_rotation.py`): V1 and V2 "
         f"take {m} values each, written as unit codewords in R^{k}, plus a uniform distractor on the other "
@@ -267,6 +270,13 @@ def render(data: dict) -> str:
         "doing nothing (the counterfactual label equals the base label); s per seed = the family's search "
         "wall time over its seeds, at nice 19 beside other jobs, so only a rough cost. Raw numbers: "
         f"`{data['data_path']}`."),
+        "",
+        ("Families: das is pyvene's full d x d rotation; lowrank is pyvene's d x 2k orthonormal frame, the "
+         "same set of DII interventions (a DII sees only the masked rows of das's rotation, i.e. a 2k-dim "
+         "frame) at a fraction of das's cost, which re-parametrises the whole d x d orthogonal matrix at "
+         "every step (minutes a seed at 576 here, on a loaded machine far more); butterfly is the default "
+         "two factors, depth N stacks N; road is one RoAd layer, which never mixes across pairs. "
+         f"das ran at d = {', '.join(str(d) for d in das_dims) or 'none'}; lowrank stands in for it elsewhere."),
         "",
         ("The planted model, checked directly on block 0's output (no pyvene): swapping the planted "
          "subspaces is the ideal intervention, a random subspace of the same size is not. A DII sees only "

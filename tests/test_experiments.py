@@ -92,12 +92,14 @@ def test_planted_rotation_quick(tmp_path):
     text = out.read_text()
     assert "## Other\n\nkept" in text and text.count("## Planted rotation") == 1
     rows = [[c.strip() for c in l.strip().strip("|").split("|")] for l in text.splitlines() if l.startswith("| 48 |")]
-    (_, accuracy, planted, random_subspace), = [r for r in rows if len(r) == 4]  # the model's checks
-    assert accuracy == planted == "1.000" and float(random_subspace) < 0.3
+    (_, accuracy, planted, random_subspace, dof), = [r for r in rows if len(r) == 5]  # the model's checks
+    assert accuracy == planted == "1.000" and float(random_subspace) < 0.3 and dof == str(4 * 44 + 4 * 40)
+    # d, family, free parameters, seeds, IIA mean ± std, range, train IIA, no-op, s per seed
     das, butterfly = (next(r for r in rows if r[1] == f) for f in ("das", "butterfly"))
-    assert float(das[3].split("±")[0]) > 0.85, das  # the setup is learnable
-    assert float(das[6]) < 0.15 and das[6] == butterfly[6]  # no-op at chance, one held-out set
-    assert 0.0 <= float(butterfly[3].split("±")[0]) <= 1.0
+    assert das[2] == str(48 * 47 // 2) and das[3] == "2"
+    assert float(das[4].split("±")[0]) > 0.85, das  # the setup is learnable
+    assert float(das[7]) < 0.15 and das[7] == butterfly[7]  # no-op at chance, one held-out set
+    assert 0.0 <= float(butterfly[4].split("±")[0]) <= 1.0
     section = text[text.index("## Planted rotation"):]
     out.write_text("# Results\n")
     subprocess.run([*cmd, "--render-only"], check=True, env=ENV, capture_output=True)

@@ -104,12 +104,23 @@ def make_step(model, task, data, site: Site, width: int, family: str, size: int,
     return step
 
 
+def step_ms(step, reps: int) -> float:
+    """Median milliseconds of ``step()`` over ``reps`` calls after one warm-up call (GPU work synchronised)."""
+    times = []
+    for _ in range(reps + 1):  # the first is a warm-up
+        _sync()
+        t0 = time.perf_counter()
+        step()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times[1:])[len(times[1:]) // 2]
+
+
 def step_setup(cfg: dict):
     """The model, bound task, training counterfactuals, site and width of ``cfg``'s step measurements."""
+    from roadinterp.frozen import place
     from roadinterp.search import get_bound_task, get_model
     from roadinterp.sites import site_width
-
-    from roadinterp.frozen import place
 
     model = get_model(cfg["model"], cfg["device"], "float32")
     task = get_bound_task(cfg["task"], cfg["model"])
@@ -126,15 +137,7 @@ def _steps(cfg: dict) -> dict:
     for fam in cfg["step_families"]:
         row = {}
         for engine in ("kv", "pyvene") if fam in cfg["naive_step_families"] else ("kv",):
-            step = make_step(model, task, data, site, width, fam, cfg["size"], engine)
-            times = []
-            for _ in range(cfg["reps"] + 1):  # the first is a warm-up
-                _sync()
-                t0 = time.perf_counter()
-                step()
-                _sync()
-                times.append(time.perf_counter() - t0)
-            row[engine] = 1000 * sorted(times[1:])[len(times[1:]) // 2]
+            row[engine] = step_ms(make_step(model, task, data, site, width, fam, cfg["size"], engine), cfg["reps"])
         if "pyvene" in row:
             row["ratio"] = ratio(row["pyvene"], row["kv"])
         out[fam] = row

@@ -22,13 +22,13 @@ width hidden / 9, on the same IOI inputs).
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import torch
 
-from benchmarks.bench_lm import FULL, QUICK, make_step, step_setup
+from benchmarks.bench_lm import FULL, QUICK, make_step, step_ms, step_setup
 from benchmarks.common import machine
+from roadinterp.sites import n_layers
 
 MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 
@@ -41,13 +41,13 @@ def _group(name: str) -> str:
     return "attention" if "attention" in op or "softmax" in op else "other"
 
 
-def profile(cfg: dict, engine: str, top: int = 12) -> dict:
-    """Wall time and operator table of one profiled step by ``engine`` (after one warm-up step)."""
+def profile(setup: tuple, size: int, engine: str, top: int = 12) -> dict:
+    """Wall time and operator table of one profiled step by ``engine`` (after one warm-up step) on
+    ``setup`` (:func:`benchmarks.bench_lm.step_setup`), butterfly of ``size``."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    model, task, data, site, width = step_setup(cfg)
-    step = make_step(model, task, data, site, width, "butterfly", cfg["size"], engine)
+    step = make_step(*setup, "butterfly", size, engine)
     step()  # warm-up (allocator, lazy tables)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
@@ -72,23 +72,14 @@ def run(quick: bool = False) -> dict:
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = {name: profile(cfg, name) for name in ("pyvene", "kv")}
+        setup = step_setup(cfg)
+        out = {name: profile(setup, cfg["size"], name) for name in ("pyvene", "kv")}
     finally:
         torch.set_num_threads(old)
     return {"benchmark": "profile_step", "quick": quick, "model": cfg["model"], "task": cfg["task"],
             "variables": cfg["variables"], "layer": cfg["step_layer"], "batch": cfg["step_batch"],
             "family": "butterfly", "size": cfg["size"], "engines": out,
             "ratio_wall": out["pyvene"]["wall_s"] / out["kv"]["wall_s"], "machine": machine()}
-
-
-def _median_ms(step, reps: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
 
 
 def left_pad(inputs: dict, k: int, pad_id: int) -> dict:
@@ -127,16 +118,16 @@ def growth(cfg: dict | None = None, *, layers=(0, 8, 15, 22, 29), pads=(0, 20, 6
     torch.set_num_threads(1)
     try:
         model, task, data, site, width = step_setup(cfg)
-        n_layers = len(model.model.layers)
+        depth = n_layers(model)
 
         def ms(m, d, s, w):
             step = make_step(m, task, d, s, w, "butterfly", cfg["size"], "kv")
             if step.engine != "kv":
                 raise RuntimeError(f"the KV engine did not run ({step.engine})")
-            return _median_ms(step, reps)
+            return step_ms(step, reps)
 
         by_layer = {int(layer): ms(model, data, dataclasses.replace(site, layer=layer), width)
-                    for layer in layers if layer < n_layers}
+                    for layer in layers if layer < depth}
         pad_id = task.tokenizer.pad_token_id if getattr(task, "tokenizer", None) is not None else 0
         seq = int(data.base["input_ids"].shape[1])
         by_length = {}
@@ -148,7 +139,7 @@ def growth(cfg: dict | None = None, *, layers=(0, 8, 15, 22, 29), pads=(0, 20, 6
     finally:
         torch.set_num_threads(old)
     return {"model": cfg["model"], "batch": cfg["step_batch"], "family": "butterfly", "size": cfg["size"],
-            "reps": reps, "step_ms_by_layer": by_layer, "n_layers": n_layers, "site_layer_for_length_and_width":
+            "reps": reps, "step_ms_by_layer": by_layer, "n_layers": depth, "site_layer_for_length_and_width":
             cfg["step_layer"], "step_ms_by_prompt_tokens": by_length, "step_ms_by_width": by_width,
             "machine": machine()}
 
@@ -169,10 +160,18 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m benchmarks.profile_step [--quick] [--md FILE]
-    args = sys.argv[1:]
-    result = growth(QUICK if "--quick" in args else FULL) if "--growth" in args else run(quick="--quick" in args)
+if __name__ == "__main__":  # python -m benchmarks.profile_step [--quick] [--growth] [--md FILE]
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="zoo:interval-llama at layer 1 (what the tests run)")
+    ap.add_argument("--growth", action="store_true", help="KV step time against layer, prompt length and width")
+    ap.add_argument("--md", metavar="FILE", help="also write the before/after table as markdown (not with --growth)")
+    a = ap.parse_args()
+    if a.growth and a.md:
+        ap.error("--md writes the profile's table; --growth has none")
+    result = growth(QUICK if a.quick else FULL) if a.growth else run(quick=a.quick)
     print(json.dumps(result, indent=2))
-    if "--md" in args and "--growth" not in args:
-        with open(args[args.index("--md") + 1], "w") as f:
+    if a.md:
+        with open(a.md, "w") as f:
             f.write(markdown(result))

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section  # noqa: E402
 
 import roadinterp as ri  # noqa: E402
+from roadinterp.io import write_text_atomic  # noqa: E402
 from roadinterp.search import get_bound_task  # noqa: E402
 
 HEADING = "## Alignment on a pretrained LM: SmolLM2-135M (ioi, ravel-city)"
@@ -177,8 +178,9 @@ def main(argv=None) -> int:
                           workers=args.workers, batched=True, **scan)
         wall = time.perf_counter() - t0
         results[name] = (task, var, table, get_bound_task(task, MODEL).stats, wall)
-        (run / TIMING).write_text(json.dumps({"wall_s": wall, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-                                              "workers": args.workers}))
+        write_text_atomic(run / TIMING, json.dumps({"wall_s": wall, "workers": args.workers,
+                                                    "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}),
+                          mode=0o644)
         print(name, f"{results[name][4]:.0f} s", flush=True)
     args.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_section(args.out, HEADING, render(results, args))

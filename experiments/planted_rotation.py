@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section
 
 import roadinterp as ri
+from roadinterp.io import write_text_atomic
 from roadinterp.store import read_run
 from roadinterp.tasks.base import Do, Raw, Task, do
 
@@ -210,9 +211,7 @@ def store(path: Path, args: dict, run: dict, rows: list[dict], checks: list[dict
     dims = {c["dim"] for c in checks}
     data["checks"] = sorted([c for c in data["checks"] if c["dim"] not in dims] + checks, key=lambda c: c["dim"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n", mode=0o644)
     return data
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
 
 with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -13,5 +12,4 @@ with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
     from pyvene.models import intervenable_modelcard as modelcard  # noqa: F401
     from pyvene.models.modeling_utils import get_dimension_by_component  # noqa: F401
 
-# pyvene logs a warning on every IntervenableModel that uses_fast / is loaded.
-logging.getLogger("pyvene").setLevel(logging.ERROR)
+# pyvene's per-model log notices are muted with the other known chatter in roadinterp._quiet.

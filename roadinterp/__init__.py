@@ -11,7 +11,8 @@ The public API is re-exported here by name; everything else is internal. ``ri.vi
 stays light. See docs/index.md for a tour.
 """
 
-from roadinterp import _pyvene  # noqa: F401  (sorts first: imports pyvene quietly, once)
+from roadinterp import _quiet  # noqa: F401  (first: mutes known third-party chatter before it can print)
+from roadinterp import _pyvene  # noqa: F401  (imports pyvene quietly, once)
 from roadinterp._version import __version__
 from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.adapters.compose import compose

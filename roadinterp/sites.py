@@ -14,7 +14,11 @@ example (the indirect object's name in IOI) comes from the batch's per-row posit
 We always hand pyvene *full per-example* ``unit_locations``: its shortcuts switch
 on ``use_fast`` for good, after which per-example positions silently reuse
 example 0's. New architectures are added with :func:`register_architecture`
-(explicit, no editing of pyvene's tables by hand).
+(explicit, no editing of pyvene's tables by hand). A decoder LM pyvene has no card for
+(Gemma-3, for one) gets its sites from its own structure (:func:`infer_architecture`): the
+block list (``model.layers``, ``transformer.h``, ...) and, in each block, the ``mlp``, the
+attention module and its ``q/k/v/o`` projections; :func:`ensure_sites` does this once per
+class, the first time a model of it is loaded or asked for its sites.
 """
 
 from __future__ import annotations
@@ -138,13 +142,136 @@ def register_architecture(
     modelcard.type_to_dimension_mapping[model_class] = dict(dimension_mapping)
 
 
+_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "transformer.layers",
+           "model.language_model.layers", "layers")  # where decoder LMs keep their blocks
+_MLP = ("mlp", "feed_forward", "ffn")
+_ATTN = ("self_attn", "attn", "attention", "self_attention")
+_OUT = ("o_proj", "out_proj", "c_proj", "dense")
+_ACT = ("act_fn", "act", "activation_fn")
+INFERRED: dict[type, dict[str, str]] = {}  # class -> component -> module path, for what was inferred
+
+
+def _child(module: torch.nn.Module, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if isinstance(getattr(module, n, None), torch.nn.Module)), None)
+
+
+def _out_width(module: torch.nn.Module) -> int | None:
+    w = getattr(module, "weight", None)
+    if isinstance(module, torch.nn.Linear):
+        return module.out_features
+    return int(w.shape[-1]) if isinstance(w, torch.Tensor) and w.dim() == 2 else None  # Conv1D: [in, out]
+
+
+def _in_width(module: torch.nn.Module) -> int | None:
+    w = getattr(module, "weight", None)
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() == 2 else None
+
+
+def infer_architecture(model: torch.nn.Module) -> tuple[dict[str, tuple], dict[str, tuple]] | str:
+    """A pyvene site map read from ``model``'s own modules, or why there is none (a string).
+
+    Blocks: the first of ``model.layers``, ``transformer.h``, ... that is a ``ModuleList`` with
+    one entry per layer. Per block: ``block_input``/``block_output``; ``mlp_input``/``mlp_output``
+    and ``mlp_activation`` when the block has an ``mlp`` (with ``act_fn``); ``attention_input``/
+    ``attention_output`` for its attention module; ``attention_value_output`` (the input of
+    ``o_proj``) and ``query/key/value_output`` for separate ``q/k/v_proj`` Linears. Widths come
+    from the modules' weights, kept on the model's config as ``roadinterp_width_<component>``
+    (pyvene reads widths from config attributes), so two sizes of one class coexist.
+    """
+    try:
+        n = n_layers(model)
+    except SiteError as err:
+        return str(err)
+    blocks = None
+    for path in _BLOCKS:
+        owner = model
+        for name in path.split("."):
+            owner = getattr(owner, name, None)
+        if isinstance(owner, torch.nn.ModuleList) and len(owner) == n:
+            blocks = path
+            break
+    if blocks is None:
+        return f"no list of {n} blocks at any of {', '.join(_BLOCKS)}"
+    block = eval_path(model, blocks)[0]
+    d = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None)
+    paths: dict[str, tuple[str, str]] = {"block_input": ("", "register_forward_pre_hook"),
+                                         "block_output": ("", "register_forward_hook")}
+    widths: dict[str, int | None] = {"block_input": d, "block_output": d}
+    mlp = _child(block, _MLP)
+    if mlp:
+        paths |= {"mlp_input": (mlp, "register_forward_pre_hook"), "mlp_output": (mlp, "register_forward_hook")}
+        widths |= {"mlp_input": d, "mlp_output": d}
+        act = _child(getattr(block, mlp), _ACT)
+        up = _child(getattr(block, mlp), ("up_proj", "c_fc", "fc1", "dense_h_to_4h"))
+        if act and up:
+            paths["mlp_activation"] = (f"{mlp}.{act}", "register_forward_hook")
+            widths["mlp_activation"] = _out_width(getattr(getattr(block, mlp), up))
+    attn = _child(block, _ATTN)
+    if attn:
+        module = getattr(block, attn)
+        paths |= {"attention_input": (attn, "register_forward_pre_hook"),
+                  "attention_output": (attn, "register_forward_hook")}
+        widths |= {"attention_input": d, "attention_output": d}
+        out = _child(module, _OUT)
+        if out:
+            paths["attention_value_output"] = (f"{attn}.{out}", "register_forward_pre_hook")
+            widths["attention_value_output"] = _in_width(getattr(module, out))
+        for short, comp in (("q_proj", "query_output"), ("k_proj", "key_output"), ("v_proj", "value_output")):
+            if isinstance(getattr(module, short, None), torch.nn.Linear):
+                paths[comp] = (f"{attn}.{short}", "register_forward_hook")
+                widths[comp] = getattr(module, short).out_features
+    if d is None:
+        return f"the config of {type(model).__name__} names no hidden_size"
+    module_mapping, dimension_mapping = {}, {}
+    for comp, (sub, hook) in paths.items():
+        if widths[comp] is None:
+            continue
+        module_mapping[comp] = (f"{blocks}[%s]" + (f".{sub}" if sub else ""), hook)
+        dimension_mapping[comp] = (_width_attr(model.config, comp, int(widths[comp])),)
+    return module_mapping, dimension_mapping
+
+
+def _width_attr(config, component: str, width: int) -> str:
+    attr = f"roadinterp_width_{component}"  # one name per component: the class's map fits every size
+    setattr(config, attr, width)
+    return attr
+
+
+def eval_path(model: torch.nn.Module, path: str) -> torch.nn.ModuleList:
+    owner = model
+    for name in path.split("."):
+        owner = getattr(owner, name)
+    return owner
+
+
+def ensure_sites(model: torch.nn.Module) -> None:
+    """Give pyvene a site map for ``model``'s class if it has none, read from its structure
+    (:func:`infer_architecture`); a class it cannot read stays unmapped (``components`` says why)."""
+    cls = type(model)
+    if cls in INFERRED:  # mapped already; this model's config may still lack its width attributes
+        if any(getattr(model.config, f"roadinterp_width_{c}", None) is None for c in INFERRED[cls]):
+            infer_architecture(model)
+        return
+    if cls in modelcard.type_to_module_mapping or not hasattr(model, "config"):
+        return
+    inferred = infer_architecture(model)
+    if isinstance(inferred, str):
+        return
+    register_architecture(cls, *inferred)
+    INFERRED[cls] = {c: p for c, (p, _) in inferred[0].items()}
+
+
 def components(model: torch.nn.Module) -> list[str]:
-    """Component names pyvene knows for this model's class."""
+    """Component names pyvene knows for this model's class (read from the model when pyvene has no card)."""
+    ensure_sites(model)
     mapping = modelcard.type_to_module_mapping.get(type(model))
     if mapping is None:
+        why = infer_architecture(model) if hasattr(model, "config") else "it has no config"
         raise SiteError(
-            f"pyvene has no site map for {type(model).__name__}; "
-            "add one with roadinterp.register_architecture(...)"
+            f"pyvene has no site map for {type(model).__name__} and none can be read from its modules "
+            f"({why if isinstance(why, str) else 'unknown'}); add one with roadinterp.register_architecture(...)"
         )
     return sorted(mapping)
 
@@ -170,6 +297,7 @@ def validate_site(model: torch.nn.Module, site: Site) -> int:
 
 def site_width(model: torch.nn.Module, site: Site | str) -> int:
     component = site.component if isinstance(site, Site) else site
+    ensure_sites(model)
     dim = get_dimension_by_component(type(model), model.config, component)
     if dim is None:
         raise SiteError(f"pyvene cannot tell the width of {component!r} on {type(model).__name__}")

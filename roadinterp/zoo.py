@@ -364,8 +364,12 @@ def load_model(spec: str | os.PathLike, *, device: str | torch.device = "auto",
     ``AutoModel``). Anything else is a hub id; if the hub is unreachable this raises
     :class:`OfflineError`.
     """
+    from roadinterp.sites import ensure_sites
+
     with _quiet_loading():
-        return _load_model(os.fspath(spec), _resolve_device(device), progress).eval()
+        model = _load_model(os.fspath(spec), _resolve_device(device), progress).eval()
+    ensure_sites(model)  # an architecture pyvene has no card for gets its sites from its own modules
+    return model
 
 
 @contextlib.contextmanager

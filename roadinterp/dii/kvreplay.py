@@ -16,7 +16,9 @@ layers after the site, attending to the clean run's cached keys/values of positi
 * the residual stream entering every block, and after the last, at the tail positions
   (``[m, layers + 1, T, d]``, fp32: the site states the interventions mix),
 * the attention pattern of the tail queries (padding included) and their rotary
-  position embeddings, exactly as the model built them for that input.
+  position embeddings, exactly as the model built them for that input, once per distinct
+  kind a layer gets (Gemma-3 builds a sliding-window and a global mask, and a local and a
+  global rotary table; llama, qwen2 and gpt2 one of each).
 
 Nothing in it depends on the site's layer, so one table serves a whole layer scan (and
 every seed and family): it lives as long as the model, at most ``max_bytes`` for all
@@ -37,14 +39,13 @@ unchanged; ``runner(parts, vocab=True)`` (held-out evaluation only) fills every 
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from roadinterp.dii._lm import LMParts, _allowed, _named, lm_parts
 from roadinterp.dii._tables import (
     InputIndex,
     ReplayRows,
@@ -62,68 +63,7 @@ KV_ENGINES: dict[str, torch.dtype] = {"kv": torch.float32, "kv-bf16": torch.bflo
 KV_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
 INPUT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds", "attention_mask", "position_ids")
 DEFAULT_MAX_BYTES = 3 << 30  # every clean-run table of the process together (3 GiB)
-_CACHE_KWARGS = ("cache", "past_key_values")  # the cache argument of a decoder layer (transformers 5.24 / 5.23)
 _SLICED = ("position_ids", "cache_position")  # per-position layer arguments: the tail takes its positions
-
-
-# ------------------------------------------------------------------ the model's parts
-@dataclass
-class LMParts:
-    """Where a causal LM keeps what the tail runs: its blocks, final norm and unembedding."""
-
-    layers: torch.nn.ModuleList
-    norm: torch.nn.Module
-    head: torch.nn.Module  # nn.Linear [vocab, d] (+ bias)
-    cache_kwarg: str  # the decoder layer's cache argument
-    params: tuple[str, ...]  # the decoder layer's argument names, in order
-
-
-def lm_parts(model) -> LMParts | str:
-    """The parts of ``model`` the KV engine drives, or why it cannot (a reason string)."""
-    from roadinterp._pyvene import modelcard
-
-    if model.training:
-        return "the model is in training mode (dropout); call .eval()"
-    mapping = modelcard.type_to_module_mapping.get(type(model), {})
-    path = mapping.get("block_output", ("",))[0]
-    if not path.endswith("[%s]") or mapping.get("block_input", ("",))[0] != path:
-        return f"{type(model).__name__} has no per-block site map the KV engine understands"
-    owner = model
-    for name in path[: -len("[%s]")].split("."):
-        owner = getattr(owner, name, None)
-    if not isinstance(owner, torch.nn.ModuleList):
-        return f"cannot find the blocks of {type(model).__name__} at {path!r}"
-    base = model.base_model
-    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layernorm") if hasattr(base, n)), None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if norm is None or not isinstance(head, torch.nn.Linear):
-        return f"cannot find the final norm and unembedding of {type(model).__name__}"
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl not in ("eager", "sdpa"):
-        return f"attention implementation {impl!r}: the KV engine builds eager/sdpa masks only"
-    if any(t != "full_attention" for t in getattr(model.config, "layer_types", None) or ["full_attention"]):
-        return "sliding-window layers: the tail's masks would differ per layer"
-    params = tuple(inspect.signature(owner[0].forward).parameters)
-    cache = next((c for c in _CACHE_KWARGS if c in params), None)
-    if cache is None:
-        return f"the decoder layers of {type(model).__name__} take no KV cache argument"
-    return LMParts(owner, norm, head, cache, params)
-
-
-def _named(params: tuple[str, ...], args: tuple, kwargs: dict) -> dict:
-    """A layer call's positional and keyword arguments, all by name."""
-    named = dict(zip(params, args))
-    named.update(kwargs)
-    return named
-
-
-def _allowed(mask, n: int, seq: int, device) -> torch.Tensor:
-    """Which keys every query may attend to, from the mask the model built.  # bool [n, seq, seq]"""
-    if mask is None:  # sdpa without padding: plain causal
-        return torch.ones(seq, seq, dtype=torch.bool, device=device).tril().expand(n, seq, seq)
-    m = mask[:, 0] if mask.dim() == 4 else mask
-    allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-    return allowed.expand(n, seq, seq)
 
 
 # ------------------------------------------------------------------ the clean-run table
@@ -195,12 +135,14 @@ class CleanRuns:
         rec = _Recorder(p0, self.kv_dtype)
         res: list[torch.Tensor] = []  # per block input, then the last block's output: [n, T, d]
         got: dict = {}
+        per_layer: list[tuple] = []  # each block's (attention mask, position embeddings), as the model built them
         handles = []
 
         def pre(module, args, kwargs):
             named = _named(parts.params, args, kwargs)
             h = named[parts.params[0]]
             res.append(h[:, p0:].float())
+            per_layer.append((named.get("attention_mask"), named.get("position_embeddings")))
             if not got:
                 got.update(named)
             named[parts.cache_kwarg] = rec
@@ -224,14 +166,21 @@ class CleanRuns:
         if len(res) != len(parts.layers) + 1:
             raise ConfigError("the clean run did not pass through every block once")
         device = res[0].device
-        allowed = _allowed(got.get("attention_mask"), n, self.seq, device)[:, p0:]  # [n, T, seq]
-        out = {"res": torch.stack(res, 1), "allowed": allowed.contiguous(),
+        # one mask / rotary table per distinct object the blocks got (a sliding and a global one on Gemma-3)
+        masks, pes, mask_of, pe_of = {}, {}, [], []
+        for mask, pe in per_layer:
+            if id(mask) not in masks:
+                masks[id(mask)] = _allowed(mask, n, self.seq, device)[:, p0:].contiguous()  # [n, T, seq]
+            mask_of.append(list(masks).index(id(mask)))
+            if pe is not None and id(pe) not in pes:
+                pes[id(pe)] = tuple(t[:, p0:].expand(n, -1, -1).contiguous() for t in pe)  # ([n, T, hd], ...)
+            pe_of.append(None if pe is None else list(pes).index(id(pe)))
+        out = {"res": torch.stack(res, 1), "allowed": list(masks.values()), "mask_of": mask_of,
                "kv": [rec.kv[i] for i in sorted(rec.kv)]}
         if len(out["kv"]) != len(parts.layers):
             raise ConfigError("not every attention used the KV cache argument")
-        pe = got.get("position_embeddings")
-        if pe is not None:
-            out["pe"] = tuple(t[:, p0:].expand(n, -1, -1).contiguous() for t in pe)  # ([n, T, hd], ...)
+        if pes:
+            out["pe"], out["pe_of"] = list(pes.values()), pe_of
         for k in _SLICED:
             if isinstance(got.get(k), torch.Tensor):
                 t = got[k]
@@ -272,11 +221,16 @@ class CleanRuns:
             if not self._chunks:
                 raise ConfigError("the KV replay table is empty: add inputs first")
             cs = self._chunks
-            cat = {k: torch.cat([c[k] for c in cs]) for k in ("res", "allowed", *_SLICED) if k in cs[0]}
+            if any(c["mask_of"] != cs[0]["mask_of"] or c.get("pe_of") != cs[0].get("pe_of") for c in cs):
+                raise ConfigError("inputs of one table gave their blocks differently shared masks")
+            cat = {k: torch.cat([c[k] for c in cs]) for k in ("res", *_SLICED) if k in cs[0]}
+            cat["allowed"] = [torch.cat([c["allowed"][i] for c in cs]) for i in range(len(cs[0]["allowed"]))]
             cat["kv"] = [tuple(torch.cat([c["kv"][i][j] for c in cs]) for j in range(2)) for i in range(len(cs[0]["kv"]))]
             if "pe" in cs[0]:
-                cat["pe"] = tuple(torch.cat([c["pe"][j] for c in cs]) for j in range(2))
-            cat["static"] = cs[0]["static"]
+                cat["pe"] = [tuple(torch.cat([c["pe"][i][j] for c in cs]) for j in range(2))
+                             for i in range(len(cs[0]["pe"]))]
+                cat["pe_of"] = cs[0]["pe_of"]
+            cat["mask_of"], cat["static"] = cs[0]["mask_of"], cs[0]["static"]
             self._chunks, self._cat = [cat], cat
         return self._cat
 
@@ -294,33 +248,43 @@ class CleanRuns:
         """Run blocks ``start..`` on tail states ``h`` of inputs ``rows``; the final block's output.  # [N, T, d]"""
         t, parts = self._table(), self.parts
         rows = rows.to(h.device)
-        allowed = t["allowed"].index_select(0, rows)[:, None]  # [N, 1, T, seq]
-        if self.model.config._attn_implementation == "eager":
-            mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min)
-        else:
-            mask = allowed
-        named = dict(t["static"])
-        named["attention_mask"] = mask
-        named[parts.cache_kwarg] = _Prefix(self, rows)
+        eager = self.model.config._attn_implementation == "eager"
+        used = sorted(set(t["mask_of"][start:]))
+        masks = {}
+        for i in used:  # only the kinds the tail's blocks use
+            allowed = t["allowed"][i].index_select(0, rows)[:, None]  # [N, 1, T, seq]
+            if eager:
+                masks[i] = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(
+                    ~allowed, torch.finfo(h.dtype).min)
+            else:
+                masks[i] = allowed
+        pes = {}
         if "pe" in t:
-            named["position_embeddings"] = tuple(x.index_select(0, rows).to(h.dtype) for x in t["pe"])
+            for i in sorted({t["pe_of"][j] for j in range(start, len(parts.layers))} - {None}):
+                pes[i] = tuple(x.index_select(0, rows).to(h.dtype) for x in t["pe"][i])
+        named = dict(t["static"])
+        named[parts.cache_kwarg] = _Prefix(self, rows)
         for k in _SLICED:
             if k in t:
                 named[k] = t[k] if t[k].dim() == 1 else t[k].index_select(0, rows)
-        for layer in parts.layers[start:]:
-            h = first(layer(h, **named))
+        for j in range(start, len(parts.layers)):
+            named["attention_mask"] = masks[t["mask_of"][j]]
+            if pes:
+                named["position_embeddings"] = pes[t["pe_of"][j]]
+            h = first(parts.layers[j](h, **named))
         return h
 
     def logits(self, h: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
         """Logits at the last position from the final block's output, only ``columns`` filled.  # [N, 1, vocab]"""
         z = self.parts.norm(h[:, -1:])  # [N, 1, d]
-        head = self.parts.head
+        head, cap = self.parts.head, self.parts.softcap
         if columns is None:
-            return head(z)
+            return head(z) if not cap else torch.tanh(head(z) / cap) * cap
         w = head.weight.index_select(0, columns)
         b = head.bias.index_select(0, columns) if head.bias is not None else None
         part = torch.nn.functional.linear(z, w, b)  # [N, 1, k]
+        if cap:
+            part = torch.tanh(part / cap) * cap
         out = torch.zeros(*part.shape[:-1], head.weight.shape[0], dtype=part.dtype, device=part.device)
         return out.index_copy(-1, columns, part)
 
@@ -329,7 +293,7 @@ def _tensors(c: dict):
     for k, v in c.items():
         if isinstance(v, torch.Tensor):
             yield v
-        elif k in ("kv", "pe"):
+        elif k in ("kv", "pe", "allowed"):
             for x in v:
                 yield from (x if isinstance(x, tuple) else (x,))
 

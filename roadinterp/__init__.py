@@ -12,47 +12,59 @@ stays light. See docs/index.md for a tour.
 """
 
 from roadinterp import _quiet  # noqa: F401  (first: mutes known third-party chatter before it can print)
-from roadinterp import _pyvene  # noqa: F401  (imports pyvene quietly, once)
+from roadinterp import search  # the search package, callable: ri.search(...) runs roadinterp.search.search
 from roadinterp._version import __version__
-from roadinterp.adapters.adapter import RoadAdapter
-from roadinterp.adapters.compose import compose
-from roadinterp.adapters.linear import apply_road, remove_road
-from roadinterp.adapters.pedro import PedroAdapter
-from roadinterp.adapters.pedro_linear import apply_pedro
-from roadinterp.adapters.peft_interop import from_peft, to_peft
-from roadinterp.adapters.serve import generate
-from roadinterp.dii.config import DIIConfig, TrainResult
-from roadinterp.dii.train import train_dii
-from roadinterp.errors import (
-    ConfigError,
-    DependencyError,
-    FileFormatError,
-    NonFiniteError,
-    OfflineError,
-    OutputError,
-    OverlapError,
-    RoadinterpError,
-    RunDirError,
-    ShapeError,
-    SiteError,
-    TokenizerError,
-    UnknownNameError,
-)
-from roadinterp.interventions import (
-    RoadInterchange,
-    RoadIntervention,
-    get_family,
-    list_families,
-    register_family,
-)
-from roadinterp.interventions.pedro import PedroConfig, PedroIntervention
-from roadinterp.io import load, save
-from roadinterp.road import RoadRotation, RoadSpec
-from roadinterp.search import SearchConfig, search
-from roadinterp.sites import Site, register_architecture
-from roadinterp.summary import best_alignment, summarize
-from roadinterp.tasks import get_task, list_tasks, register_task
-from roadinterp.zoo import load_model
+
+# public name -> the module that defines it, imported on first use (``ri.X``): `roadinterp --help`
+# and `import roadinterp.errors` load no torch; the first ``ri.X`` loads what X needs (pyvene
+# through roadinterp._pyvene, once, quietly)
+_EXPORTS = {
+    "ConfigError": "roadinterp.errors",
+    "DIIConfig": "roadinterp.dii.config",
+    "DependencyError": "roadinterp.errors",
+    "FileFormatError": "roadinterp.errors",
+    "NonFiniteError": "roadinterp.errors",
+    "OfflineError": "roadinterp.errors",
+    "OutputError": "roadinterp.errors",
+    "OverlapError": "roadinterp.errors",
+    "PedroAdapter": "roadinterp.adapters.pedro",
+    "PedroConfig": "roadinterp.interventions.pedro",
+    "PedroIntervention": "roadinterp.interventions.pedro",
+    "RoadAdapter": "roadinterp.adapters.adapter",
+    "RoadInterchange": "roadinterp.interventions",
+    "RoadIntervention": "roadinterp.interventions",
+    "RoadRotation": "roadinterp.road",
+    "RoadSpec": "roadinterp.road",
+    "RoadinterpError": "roadinterp.errors",
+    "RunDirError": "roadinterp.errors",
+    "SearchConfig": "roadinterp.search",
+    "ShapeError": "roadinterp.errors",
+    "Site": "roadinterp.sites",
+    "SiteError": "roadinterp.errors",
+    "TokenizerError": "roadinterp.errors",
+    "TrainResult": "roadinterp.dii.config",
+    "UnknownNameError": "roadinterp.errors",
+    "apply_pedro": "roadinterp.adapters.pedro_linear",
+    "apply_road": "roadinterp.adapters.linear",
+    "best_alignment": "roadinterp.summary",
+    "compose": "roadinterp.adapters.compose",
+    "from_peft": "roadinterp.adapters.peft_interop",
+    "generate": "roadinterp.adapters.serve",
+    "get_family": "roadinterp.interventions",
+    "get_task": "roadinterp.tasks",
+    "list_families": "roadinterp.interventions",
+    "list_tasks": "roadinterp.tasks",
+    "load": "roadinterp.io",
+    "load_model": "roadinterp.zoo",
+    "register_architecture": "roadinterp.sites",
+    "register_family": "roadinterp.interventions",
+    "register_task": "roadinterp.tasks",
+    "remove_road": "roadinterp.adapters.linear",
+    "save": "roadinterp.io",
+    "summarize": "roadinterp.summary",
+    "to_peft": "roadinterp.adapters.peft_interop",
+    "train_dii": "roadinterp.dii.train",
+}
 
 __all__ = [
     "ConfigError",
@@ -107,9 +119,17 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``ri.viz`` on first use: plotting libraries load only when a figure is asked for."""
-    if name == "viz":
-        import importlib
+    """``ri.X`` on first use; ``ri.viz`` too (plotting libraries load only when a figure is asked for)."""
+    import importlib
 
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name == "viz":
         return importlib.import_module("roadinterp.viz")
     raise AttributeError(f"module 'roadinterp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

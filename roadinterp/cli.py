@@ -8,14 +8,15 @@ by the module they wrap; each group lives in its own section below.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
 import typer
 
 from roadinterp import bounds
-from roadinterp.errors import ConfigError, RoadinterpError
-from roadinterp.options import align_help as _help
+from roadinterp._boundary import state
+from roadinterp.errors import ConfigError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,7 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-state = {"debug": False, "interrupted": "interrupted"}
 
 
 @app.callback()
@@ -35,7 +35,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 # ----------------------------------------------------------------- commands
-# (each section imports its module lazily so `roadinterp --help` stays fast)
+# (each command imports its modules lazily: `roadinterp --help` and usage errors load no torch)
 
 
 # Option callbacks (roadinterp.bounds): every numeric and path option is checked at parse time
@@ -44,12 +44,12 @@ _COUNT = bounds.int_option(maximum=bounds.MAX_EXAMPLES)
 _SEED = bounds.int_option(minimum=0, maximum=bounds.MAX_SEED)
 
 
-def _console():
+def _console(width: int | None = None):
     from rich.console import Console
 
     console = Console(stderr=False)
-    if not console.is_terminal:  # pipes and logs: wide enough that the result table is not truncated
-        console = Console(stderr=False, width=240)
+    if not console.is_terminal or width:  # pipes and logs: a fixed width, so the table is not cut to 80
+        console = Console(stderr=False, width=width or 120)  # the results table fits 120 columns
     return console
 
 
@@ -86,6 +86,7 @@ def zoo_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
     """List zoo models: cached or not, held-out accuracy, size."""
     if ctx.invoked_subcommand is not None:
         return
+    from roadinterp import _pyvene  # noqa: F401  (first: pretrained.py imports pyvene's MLP, whose import prints)
     from roadinterp import zoo
 
     rows = zoo.list_zoo()
@@ -125,86 +126,92 @@ def zoo_train(name: str = typer.Argument(..., help="Zoo model name (see `roadint
 
 
 # ------------------------------------------------------------------ align
+def _shown(default) -> str:
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, (list, tuple)):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def _option(fl) -> typer.models.OptionInfo:
+    """The Typer option of one config field (roadinterp.search.options.Flag): help, default, bounds."""
+    if fl.kind == "int":
+        check = bounds.int_option(minimum=int(fl.minimum if fl.minimum is not None else 1),
+                                  maximum=int(fl.maximum) if fl.maximum is not None else bounds.MAX_EXAMPLES)
+    elif fl.kind == "float":
+        check = bounds.float_option(minimum=fl.minimum, maximum=fl.maximum)
+    elif fl.kind == "str":
+        check = _TEXT
+    else:
+        check = None
+    text = f"Comma-separated. {fl.help}" if fl.kind in ("ints", "strs") else fl.help
+    names = [fl.flag] + ([fl.short] if fl.short else [])
+    return typer.Option(None, *names, help=text, show_default=_shown(fl.default), callback=check)
+
+
+_ALIGN_OWN = {  # align's own options (not config fields): where the run goes and what is printed
+    "config_file": (str, typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it).",
+                                      callback=_TEXT)),
+    "out": (str, typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>).", callback=_TEXT)),
+    "resume": (bool, typer.Option(False, "--resume", help="Skip cells already finished in --out.")),
+    "overwrite": (bool, typer.Option(False, "--overwrite", help="Discard an existing run in --out (refused while "
+                                                              "another process holds the run's lock).")),
+    "as_json": (bool, typer.Option(False, "--json", help="Print the results as JSON (no table, no progress).")),
+    "report": (bool, typer.Option(True, "--report/--no-report", help="Write report.html into the run directory.")),
+    "wide": (bool, typer.Option(False, "--wide", help="Every control column in the table (wider than 120 columns).")),
+}
+
+
+def _with_config_options(fn):
+    """``fn(**values)`` with one option per SearchConfig / DIIConfig / RunOptions field, then its own."""
+    from roadinterp.search.options import config_flags
+
+    kinds = {"int": int, "float": float, "bool": bool}
+    params, hints = [], {}
+    for fl in config_flags():
+        hints[fl.name] = kinds.get(fl.kind, str)
+        params.append(inspect.Parameter(fl.name, inspect.Parameter.KEYWORD_ONLY, default=_option(fl),
+                                        annotation=hints[fl.name]))
+    for name, (typ, opt) in _ALIGN_OWN.items():
+        hints[name] = typ
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
+    fn.__signature__ = inspect.Signature(params)
+    fn.__annotations__ = hints
+    return fn
+
+
 @app.command("align")
-def align_cmd(
-    # help of the config flags: the SearchConfig / DIIConfig field metadata (roadinterp.options)
-    task: str = typer.Option(None, "--task", "-t", help=_help("task"), callback=_TEXT),
-    model: str = typer.Option(None, "--model", "-m", help=_help("model"), callback=_TEXT),
-    layers: str = typer.Option(None, "--layers", help=_help("layers")),
-    component: str = typer.Option(None, "--component", help=_help("components")),
-    positions: str = typer.Option(None, "--positions", help=_help("positions")),
-    family: str = typer.Option(None, "--family", help=_help("families")),
-    size: str = typer.Option(None, "--size", help=_help("sizes")),
-    variables: str = typer.Option(None, "--variables", help=_help("variables")),
-    seeds: int = typer.Option(None, "--seeds", help=_help("seeds"), callback=bounds.int_option(maximum=bounds.MAX_SEEDS)),
-    controls: bool = typer.Option(None, "--controls/--no-controls", help=_help("controls")),
-    epochs: int = typer.Option(None, "--epochs", help=_help("dii.epochs"),
-                               callback=bounds.int_option(maximum=bounds.MAX_EPOCHS)),
-    n_train: int = typer.Option(None, "--n-train", help=_help("dii.n_train"), callback=_COUNT),
-    n_test: int = typer.Option(None, "--n-test", help=_help("dii.n_test"), callback=_COUNT),
-    batch_size: int = typer.Option(None, "--batch-size", help=_help("dii.batch_size"), callback=_COUNT),
-    lr: float = typer.Option(None, "--lr", help=_help("dii.lr"), callback=bounds.float_option(minimum=0.0)),
-    mode: str = typer.Option(None, "--mode", help=_help("dii.mode"), callback=_TEXT),
-    variant: str = typer.Option(None, "--variant", help=_help("dii.variant"), callback=_TEXT),
-    depth: int = typer.Option(None, "--depth", help=_help("dii.depth"), callback=bounds.int_option(maximum=64)),
-    threads: int = typer.Option(None, "--threads", help=_help("dii.threads"),
-                                callback=bounds.int_option(minimum=0, maximum=1024)),
-    config_file: str = typer.Option(None, "--config", help="JSON file with SearchConfig fields (flags override it).",
-                                    callback=_TEXT),
-    out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/<task>).", callback=_TEXT),
-    resume: bool = typer.Option(False, "--resume", help="Skip cells already finished in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --out (refused while another process holds the run's lock)."),
-    executor: str = typer.Option("local", "--executor", help="local or ray."),
-    workers: int = typer.Option(2, "--workers", help="Local executor: cells trained in parallel processes.",
-                                callback=bounds.int_option(maximum=bounds.MAX_WORKERS)),
-    batched: bool = typer.Option(True, "--batched/--sequential", help="Train the seeds of a RoAd-family cell in one batched forward."),
-    engine: str = typer.Option(None, "--engine", help=_help("dii.engine"), callback=_TEXT),
-    device: str = typer.Option("auto", "--device", help="Where the frozen model runs: auto (a GPU if there is one), cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("float32", "--dtype", help="The frozen model's dtype: float32, bfloat16 or float16 (interventions train in fp32)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster.", callback=_TEXT),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (no table, no progress)."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory."),
-) -> None:
+@_with_config_options
+def align_cmd(**values) -> None:
     """Causal alignment search: train a DII per cell, score held-out IIA with controls."""
     import json
     from pathlib import Path
 
     from roadinterp import io
-    from roadinterp.search import SearchConfig, search
+    from roadinterp.search.options import build
+    from roadinterp.search.pipeline import search
     from roadinterp.store import is_run_dir, lock_run
     from roadinterp.summary import best_alignment, summarize
 
-    if resume and overwrite:
+    own = {k: values.pop(k) for k in _ALIGN_OWN}
+    if own["resume"] and own["overwrite"]:
         raise ConfigError("--resume and --overwrite contradict each other (continue the run, or discard it); "
                           "pass one of them")
     base: dict = {}
-    if config_file:
-        base = io.load_json(config_file, "config file")
+    if own["config_file"]:
+        base = io.load_json(own["config_file"], "config file")
         if not isinstance(base, dict):
-            raise ConfigError(f"config file {config_file} must hold a JSON object")
-    flags = {
-        "task": task, "model": model, "layers": bounds.parse_ints("--layers", layers),
-        "components": bounds.parse_strs("--component", component),
-        "positions": bounds.parse_strs("--positions", positions), "families": bounds.parse_strs("--family", family),
-        "sizes": bounds.parse_ints("--size", size), "variables": bounds.parse_strs("--variables", variables),
-        "seeds": seeds, "controls": controls,
-    }
-    dii_flags = {"epochs": epochs, "n_train": n_train, "n_test": n_test, "batch_size": batch_size, "lr": lr,
-                 "mode": mode, "variant": variant, "depth": depth, "threads": threads}
-    merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
-    cfg = SearchConfig.from_json(merged).with_dii(**{k: v for k, v in dii_flags.items() if v is not None})
-    out = out or f"runs/{cfg.task}"
-    io.prepare_output(out, overwrite=overwrite, ours=is_run_dir)
+            raise ConfigError(f"config file {own['config_file']} must hold a JSON object")
+    cfg, options = build(values, base)  # the config, built (and validated) once
+    out = own["out"] or f"runs/{cfg.task}"
+    io.prepare_output(out, overwrite=own["overwrite"], ours=is_run_dir)
     state["interrupted"] = (f"interrupted: finished cells are saved in {out}; "
                             f"rerun the same command with --resume to continue")
-
     console = _console()
-    progress = None
-    if not as_json:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(TextColumn("[bold]align[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.description}"), console=console, transient=False)
+    progress = None if own["as_json"] else _progress(console)
     bar = {}
 
     def on_cell(cell, row, done, total):
@@ -218,23 +225,31 @@ def align_cmd(
     # one writer per run directory: the lock is held from before the store opens until the report is written
     with lock_run(out):
         try:
-            table = search(cfg, out=out, resume=resume, overwrite=overwrite, executor=executor,
-                           ray_address=ray_address, workers=workers, batched=batched, engine=engine,
-                           device=device, dtype=dtype, on_cell=on_cell)
+            table = search(cfg, options=options, out=out, resume=own["resume"], overwrite=own["overwrite"],
+                           on_cell=on_cell)
         finally:
             if "id" in bar:
                 progress.stop()
         summary = summarize(table)
         best = best_alignment(table)
-        if report:
+        if own["report"]:
             from roadinterp.viz.report import write_report
 
             write_report(out, Path(out) / "report.html")
-    if as_json:
+    if own["as_json"]:
         typer.echo(json.dumps({"out": out, "cells": table.to_dict(orient="records"),
                                "summary": summary.to_dict(orient="records"), "best": best}, default=str))
         return
-    _print_summary(console, summary, best, out)
+    from roadinterp.viz.terminal import print_summary
+
+    print_summary(_console(240) if own["wide"] else console, summary, best, out, wide=own["wide"])
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]align[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.description}"), console=console, transient=False)
 
 
 # ------------------------------------------------------------ train & compose
@@ -265,6 +280,10 @@ def train_cmd(
     from roadinterp.tasks import get_task
     from roadinterp.training import train_adapter
 
+    from roadinterp.road.rotation import VARIANTS
+
+    if variant not in VARIANTS:  # before any work (the task's zoo model may need training first)
+        raise ConfigError(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)  # before any training
     t = get_task(task)
     block_list = bounds.parse_blocks("--blocks", blocks)
@@ -301,42 +320,11 @@ def compose_cmd(
     from roadinterp.adapters.compose import compose
 
     io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)
-    loaded, w = _load_adapters(adapters, weights)
+    loaded, w = io.load_adapters(adapters, weights)
     composed = compose(loaded, weights=w, resolve=resolve)
     io.save(composed, out, overwrite=overwrite)
     owners = composed.meta.get("owners", {})
     typer.echo(f"saved {out}: " + ", ".join(f"{k} owns {len(v)} blocks" for k, v in owners.items()))
-
-
-def _load_adapters(paths, weights: str | None) -> tuple[dict, dict[str, float] | None]:
-    """(name -> loaded adapter, --weights as name -> lambda or None), shared by compose and generate.
-
-    The names and weights are checked before any file is read: names are directory names
-    (two directories with one name are refused), ``--weights`` looks like ``op=1,format=0.5``
-    with finite values, and every weighted name is one of the adapters.
-    """
-    from roadinterp import io
-
-    names = _adapter_names(paths)
-    w = bounds.parse_weights("--weights", weights) or None
-    unknown_names = sorted(set(w or ()) - set(names))
-    if unknown_names:
-        raise ConfigError(f"--weights names {unknown_names} are not among the adapters {sorted(names)}")
-    return {name: io.load(a) for name, a in names.items()}, w
-
-
-def _adapter_names(paths) -> dict[str, str]:
-    """Adapter name (its directory's name) -> path; two directories with one name are refused."""
-    from pathlib import Path
-
-    names: dict[str, str] = {}
-    for a in paths or []:
-        name = Path(bounds.nonempty("adapter path", a)).resolve().name
-        if name in names:
-            raise ConfigError(f"adapters {names[name]} and {a} are both named {name!r} (names are directory "
-                              "names); rename or copy one so every adapter has its own name")
-        names[name] = a
-    return names
 
 
 @app.command("generate")
@@ -358,6 +346,7 @@ def generate_cmd(
     Every (prompt, condition) pair is one row of a single mixed batch (roadinterp.serve):
     each row is routed to its own adapter.
     """
+    from roadinterp import io
     from roadinterp.adapters import serve
     from roadinterp.adapters.compose import compose
     from roadinterp.chat_behaviours import chat_prompt
@@ -367,7 +356,7 @@ def generate_cmd(
 
     if template not in ("chatml", "raw"):
         raise ConfigError(f"--template must be chatml or raw, got {template!r}")
-    loaded, w = _load_adapters(adapter, weights)
+    loaded, w = io.load_adapters(adapter, weights)
     tok = load_tokenizer(model)  # before the model: a toy zoo model has none
     if tok is None:
         raise TokenizerError(f"--model {model} has no tokenizer, so it cannot generate text; pass a text model "
@@ -392,10 +381,6 @@ def generate_cmd(
 
 
 # --------------------------------------------------------------------- bench
-BENCHES = {"batching": "benchmarks.bench_batching", "dii": "benchmarks.bench_dii", "lm": "benchmarks.bench_lm",
-           "search": "benchmarks.bench_search"}
-
-
 @app.command("bench")
 def bench_cmd(
     name: str = typer.Argument(..., help="batching, dii, lm or search."),
@@ -406,23 +391,18 @@ def bench_cmd(
                              callback=bounds.int_option()),
 ) -> None:
     """Benchmarks measured as ratios against a baseline in the same run (see docs/performance.md)."""
-    import importlib
     import json
 
+    from roadinterp import bench
     from roadinterp.errors import unknown
 
-    if name not in BENCHES:
-        raise unknown("benchmark", name, list(BENCHES))
-    try:
-        mod = importlib.import_module(BENCHES[name])
-    except ModuleNotFoundError as e:
-        raise ConfigError(f"benchmark {name} is not available ({e}); run from a roadinterp checkout") from None
+    if name not in bench.BENCHES:
+        raise unknown("benchmark", name, list(bench.BENCHES))
     if (model is not None or reps is not None) and name != "batching":
         raise ConfigError(f"--model/--reps are options of 'bench batching', not of 'bench {name}'")
     if reps is not None and model is None:
         raise ConfigError("--reps sets the repetitions of the real-LM setting; pass --model too")
-    extra = {} if model is None else {"model": model, "reps": reps}
-    result = mod.run(quick=quick, **extra)
+    result = bench.run(name, quick=quick, **({} if model is None else {"model": model, "reps": reps}))
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return
@@ -482,161 +462,11 @@ def report_cmd(
             typer.echo(str(p))
 
 
-def _print_summary(console, summary, best, out) -> None:
-    from rich.table import Table
-
-    t = Table(title="alignment search: held-out IIA over seeds")
-    for col in ("family", "layer", "site", "size", "seeds", "IIA mean ± std", "range", "train IIA", "vocab IIA", "no-op",
-                "random-init", "rival", "seed agree (random)", "site patch", "warnings"):
-        t.add_column(col, no_wrap=col != "warnings")
-
-    def f(r, c, digits=3):
-        v = r.get(c)
-        return "-" if v is None or v != v else f"{v:.{digits}f}"
-
-    for _, r in summary.iterrows():
-        agree = f(r, "seed_agreement", 2)
-        t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
-                  str(int(r["n_seeds"])), f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}",
-                  f"{r['iia_min']:.3f}-{r['iia_max']:.3f}", f(r, "train_iia_mean"), f(r, "iia_vocab_mean"),
-                  f(r, "iia_null_mean"),
-                  f(r, "iia_random_model_mean"),
-                  f(r, "iia_rival_mean"), agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})",
-                  f(r, "iia_site_patch_mean"), str(r.get("warnings") or ""))
-    console.print(t)
-    if best:
-        ctrl = ""
-        if best.get("iia_random_model_mean") is not None:
-            ctrl = f"; controls: random-init model {best['iia_random_model_mean']:.3f}"
-        if best.get("iia_rival_mean") is not None:
-            ctrl += f", rival hypothesis {best['iia_rival_mean']:.3f}"
-        if best.get("iia_null_mean") is not None:
-            ctrl += f", no-op baseline {best['iia_null_mean']:.3f}"
-        from roadinterp.controls import describe_warnings
-
-        warn = f"; warnings: {describe_warnings(best['warnings'])}" if best.get("warnings") else ""
-        console.print(
-            f"best alignment (by mean over seeds): {best['family']} at layer {best['layer']} "
-            f"{best['component']}@{best['position']} size {best['size']}: IIA {best['iia_mean']:.3f} ± "
-            f"{best['iia_std']:.3f} (range {best['iia_min']:.3f}-{best['iia_max']:.3f}, "
-            f"{int(best['n_seeds'])} seeds){ctrl}{warn}"
-        )
-    console.print(f"results: {out}/results.csv  report: {out}/report.html")
-
-
-def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """(usage-error, exit, abort) classes of click *and* of the copy of click that Typer bundles.
-
-    typer >= 0.16 vendors click as ``typer._click`` (its own ClickException, Exit and Abort),
-    older typer uses the real ``click``; match both so the boundary does not depend on the version.
-    """
-    usage, exits, aborts = [], [typer.Exit], [typer.Abort]
-    modules = []
-    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
-        try:
-            modules.append(__import__(name, fromlist=["_"]))
-        except ImportError:
-            pass
-    for m in modules:
-        usage += [c for c in (getattr(m, "ClickException", None),) if isinstance(c, type)]
-        exits += [c for c in (getattr(m, "Exit", None),) if isinstance(c, type)]
-        aborts += [c for c in (getattr(m, "Abort", None),) if isinstance(c, type)]
-    return tuple(usage), tuple(exits), tuple(aborts)
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so cleanup runs as for Ctrl-C (exit 143)."""
-
-
-def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tests
-    import signal
-
-    # remembered because Typer turns a KeyboardInterrupt into a plain return code of 130
-    state["signal"] = signum
-    if signum == signal.SIGTERM:
-        raise _Terminated()
-    raise KeyboardInterrupt
-
-
-def _install_signal_handlers() -> None:
-    """Ctrl-C and SIGTERM stop the run through Python (finally blocks, stores closed, one line).
-
-    Installed unconditionally: a process started with SIGINT ignored (``nohup roadinterp align ... &``,
-    background jobs of non-interactive shells) inherits SIG_IGN and could otherwise not be interrupted.
-    """
-    import signal
-
-    state["signal"] = None
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    if hasattr(signal, "pthread_sigmask"):  # a blocked mask is inherited too
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _exit_interrupted(terminated: bool = False) -> None:
-    typer.echo(state["interrupted"], err=True)
-    sys.exit(143 if terminated else 130)
-
-
-def _error_line(message: str) -> None:
-    text = " ".join(str(message).split())  # one line, whatever the message held
-    typer.echo(f"error: {text}", err=True)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: the CLI's one error boundary.
+    """Console-script entry point: the commands inside the one error boundary (roadinterp._boundary)."""
+    from roadinterp._boundary import run
 
-    Every user mistake -- a :class:`RoadinterpError`, a Typer/Click usage error (unknown
-    option or command, a value that is not an int, a missing argument), an OS refusal
-    (permission, disk full) or memory exhaustion -- is one ``error: ...`` line on stderr
-    with exit status 2; ``--debug`` re-raises it with its traceback. Ctrl-C exits 130 and
-    SIGTERM 143, each with one line (``align`` adds the ``--resume`` hint).
-    """
-    args = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in args
-    state["interrupted"] = "interrupted"
-    usage_errors, exits, aborts = _click_exceptions()
-    try:
-        _install_signal_handlers()
-        rc = app(args=args, standalone_mode=False, prog_name="roadinterp")
-        if state.get("signal") is not None:  # Typer returned 130 for the KeyboardInterrupt
-            _exit_interrupted()
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
-    except (KeyboardInterrupt, _Terminated) as e:
-        _exit_interrupted(isinstance(e, _Terminated))
-    except exits as e:
-        if state.get("signal") is not None or isinstance(e.__cause__, KeyboardInterrupt):
-            _exit_interrupted()
-        sys.exit(getattr(e, "exit_code", 0))
-    except aborts:  # click turns a Ctrl-C during a prompt into Abort
-        _exit_interrupted()
-    except RoadinterpError as e:
-        if debug:
-            raise
-        _error_line(str(e))
-        sys.exit(2)
-    except usage_errors as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `roadinterp` / group: the help is the answer
-            typer.echo(e.format_message())
-            sys.exit(0)
-        if debug:
-            raise
-        ctx = getattr(e, "ctx", None)
-        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        _error_line(f"{e.format_message()}{where}")
-        sys.exit(2)
-    except MemoryError:
-        if debug:
-            raise
-        _error_line("out of memory; use smaller counts (--n-train, --n-test, --seeds, --workers)")
-        sys.exit(2)
-    except OSError as e:  # the environment refused (permissions, disk full, a path that is a file): not a bug
-        if debug:
-            raise
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        _error_line(f"{e.strerror or e}{where} (rerun with --debug for the traceback)")
-        sys.exit(2)
+    run(app, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

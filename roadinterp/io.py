@@ -79,6 +79,7 @@ def save(obj: Saveable, path: str | os.PathLike, *, overwrite: bool = False) -> 
     _mkdir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a save is as shareable as the user says
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         doc = {"format": FORMAT, "version": VERSION, "kind": obj.KIND, "config": config}
@@ -131,9 +132,10 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, mode: int | None = 
     """Write ``text`` to file ``path`` atomically: a synced temporary file beside it, then one rename.
 
     Readers see the old content or the new, never a torn file. ``mode`` sets the
-    permissions (the temporary file is created 0600, so pass 0o644 for a file meant
-    to be shared).
+    permissions; by default the file gets what ``open()`` would give it (0666 less the
+    user's umask), not the temporary file's 0600, so collaborators can read results.csv.
     """
+    mode = (0o666 & ~current_umask()) if mode is None else mode
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -141,13 +143,53 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, mode: int | None = 
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def load_adapters(paths, weights: str | None = None) -> tuple[dict, dict[str, float] | None]:
+    """(name -> loaded adapter, ``weights`` as name -> lambda or None) for ``compose``/``generate``.
+
+    The names and weights are checked before any file is read: names are directory names
+    (two directories with one name are refused), ``weights`` looks like ``op=1,format=0.5``
+    with finite values, and every weighted name is one of the adapters.
+    """
+    names = adapter_names(paths)
+    w = bounds.parse_weights("--weights", weights) or None
+    unknown_names = sorted(set(w or ()) - set(names))
+    if unknown_names:
+        from roadinterp.errors import ConfigError
+
+        raise ConfigError(f"--weights names {unknown_names} are not among the adapters {sorted(names)}")
+    return {name: load(a) for name, a in names.items()}, w
+
+
+def adapter_names(paths) -> dict[str, str]:
+    """Adapter name (its directory's name) -> path; two directories with one name are refused."""
+    from roadinterp.errors import ConfigError
+
+    names: dict[str, str] = {}
+    for a in paths or []:
+        try:
+            name = Path(bounds.nonempty("adapter path", a)).resolve().name
+        except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13, OSError after)
+            raise FileFormatError(f"adapter path {a} cannot be resolved ({e}); is it a symlink loop?") from None
+        if name in names:
+            raise ConfigError(f"adapters {names[name]} and {a} are both named {name!r} (names are directory "
+                              "names); rename or copy one so every adapter has its own name")
+        names[name] = a
+    return names
 
 
 def _remove(p: Path) -> None:

@@ -3,7 +3,8 @@
 A search stores one row per cell and seed (:mod:`roadinterp.store`). :func:`summarize`
 groups the seeds of each cell (mean, spread, range, controls, warning codes),
 :func:`annotate` gives every seed's row its cell's warnings, :func:`best_alignment`
-names the cell with the best *mean* IIA, and :func:`null_baseline` is the IIA of doing
+names the cell with the best *mean* IIA, :func:`describe_best` says so in one sentence (the
+CLI prints it, the report leads with it), and :func:`null_baseline` is the IIA of doing
 nothing on a run's held-out set (:func:`roadinterp.controls.null_iia`), the floor every
 IIA is read against. These only read tables and run.json, so reports
 (:mod:`roadinterp.viz.report`) use them without importing the search.
@@ -11,12 +12,13 @@ IIA is read against. These only read tables and run.json, so reports
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
-from roadinterp.controls import cell_warnings, is_control_column, join_codes, null_iia
+from roadinterp.controls import cell_warnings, describe_warnings, is_control_column, join_codes, null_iia
 
 SCORES = ("train_iia", "iia_vocab")  # per-seed scores beside ``iia`` (not controls): summarised like controls
 
@@ -58,6 +60,41 @@ def best_alignment(table: pd.DataFrame) -> dict[str, Any] | None:
     """
     s = summarize(table)
     return None if s.empty else s.iloc[0].to_dict()
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _label(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def describe_best(best: Mapping[str, Any]) -> str:
+    """The best alignment (a :func:`best_alignment` row) in one sentence: the cell, its mean IIA
+    over seeds with spread and range, every control that ran, and its warnings (never leaving
+    out ``illusion-suspect``). The one wording: the CLI prints it and the report leads with it."""
+    n = int(best["n_seeds"])
+    s = (f"Best alignment: {best['family']} at layer {_label(best['layer'])} "
+         f"{best['component']}@{_label(best['position'])}, size {_label(best['size'])}: IIA "
+         f"{best['iia_mean']:.3f} ± {best['iia_std']:.3f}, the mean over {n} seed{'s' if n != 1 else ''} "
+         f"(range {best['iia_min']:.3f}-{best['iia_max']:.3f}).")
+    ctrl = []
+    if _finite(best.get("iia_random_model_mean")):
+        ctrl.append(f"random-init model {best['iia_random_model_mean']:.3f}")
+    if _finite(best.get("iia_rival_mean")):
+        own = best.get("iia_rival_null_mean")
+        ctrl.append(f"rival hypothesis {best['iia_rival_mean']:.3f}"
+                    + (f" (its no-op baseline {own:.3f})" if _finite(own) else ""))
+    if _finite(best.get("iia_null_mean")):
+        ctrl.append(f"no-op baseline {best['iia_null_mean']:.3f}")
+    s += f" Controls: {', '.join(ctrl)}." if ctrl else " No controls were run for this cell."
+    text = describe_warnings(best.get("warnings") or "")
+    return s + (f" Warnings: {text}." if text else "")
 
 
 def annotate(table):

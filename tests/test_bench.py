@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_dii_quick_returns_its_keys():
-    from benchmarks.bench_dii import FAMILIES, run
+    from roadinterp.bench.bench_dii import FAMILIES, run
 
     out = run(quick=True)
     json.dumps(out)  # what `roadinterp bench dii --json` prints
@@ -22,7 +22,7 @@ def test_bench_dii_quick_returns_its_keys():
 
 @pytest.mark.slow
 def test_bench_search_quick_returns_its_keys(tmp_path):
-    from benchmarks.bench_search import plot, run
+    from roadinterp.bench.bench_search import plot, run
 
     out = run(quick=True)
     plot(out, tmp_path / "grid.png")
@@ -45,7 +45,7 @@ def test_bench_search_quick_returns_its_keys(tmp_path):
 
 @pytest.mark.slow
 def test_bench_lm_quick_returns_its_keys():
-    from benchmarks.bench_lm import run
+    from roadinterp.bench.bench_lm import run
 
     out = run(quick=True)
     json.dumps(out)  # what `roadinterp bench lm --json` prints
@@ -58,7 +58,7 @@ def test_bench_lm_quick_returns_its_keys():
 
 
 def test_profile_step_quick_profiles_both_engines():
-    from benchmarks.profile_step import markdown, run
+    from roadinterp.bench.profile_step import markdown, run
 
     out = run(quick=True)
     json.dumps(out)

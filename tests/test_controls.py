@@ -152,8 +152,8 @@ def test_align_cli_shows_warnings_in_table_csv_and_report(tmp_path):
                         "256", "--epochs", "2", "--out", str(out)], env=env, capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0, r.stderr
-    best = [line for line in r.stdout.splitlines() if "best alignment" in line]
-    assert best and "illusion-suspect" in r.stdout.split("best alignment", 1)[1]
+    best = [line for line in r.stdout.splitlines() if "best alignment" in line.lower()]
+    assert best and "illusion-suspect" in r.stdout.lower().split("best alignment", 1)[1]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(set(row["warnings"].split(";")) >= {"illusion-suspect", "few-seeds"} for row in rows)

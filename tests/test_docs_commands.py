@@ -72,7 +72,7 @@ def check_outputs(args: list[str], cwd: Path, proc) -> None:
         for f in ("run.json", "results.db", "results.csv", "report.html"):
             assert (run / f).is_file(), f"{f} missing after {args}"
         assert len((run / "results.csv").read_text().splitlines()) >= 2
-        assert "best alignment" in proc.stdout
+        assert "best alignment" in proc.stdout.lower()
     elif args[0] in ("report", "plot") or args[:1] == ["train"]:
         assert out and (cwd / out).exists(), f"{out} missing after {args}"
     elif args[0] == "tasks":

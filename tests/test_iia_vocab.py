@@ -241,7 +241,7 @@ def test_summaries_carry_iia_vocab_and_old_tables_without_it_still_summarise(tmp
 def test_the_cli_table_and_the_report_show_iia_vocab_when_stored(tmp_path):
     from rich.console import Console
 
-    from roadinterp.cli import _print_summary
+    from roadinterp.viz.terminal import print_summary as _print_summary
     from roadinterp.store import read_run
     from roadinterp.summary import best_alignment, summarize
     from roadinterp.viz.report import write_report
@@ -250,7 +250,7 @@ def test_the_cli_table_and_the_report_show_iia_vocab_when_stored(tmp_path):
         run = _run(tmp_path / name, _rows(with_vocab))
         _, table = read_run(run)
         console = Console(record=True, width=400)
-        _print_summary(console, summarize(table), best_alignment(table), str(run))
+        _print_summary(console, summarize(table), best_alignment(table), str(run), wide=True)
         text = console.export_text()
         header = next(line for line in text.splitlines() if "train IIA" in line)
         assert "vocab IIA" in header
@@ -284,7 +284,7 @@ def test_align_through_the_cli_writes_iia_vocab(tmp_path):
 def test_smollm2_ioi_iia_vocab_is_the_brute_force_one_on_kv_and_pyvene():
     """The real LM (vocab 49152) on IOI's padded prompts: the KV engine's full unembedding at
     evaluation and pyvene's full forward give the hooked-forward reference, row for row."""
-    from roadinterp.frozen import get_bound_task, get_model
+    from roadinterp.search.frozen import get_bound_task, get_model
 
     model, task = get_model("zoo:smollm2-135m"), get_bound_task("ioi", "zoo:smollm2-135m")
     data = task.counterfactuals(48, split="test", seed=0, variables=("io_position",))

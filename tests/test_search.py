@@ -255,7 +255,7 @@ def test_batched_search_matches_one_cell_at_a_time(tmp_path):
 
 
 def test_dtype_places_the_frozen_model_and_results_follow_float32():
-    from roadinterp.frozen import _MODELS
+    from roadinterp.search.frozen import _MODELS
 
     cfg = {**SMALL_CFG, "families": ["road"], "layers": [1]}  # inputs_embeds: cast to the model's dtype
     ref = search(**cfg)
@@ -308,3 +308,57 @@ def test_one_variable_of_several_is_aligned_with_its_own_labels_and_controls(tmp
     # a rival hypothesis aligns its own variables: variables= does not apply to it
     with pytest.raises(ConfigError, match="variables selects among the main hypothesis"):
         SearchConfig(**cfg).cell("road", 2, 0).__class__(hypothesis="first-argument", variables=("V1",))
+
+
+def test_a_cuda_run_loads_its_model_once_and_binds_the_task_on_that_copy(monkeypatch):
+    """get_bound_task filters a prompt task on the model the search runs (device, dtype), never on a
+    second, CPU float32 copy (mocked CUDA: zoo.load_model records where each copy goes)."""
+    from roadinterp import zoo
+    from roadinterp.search import frozen
+
+    loads, bound = [], {}
+
+    class Model(torch.nn.Module):
+        def __init__(self, device):
+            super().__init__()
+            self.device_name = device
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def to(self, *args, **kwargs):  # "cuda" here is only a label
+            return self
+
+    class PromptTask:
+        name, needs_tokenizer = "mock-prompt", True
+
+        def bind(self, *, tokenizer, model, cache_dir):
+            bound["model"] = model
+            return self
+
+    monkeypatch.setattr(zoo, "_resolve_device", lambda d: "cuda:0" if d in ("auto", "cuda") else d)
+    monkeypatch.setattr(zoo, "load_model", lambda spec, device="cpu": loads.append((spec, device)) or Model(device))
+    monkeypatch.setattr(frozen, "get_tokenizer", lambda spec: object())
+    monkeypatch.setattr("roadinterp.tasks.get_task", lambda name: PromptTask())
+    monkeypatch.setattr(frozen, "_MODELS", {})
+    monkeypatch.setattr(frozen, "_BOUND", {})
+    model = frozen.get_model("zoo:mock", "cuda", "bfloat16")
+    frozen.get_bound_task("mock-prompt", "zoo:mock", "cuda", "bfloat16")
+    assert loads == [("zoo:mock", "cuda:0")] and bound["model"] is model
+    assert list(frozen._MODELS) == ["zoo:mock@cuda:0:bfloat16"]  # no CPU float32 copy was made
+
+
+def test_run_options_are_shared_and_the_config_crosses_as_a_dataclass():
+    import pickle
+
+    from roadinterp.search import Cell, Job, RunOptions, SearchConfig
+    from roadinterp.search.executors import LocalExecutor, PoolExecutor, make_executor
+
+    assert isinstance(make_executor("local", 1, n_jobs=5), LocalExecutor)
+    assert isinstance(make_executor("local", 2, n_jobs=5), PoolExecutor)
+    cfg = SearchConfig(families=["road"])
+    job = Job(cfg, (Cell("road", 0, "block_output", "last", 8, 0),), "zoo:hierarchical-equality-mlp")
+    again = pickle.loads(pickle.dumps(job))
+    assert again.config == cfg and isinstance(again.config, SearchConfig)
+    assert RunOptions().batched and RunOptions().workers == 1
+    with pytest.raises(ConfigError):
+        Job(cfg, (Cell("road", 0, "block_output", "last", 8, 0), Cell("road", 1, "block_output", "last", 8, 1)),
+            "m")

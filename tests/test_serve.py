@@ -195,7 +195,7 @@ def test_ragged_prompts_are_left_padded():
 
 @pytest.mark.slow
 def test_bench_batching_quick_returns_all_ratios():
-    from benchmarks.bench_batching import run
+    from roadinterp.bench.bench_batching import run
 
     res = run(quick=True)
     assert set(res["ratios"]) == {
@@ -323,7 +323,7 @@ def test_rows_are_gathered_once_per_batch_with_grad_mode_on(monkeypatch):
 
 def test_lm_bench_quick_mixed_equals_per_sample():
     """The real-LM bench's code path on a tiny Llama: its checks hold and its loop is HF generate's."""
-    from benchmarks.bench_batching_lm import _prompts, greedy, run_lm
+    from roadinterp.bench.bench_batching_lm import _prompts, greedy, run_lm
 
     model = tiny_llama()
     res = run_lm(model, quick=True)
@@ -346,7 +346,7 @@ def test_lm_bench_quick_mixed_equals_per_sample():
 
 def test_lm_sweep_quick_covers_every_point():
     """The sweep behind docs/data/batching_sweep.json runs on a tiny Llama: one row per point, ratios > 0."""
-    from benchmarks.bench_batching_lm import sweep
+    from roadinterp.bench.bench_batching_lm import sweep
     from roadinterp.road import fused
 
     res = sweep(tiny_llama(), batches=(1, 2), distinct=(1, 2), prompt=4, new=3, reps=1, quick=True)

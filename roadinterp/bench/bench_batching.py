@@ -15,7 +15,7 @@ import copy
 
 import torch
 
-from benchmarks.common import interleaved, machine, ratio, summary
+from roadinterp.bench.common import interleaved, machine, peft_lora_adapters, ratio, summary
 from roadinterp.adapters import serve
 from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.adapters.linear import apply_road, linear_targets
@@ -42,26 +42,11 @@ def _model(cfg: dict):
     return model
 
 
-def _peft_lora(model, names, targets, r):
-    from peft import LoraConfig, get_peft_model
-
-    suffixes = sorted({t.rsplit(".", 1)[-1] for t in targets})
-    pm = None
-    for i, name in enumerate(names):
-        torch.manual_seed(1000 + i)
-        cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=suffixes, init_lora_weights=False)
-        if pm is None:
-            pm = get_peft_model(model, cfg, adapter_name=name)
-        else:
-            pm.add_adapter(name, cfg)
-    return pm.eval()
-
-
 def run(quick: bool = False, threads: int | None = 1, model: str | None = None, reps: int | None = None) -> dict:
     """Run the benchmark; return throughputs (tokens/s), ratios and the setup.
 
     ``model`` (e.g. ``"zoo:smollm2-135m"``): the real-LM setting
-    (:mod:`benchmarks.bench_batching_lm`); otherwise the toy Llama (``quick``: tiny).
+    (:mod:`roadinterp.bench.bench_batching_lm`); otherwise the toy Llama (``quick``: tiny).
     ``threads=1`` (default): on a shared 2-core machine two torch threads stall in
     small reductions (see bench_dii), which swamps the per-op costs measured here.
     """
@@ -70,7 +55,7 @@ def run(quick: bool = False, threads: int | None = 1, model: str | None = None, 
         torch.set_num_threads(threads)
     try:
         if model is not None:
-            from benchmarks.bench_batching_lm import run_lm
+            from roadinterp.bench.bench_batching_lm import run_lm
 
             return run_lm(model, quick=quick, reps=reps)
         return _run(quick)
@@ -92,7 +77,7 @@ def _run(quick: bool) -> dict:
     road_model = copy.deepcopy(base)
     apply_road(road_model, bank)
     peft_road = to_peft(bank, copy.deepcopy(base))
-    peft_lora = _peft_lora(copy.deepcopy(base), names, targets, cfg["lora_r"])
+    peft_lora = peft_lora_adapters(copy.deepcopy(base), names, targets, cfg["lora_r"])
 
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1, cfg["vocab"], (batch, prompt), generator=g)
@@ -155,7 +140,7 @@ def _run(quick: bool) -> dict:
     }
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_batching [--quick]
+if __name__ == "__main__":  # python -m roadinterp.bench.bench_batching [--quick]
     import json
     import sys
 

@@ -30,8 +30,7 @@ import time
 
 import torch
 
-from benchmarks.bench_batching import _peft_lora
-from benchmarks.common import machine
+from roadinterp.bench.common import machine, peft_lora_adapters
 from roadinterp.adapters import serve
 from roadinterp.adapters.adapter import RoadAdapter
 from roadinterp.adapters.linear import RoadLinear, apply_road, linear_targets, merge, road_layers
@@ -177,7 +176,7 @@ def run_lm(model="zoo:smollm2-135m", *, quick: bool = False, reps: int | None = 
     paths, names, bank, road_model = _random_bank(base, b, cfg)
     bank_model = _bank_model(base, paths, cfg)
     peft_road = to_peft(bank, copy.deepcopy(base))
-    peft_lora = _peft_lora(copy.deepcopy(base), names, paths, cfg["lora_r"])
+    peft_lora = peft_lora_adapters(copy.deepcopy(base), names, paths, cfg["lora_r"])
     merged = _merged(base, bank[names[0]])
     distinct = torch.arange(b, device=device)
     pick = torch.randperm(cfg["bank"], generator=torch.Generator().manual_seed(3))[:b]
@@ -273,7 +272,7 @@ def sweep(model="zoo:smollm2-135m", *, batches=(1, 4, 16), distinct=(1, 4, 16), 
     big = max(batches)
     paths, names, bank, road_model = _random_bank(base, big, cfg)
     peft_road = to_peft(bank, copy.deepcopy(base))
-    peft_lora = _peft_lora(copy.deepcopy(base), names, paths, cfg["lora_r"])
+    peft_lora = peft_lora_adapters(copy.deepcopy(base), names, paths, cfg["lora_r"])
     g = torch.Generator().manual_seed(0)
     points = [("batch", b, b, b) for b in batches] + [("distinct", k, big, k) for k in distinct if k != big]
     rows = []
@@ -342,14 +341,14 @@ def plot_sweep(result: dict, path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_batching_lm [--quick] [--reps N] [--sweep ...]
+if __name__ == "__main__":  # python -m roadinterp.bench.bench_batching_lm [--quick] [--reps N] [--sweep ...]
     import json
     import sys
 
     args = sys.argv[1:]
     torch.set_num_threads(1)
     n = int(args[args.index("--reps") + 1]) if "--reps" in args else None
-    if "--sweep" in args:  # python -m benchmarks.bench_batching_lm --sweep [--plot PNG] [--from JSON]
+    if "--sweep" in args:  # python -m roadinterp.bench.bench_batching_lm --sweep [--plot PNG] [--from JSON]
         if "--from" in args:
             with open(args[args.index("--from") + 1]) as f:
                 res = json.load(f)

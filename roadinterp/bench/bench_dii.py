@@ -17,7 +17,7 @@ a full orthogonal matrix re-parametrised on every weight access) and ``lowrank``
 (pyvene LowRankRotatedSpaceIntervention, rank d/8). A configuration whose step is
 estimated (power law through the two previous widths of the same family, cubic when
 there is only one) or measured to exceed ``bound_s`` is skipped and reported with
-its estimate. Conditions of one width are interleaved (benchmarks.common).
+its estimate. Conditions of one width are interleaved (roadinterp.bench.common).
 
 Runs with one torch thread (``threads``): on this shared 2-core machine, a parallel
 reduction with 2 threads (the ``sum`` in every broadcasting multiply's backward)
@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from benchmarks.common import interleaved, machine, main, ratio, summary
+from roadinterp.bench.common import interleaved, machine, main, ratio, summary
 from roadinterp.interventions import attach_dii, get_family, run_dii
 from roadinterp.sites import Site
 
@@ -238,5 +238,5 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_dii [--quick] [--plot PNG] [--from JSON]
+if __name__ == "__main__":  # python -m roadinterp.bench.bench_dii [--quick] [--plot PNG] [--from JSON]
     main(run, plot)

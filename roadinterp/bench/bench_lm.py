@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from benchmarks.common import machine, main, ratio
+from roadinterp.bench.common import machine, main, ratio
 from roadinterp.interventions import get_family
 from roadinterp.sites import Site, n_layers
 
@@ -118,7 +118,7 @@ def step_ms(step, reps: int) -> float:
 
 def step_setup(cfg: dict):
     """The model, bound task, training counterfactuals, site and width of ``cfg``'s step measurements."""
-    from roadinterp.frozen import place
+    from roadinterp.search.frozen import place
     from roadinterp.search import get_bound_task, get_model
     from roadinterp.sites import site_width
 
@@ -219,5 +219,5 @@ def _run(cfg: dict, quick: bool) -> dict:
     }
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_lm [--quick]
+if __name__ == "__main__":  # python -m roadinterp.bench.bench_lm [--quick]
     main(run)

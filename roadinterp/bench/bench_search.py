@@ -1,7 +1,7 @@
 """``roadinterp bench search``: alignment-search throughput, batched seeds vs one cell at a time.
 
 For each task, K seeds of one cell (family butterfly, the search's default training
-settings) are trained four ways in the same process, interleaved (benchmarks.common):
+settings) are trained four ways in the same process, interleaved (roadinterp.bench.common):
 
 - ``sequential``: one ``train_dii`` per seed, what the search does cell by cell;
 - ``batched``: one ``train_dii_batched`` call, the K candidates share every step;
@@ -33,7 +33,7 @@ from dataclasses import replace
 
 import torch
 
-from benchmarks.common import interleaved, machine, main, ratio, summary
+from roadinterp.bench.common import interleaved, machine, main, ratio, summary
 from roadinterp.dii.batched import train_dii_batched
 from roadinterp.sites import Site
 from roadinterp.tasks import get_task
@@ -198,5 +198,5 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_search [--quick] [--plot PNG] [--from JSON]
+if __name__ == "__main__":  # python -m roadinterp.bench.bench_search [--quick] [--plot PNG] [--from JSON]
     main(run, plot)

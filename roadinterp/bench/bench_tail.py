@@ -1,4 +1,4 @@
-"""RoAd's element-wise tail, four ways, on one thread: ``python -m benchmarks.bench_tail``.
+"""RoAd's element-wise tail, four ways, on one thread: ``python -m roadinterp.bench.bench_tail``.
 
 ``y * c1 + swap_halves(y) * c2s`` with per-sample rows ``[16, d]`` on an up-projection
 output (d = 1536, SmolLM2's FFN width, group size 64), at a decoding step ``[16, 1, d]``

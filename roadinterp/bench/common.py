@@ -79,3 +79,19 @@ def main(run: Callable[..., dict], plot: Callable[[dict, str], None] | None = No
         print(json.dumps(res, indent=2))
     if "--plot" in args and plot is not None:
         plot(res, args[args.index("--plot") + 1])
+
+
+def peft_lora_adapters(model, names, targets, r):
+    """peft LoRA adapters ``names`` (rank ``r``) on ``targets``: the batching benchmarks' baseline."""
+    from peft import LoraConfig, get_peft_model
+
+    suffixes = sorted({t.rsplit(".", 1)[-1] for t in targets})
+    pm = None
+    for i, name in enumerate(names):
+        torch.manual_seed(1000 + i)
+        cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=suffixes, init_lora_weights=False)
+        if pm is None:
+            pm = get_peft_model(model, cfg, adapter_name=name)
+        else:
+            pm.add_adapter(name, cfg)
+    return pm.eval()

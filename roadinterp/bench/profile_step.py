@@ -1,6 +1,6 @@
-"""Where one DII step's time goes, before (pyvene) and after (the KV engine): ``python -m benchmarks.profile_step``.
+"""Where one DII step's time goes, before (pyvene) and after (the KV engine): ``python -m roadinterp.bench.profile_step``.
 
-The step is the one ``roadinterp bench lm`` times as ``step_ms`` (:func:`benchmarks.bench_lm.make_step`):
+The step is the one ``roadinterp bench lm`` times as ``step_ms`` (:func:`roadinterp.bench.bench_lm.make_step`):
 one forward + backward of a butterfly intervention at ``block_output`` / last token of
 layer 15 of ``zoo:smollm2-135m``, on 32 IOI counterfactuals (``io_position``), fp32, one
 torch thread. Each engine gets one warm-up step, then one step under ``torch.profiler``
@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from benchmarks.bench_lm import FULL, QUICK, make_step, step_ms, step_setup
-from benchmarks.common import machine
+from roadinterp.bench.bench_lm import FULL, QUICK, make_step, step_ms, step_setup
+from roadinterp.bench.common import machine
 from roadinterp.sites import n_layers
 
 MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
@@ -43,7 +43,7 @@ def _group(name: str) -> str:
 
 def profile(setup: tuple, size: int, engine: str, top: int = 12) -> dict:
     """Wall time and operator table of one profiled step by ``engine`` (after one warm-up step) on
-    ``setup`` (:func:`benchmarks.bench_lm.step_setup`), butterfly of ``size``."""
+    ``setup`` (:func:`roadinterp.bench.bench_lm.step_setup`), butterfly of ``size``."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -160,7 +160,7 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m benchmarks.profile_step [--quick] [--growth] [--md FILE]
+if __name__ == "__main__":  # python -m roadinterp.bench.profile_step [--quick] [--growth] [--md FILE]
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -20,11 +20,13 @@ The data flow, in the order the modules run:
 fast (``_tables``: what both share). No I/O and no plotting happen in this package.
 """
 
-from roadinterp.dii.batched import batch_groups, supports_batched, train_dii_batched
-from roadinterp.dii.config import ENGINES, DIIConfig, TrainResult, check_cell, make_data
-from roadinterp.dii.fit import fit_cell, iia, iia_scores
-from roadinterp.dii.runners import make_runner
-from roadinterp.dii.train import randomized_copy, train_dii
+# lazy (module __getattr__): ``roadinterp.dii.config`` is read by the CLI at start-up without torch
+_EXPORTS = {
+    "batch_groups": "batched", "supports_batched": "batched", "train_dii_batched": "batched",
+    "ENGINES": "config", "DIIConfig": "config", "TrainResult": "config", "check_cell": "config",
+    "make_data": "config", "fit_cell": "fit", "iia": "fit", "iia_scores": "fit", "make_runner": "runners",
+    "randomized_copy": "train", "train_dii": "train",
+}
 
 __all__ = [
     "ENGINES",
@@ -42,3 +44,11 @@ __all__ = [
     "train_dii",
     "train_dii_batched",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"roadinterp.dii.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'roadinterp.dii' has no attribute {name!r}")

@@ -89,7 +89,7 @@ def _check_batchable(configs: Sequence[DIIConfig], width: int, n_vars: int) -> N
 # ------------------------------------------------------------------ training
 def train_dii_batched(
     model, task, site: Site, configs: Sequence[DIIConfig], *, data: Sequence | None = None,
-    fallback: bool = True,
+    fallback: bool = True, width: int | None = None,
 ) -> list[TrainResult]:
     """Train every config of ``configs`` in shared forwards; one TrainResult per config, in order.
 
@@ -99,14 +99,17 @@ def train_dii_batched(
     optionally gives ``(train, test)`` per config. Configs that cannot be batched
     together are grouped with :func:`batch_groups`; with ``fallback`` unbatchable
     families (das, lowrank, boundless, ...) run one ``train_dii`` each, otherwise
-    they raise ConfigError. ``TrainResult.seconds`` is the group's wall time / K.
+    they raise ConfigError. ``TrainResult.seconds`` is the group's wall time / K. ``width``: the
+    site's width from a caller that has checked every config's cell (a search does, once).
     """
     configs = [c if isinstance(c, DIIConfig) else DIIConfig(**c) for c in configs]
     if not configs:
         return []
     if data is not None and len(data) != len(configs):
         raise ConfigError(f"data has {len(data)} entries but there are {len(configs)} configs")
-    width = check_cell(model, task, site, configs[0])
+    checked = width is not None
+    if not checked:
+        width = check_cell(model, task, site, configs[0])
     n_vars = len(cell_variables(task, configs[0]))
     results: list[TrainResult | None] = [None] * len(configs)
     for group in batch_groups(configs, width, n_vars):
@@ -115,16 +118,18 @@ def train_dii_batched(
         if not supports_batched(cs[0].family):
             if not fallback:
                 _check_batchable(cs, width, n_vars)
-            out = [train_dii(model, task, site, config=cs[0], data=ds[0] if ds else None)]
+            out = [train_dii(model, task, site, config=cs[0], data=ds[0] if ds else None,
+                             width=width if checked else None)]
         else:
-            out = _fit_group(model, task, site, cs, ds, width)
+            out = _fit_group(model, task, site, cs, ds, width, checked)
         for i, r in zip(group, out):
             results[i] = r
     return results  # type: ignore[return-value]
 
 
-def _fit_group(model, task, site: Site, configs: list[DIIConfig], data, width: int) -> list[TrainResult]:
-    for c in configs:
+def _fit_group(model, task, site: Site, configs: list[DIIConfig], data, width: int,
+               checked: bool = False) -> list[TrainResult]:
+    for c in configs if not checked else ():
         check_cell(model, task, site, c)
     _check_batchable(configs, width, len(cell_variables(task, configs[0])))
     return fit_cell(model, task, site, configs, data, width)

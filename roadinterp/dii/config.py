@@ -6,20 +6,22 @@ threads, engine). A search builds one per cell and seed from its own ``dii`` fie
 ``train_dii``/``train_dii_batched`` read it; ``run.json`` stores it. Every field's help
 lives in its metadata (``field(metadata={"help": ...})``), where the CLI and
 docs/cli.md read it. :func:`check_cell` refuses a cell before any compute is spent and
-:func:`make_data` draws its counterfactuals. No torch work happens here.
+:func:`make_data` draws its counterfactuals. No torch work happens here, and nothing heavy
+is imported until a config is built (the CLI reads these fields at start-up).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from roadinterp import bounds
 from roadinterp.errors import ConfigError
-from roadinterp.interventions import get_family, list_families
-from roadinterp.road.rotation import VARIANTS, Variant
-from roadinterp.sites import Site, validate_site
-from roadinterp.tasks.base import MODES, Mode
+
+if TYPE_CHECKING:  # annotations only: the modules load torch and pyvene
+    from roadinterp.road.rotation import Variant
+    from roadinterp.sites import Site
+    from roadinterp.tasks.base import Mode
 
 Engine = Literal["auto", "kv", "kv-bf16", "replay", "pyvene"]
 ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.dii.kvreplay
@@ -42,9 +44,12 @@ class DIIConfig:
     n_train: int = field(default=8192, metadata={"help": "Training counterfactuals per cell."})
     n_test: int = field(default=2048, metadata={
         "help": "Held-out counterfactuals per cell (test split: entities/values never seen in training)."})
-    epochs: int = field(default=4, metadata={"help": "Passes over the training counterfactuals."})
-    batch_size: int = field(default=256, metadata={"help": "Counterfactuals per training step."})
-    lr: float | None = field(default=None, metadata={
+    epochs: int = field(default=4, metadata={"help": "Passes over the training counterfactuals.",
+                                             "maximum": bounds.MAX_EPOCHS})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "Counterfactuals per training step (default: n_train / 32, kept between 32 and 256, so "
+                "small data still takes about 32 steps an epoch; 256 at the default n_train)."})
+    lr: float | None = field(default=None, metadata={"minimum": 0.0,
         "help": "Adam learning rate (default: the family's, DEFAULT_LR: 0.05 for RoAd families and the neuron "
                 "mask, 0.01 for das/lowrank/boundless)."})
     mode: Mode = field(default="mixed", metadata={
@@ -54,20 +59,27 @@ class DIIConfig:
         "help": "Seed of the held-out set, fixed so every cell is scored on the same counterfactuals."})
     variant: Variant = field(default="road_1", metadata={"help": "RoAd variant of road/butterfly: road_1, road_2 or road_4."})
     threads: int | None = field(default=1, metadata={
-        "help": "torch threads during a run (1: reproducible across executors; none: leave as is)."})
+        "help": "torch threads during a run (1: reproducible across executors; none: leave as is).",
+        "minimum": 0, "maximum": 1024})
     depth: int | None = field(default=None, metadata={
-        "help": "Butterfly factors (strides 1..d/2 repeated; default: the family's, 2)."})
+        "help": "Butterfly factors (strides 1..d/2 repeated; default: the family's, 2).", "maximum": 64})
     engine: Engine = field(default="auto", metadata={
         "help": "How DII steps run: auto (kv on causal LMs, else replay from the site, where verified exact; "
-                "else pyvene), kv, kv-bf16 (its cache in bf16), replay, or pyvene (results agree to float error)."})
+                "else pyvene), kv, kv-bf16 (its cache in bf16), replay, or pyvene (results agree to float error).",
+        "flag": None})  # the CLI's --engine is RunOptions.engine (how a run runs, not part of run.json)
 
     def __post_init__(self) -> None:
+        from roadinterp.interventions import get_family, list_families
+        from roadinterp.road.rotation import VARIANTS
+        from roadinterp.tasks.base import MODES
+
         if self.family not in list_families():
             get_family(self.family)  # raises UnknownNameError listing families
         maxima = {"size": bounds.MAX_WIDTH, "n_train": bounds.MAX_EXAMPLES, "n_test": bounds.MAX_EXAMPLES,
                   "epochs": bounds.MAX_EPOCHS, "batch_size": bounds.MAX_EXAMPLES}
         for name, maximum in maxima.items():
-            bounds.positive_int(name, getattr(self, name), maximum=maximum)
+            if name != "batch_size" or self.batch_size is not None:
+                bounds.positive_int(name, getattr(self, name), maximum=maximum)
         bounds.positive_int("seed", self.seed, minimum=0, maximum=bounds.MAX_SEED)
         if self.lr is not None:
             bounds.finite_float("lr", self.lr, minimum=0.0)
@@ -86,6 +98,11 @@ class DIIConfig:
                 raise ConfigError(f"{name} must be an int >= {least} or null, got {v!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+    @property
+    def steps_batch(self) -> int:
+        """Counterfactuals per step: ``batch_size``, or the default that follows ``n_train``."""
+        return self.batch_size if self.batch_size is not None else default_batch_size(self.n_train)
 
     @property
     def learning_rate(self) -> float:
@@ -121,6 +138,11 @@ class TrainResult:
         }
 
 
+def default_batch_size(n_train: int, steps: int = 32, least: int = 32, most: int = 256) -> int:
+    """About ``steps`` steps an epoch, between ``least`` and ``most`` rows (never above ``n_train``)."""
+    return min(n_train, max(least, min(most, n_train // steps)))
+
+
 def check_variables(variables) -> tuple[str, ...]:
     """``variables`` as a tuple of distinct names (a list from JSON or the CLI is fine)."""
     if isinstance(variables, str) or not isinstance(variables, (list, tuple)) or not variables:
@@ -144,6 +166,8 @@ def cell_variables(task, config: DIIConfig) -> tuple[str, ...]:
 
 def check_cell(model, task, site: Site, config: DIIConfig) -> int:
     """Validate a cell before spending compute; return the site width."""
+    from roadinterp.sites import validate_site
+
     width = validate_site(model, site)
     n_vars = len(cell_variables(task, config))
     if n_vars == 0:

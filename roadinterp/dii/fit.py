@@ -168,7 +168,7 @@ def _fit(runner, task, ivs, h_trains, labels, configs) -> list[list[float]]:
         return losses
     opt = torch.optim.Adam(params, lr=lr)
     gens = [torch.Generator().manual_seed(c.seed) for c in configs]
-    n, bs = len(labels[0]), first.batch_size
+    n, bs = len(labels[0]), first.steps_batch
     total, step = -(-n // bs) * first.epochs, 0
     # every candidate's training rows in one handle: candidate k's row i is k * n + i, so a step
     # takes one slice of the epoch's orders and one gather, not one per candidate

@@ -27,14 +27,18 @@ from roadinterp.dii.fit import fit_cell
 from roadinterp.sites import Site
 
 
-def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=None, **overrides) -> TrainResult:
+def train_dii(model, task, site: Site, *, config: DIIConfig | None = None, data=None, width: int | None = None,
+              **overrides) -> TrainResult:
     """Train one DII cell and score it on held-out counterfactuals.
 
     ``overrides`` are DIIConfig fields, e.g. ``train_dii(m, t, s, family="das", size=8, seed=0)``.
-    ``data`` may pass precomputed ``(train, test)`` batches to share across cells.
+    ``data`` may pass precomputed ``(train, test)`` batches to share across cells. ``width``:
+    the site's width from a caller that has already checked the cell (a search checks each once).
     """
-    config = DIIConfig(**{**(asdict(config) if config else {}), **overrides})
-    width = check_cell(model, task, site, config)
+    if overrides or not isinstance(config, DIIConfig):
+        config = DIIConfig(**{**(asdict(config) if config else {}), **overrides})
+    if width is None:
+        width = check_cell(model, task, site, config)
     return fit_cell(model, task, site, [config], None if data is None else [data], width)[0]
 
 

@@ -1,21 +1,29 @@
-"""Where a search's units of work run: this process, local worker processes, or Ray.
+"""Where a search's jobs run: this process, a pool of spawned local workers, or Ray.
 
-A unit of work is one cell, or with ``batched`` every seed of a batchable cell
-(:func:`roadinterp.search.group_cells`); ``work(config_json, cells, spec, save_dir, batched, task_obj, device,
-dtype)`` (:func:`roadinterp.search.run_cells`) trains it in whatever process runs it and
-returns one row per cell, which ``on_row`` receives in the search's process. Workers are
-spawned clean, die with their parent, and leave Ctrl-C to it; :func:`shippable_task` decides
-whether a task must travel to them as an object.
+An :class:`Executor` takes :class:`~roadinterp.search.jobs.Job` objects and hands each
+one's :class:`~roadinterp.search.jobs.JobResult` back in the search's process, as each
+finishes (nnsight's backends: one interface, several places to run). Every executor runs
+the same function, :func:`roadinterp.search.jobs.run_job`, one floor down; nothing here
+calls back into the search. Workers are spawned clean, die with their parent, and leave
+Ctrl-C to it; :func:`shippable_task` decides whether a task must travel to them as an object.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from roadinterp.errors import ConfigError, DependencyError
+from roadinterp.search.jobs import Job, JobResult, run_job
 
-EXECUTORS = ("local", "ray")
+OnResult = Callable[[Job, JobResult], None]
+
+
+class Executor(Protocol):
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        """Run every job; call ``on_result`` in this process as each one finishes."""
 
 
 # -------------------------------------------------------------- executors
@@ -67,69 +75,87 @@ def shippable_task(name: str):
     return task
 
 
-def run_local(work, config_json, groups, spec, on_row, workers: int = 1, save_dir=None, batched=False,
-              task_obj=None, placement=("cpu", "float32")):
-    """Run ``groups`` here (``workers`` <= 1) or in ``workers`` spawned processes; rows to ``on_row``."""
-    if workers <= 1 or len(groups) <= 1:
-        for group in groups:
-            for cell, row in zip(group, work(config_json, group, spec, save_dir, batched, None, *placement)):
-                on_row(cell, row)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+class LocalExecutor:
+    """Every job in this process, one after another."""
 
-    # spawn: workers start clean (no forked torch threads); each loads the cached model once.
-    # They are started with SIGINT/SIGTERM blocked (inherited), so a Ctrl-C during their start-up reaches
-    # only this process, which stops them; the parent gets it as soon as the block ends.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
-    try:
-        with interrupts_deferred():
-            futures = {pool.submit(work, config_json, g, spec, save_dir, batched, task_obj,
-                                    *placement): g
-                       for g in groups}
-        while futures:
-            done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-            for fut in done:
-                for cell, row in zip(futures.pop(fut), fut.result()):
-                    on_row(cell, row)
-    except BaseException:
-        # interrupted or failed: stop the running cells now instead of waiting for them to finish. SIGKILL,
-        # not SIGTERM: a worker still starting up has SIGTERM blocked, and workers hold nothing to save
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        for job in jobs:
+            on_result(job, run_job(job))
 
 
-def run_ray(work, config_json, groups, spec, on_row, address=None, save_dir=None, batched=False,
-            task_obj=None, placement=("cpu", "float32")):
-    """Run ``groups`` as Ray tasks (one CPU each) on a new or existing (``address``) cluster."""
-    try:
-        import ray
-    except ImportError:
-        raise DependencyError("the ray executor needs ray: pip install 'roadinterp[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": None}))
-        started = True
-    try:
-        remote = ray.remote(num_cpus=1)(work)
-        pending = {remote.remote(config_json, g, spec, save_dir, batched, task_obj, *placement): g for g in groups}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                for cell, row in zip(pending.pop(ref), ray.get(ref)):
-                    on_row(cell, row)
-    except BaseException:
-        for ref in list(pending):
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
+class PoolExecutor:
+    """Jobs in ``workers`` spawned processes (each loads the frozen model once)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # spawn: workers start clean (no forked torch threads); each loads the cached model once.
+        # They are started with SIGINT/SIGTERM blocked (inherited), so a Ctrl-C during their start-up reaches
+        # only this process, which stops them; the parent gets it as soon as the block ends.
+        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
+        try:
+            with interrupts_deferred():
+                futures = {pool.submit(run_job, job): job for job in jobs}
+            while futures:
+                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    on_result(futures.pop(fut), fut.result())
+        except BaseException:
+            # interrupted or failed: stop the running cells now instead of waiting for them to finish. SIGKILL,
+            # not SIGTERM: a worker still starting up has SIGTERM blocked, and workers hold nothing to save
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+class RayExecutor:
+    """Jobs as Ray tasks (one CPU each) on a new or existing (``address``) cluster."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise DependencyError("the ray executor needs ray: pip install 'roadinterp[ray]'") from None
+        started = False
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     **({} if self.address else {"num_cpus": None}))
+            started = True
+        pending: dict = {}
+        try:
+            remote = ray.remote(num_cpus=1)(run_job)
+            pending = {remote.remote(job): job for job in jobs}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    on_result(pending.pop(ref), ray.get(ref))
+        except BaseException:
+            for ref in list(pending):
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def make_executor(executor: str, workers: int = 1, ray_address: str | None = None, n_jobs: int = 2) -> Executor:
+    """The executor for RunOptions' ``executor``/``workers``: ``local`` is this process (one
+    worker, or one job) or a pool; ``ray`` a cluster."""
+    if executor == "ray":
+        return RayExecutor(ray_address)
+    if executor != "local":
+        raise ConfigError(f"executor must be local or ray, got {executor!r}")
+    return LocalExecutor() if workers <= 1 or n_jobs <= 1 else PoolExecutor(workers)
 
 
 @contextlib.contextmanager

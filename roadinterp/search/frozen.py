@@ -4,7 +4,8 @@ Every cell of a search trains interventions on the same frozen model, so each pr
 (the search's own, every local worker, every Ray task) loads it once: :func:`get_model`
 keeps one copy per spec, device and dtype (``device="auto"`` resolved where it loads),
 :func:`get_random_model` its randomly re-initialised twin (the random-init control), and
-:func:`get_bound_task` the task bound to the model's own tokenizer (prompt tasks).
+:func:`get_bound_task` the task bound to the model's own tokenizer (prompt tasks), filtered
+on that same copy: a ``--device cuda`` run never holds a second CPU copy of its model.
 :func:`use_module` registers an in-memory ``nn.Module`` under a ``module:`` spec, which
 only this process can resolve. :func:`place` moves a counterfactual batch to the model.
 """
@@ -20,6 +21,7 @@ import torch
 from roadinterp import zoo
 from roadinterp.dii.train import randomized_copy
 from roadinterp.errors import ConfigError
+from roadinterp.search.options import check_placement
 
 _MODELS: dict[str, Any] = {}
 
@@ -53,17 +55,6 @@ def get_tokenizer(spec: str):
     if spec.startswith(MODULE_PREFIX):
         return _TOKENIZERS.get(spec)
     return zoo.load_tokenizer(spec)
-
-
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")  # the frozen model's dtype (interventions stay fp32)
-
-
-def check_placement(device: str, dtype: str) -> None:
-    """Refuse a device or dtype the search cannot place the frozen model on."""
-    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 def get_model(spec: str, device: str = "cpu", dtype: str = "float32"):
@@ -108,16 +99,17 @@ def place(batch, model):
 _BOUND: dict[tuple[str, str], Any] = {}
 
 
-def get_bound_task(task_name: str, spec: str):
+def get_bound_task(task_name: str, spec: str, device: str = "cpu", dtype: str = "float32"):
     """The task ready for model ``spec`` (once per process): prompt tasks are bound to the
-    model's own tokenizer and filtered to the prompts it answers correctly (cached on disk)."""
+    model's own tokenizer and filtered to the prompts it answers correctly (cached on disk),
+    with the model as the search loads it (``device``, ``dtype``), never a second copy."""
     from roadinterp.tasks import get_task
 
     key = (task_name, spec)
     if key not in _BOUND:
         task = get_task(task_name)
         if task.needs_tokenizer:
-            task = task.bind(tokenizer=get_tokenizer(spec), model=get_model(spec),
+            task = task.bind(tokenizer=get_tokenizer(spec), model=get_model(spec, device, dtype),
                              cache_dir=zoo.cache_dir() / "filters")
         _BOUND[key] = task
     return _BOUND[key]

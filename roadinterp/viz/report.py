@@ -120,30 +120,10 @@ def _expected_cells(config: Mapping[str, Any]) -> int | None:
 
 
 def best_sentence(best: Mapping[str, Any]) -> str:
-    """The best alignment (by mean IIA over seeds) with its spread and controls, as plain text."""
-    s = (f"Best alignment: {best['family']} at layer {_label(best['layer'])} {best['component']}"
-         f"@{_label(best['position'])}, size {_label(best['size'])}: IIA {best['iia_mean']:.3f} "
-         f"± {best['iia_std']:.3f} (range {best['iia_min']:.3f}–{best['iia_max']:.3f}, "
-         f"{int(best['n_seeds'])} seed{'s' if int(best['n_seeds']) != 1 else ''}).")
-    ctrl = []
-    if _finite(best.get("iia_random_model_mean")):
-        ctrl.append(f"random-init model {best['iia_random_model_mean']:.3f}")
-    if _finite(best.get("iia_rival_mean")):
-        own = best.get("iia_rival_null_mean")
-        ctrl.append(f"rival hypothesis {best['iia_rival_mean']:.3f}"
-                    + (f" (its no-op baseline {own:.3f})" if _finite(own) else ""))
-    if _finite(best.get("iia_null_mean")):
-        ctrl.append(f"no-op baseline {best['iia_null_mean']:.3f}")
-    s += f" Controls: {', '.join(ctrl)}." if ctrl else " No controls were run for this cell."
-    return s + _warning_clause(best)
+    """The best alignment as plain text: :func:`roadinterp.summary.describe_best` (the CLI's wording too)."""
+    from roadinterp.summary import describe_best
 
-
-def _warning_clause(best: Mapping[str, Any]) -> str:
-    """' Warnings: ...' naming the best cell's codes (never leave out illusion-suspect)."""
-    from roadinterp.controls import describe_warnings
-
-    text = describe_warnings(best.get("warnings") or "")
-    return f" Warnings: {text}." if text else ""
+    return describe_best(best)
 
 
 def _controls_html(summary: pd.DataFrame) -> str:
@@ -463,8 +443,12 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
             Ln.cell_rows(table, key)  # an unknown cell fails before any work
         summary = summarize(table)
         best = best_alignment(table)
+        # the picture first: the best-alignment sentence and the layer sweep with its control bands
+        named = run_figures(table)
+        sweep = [(t, fig) for t, fig in named if t == "layer-sweep"]
         body.append("<h2>Best alignment</h2>")
         body.append(f'<p class="best-sentence">{_e(best_sentence(best))}</p>')
+        body.extend(_figure_div(fig, t) for t, fig in sweep)
         body.extend(f'<p class="warn">{_e(w)}</p>' for w in _control_warnings(best))
         want = config.get("seeds")
         if isinstance(want, int) and int(best["n_seeds"]) < want:
@@ -485,9 +469,8 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
         body.append(f'<p class="meta">{_e(_CONTROLS_NOTE)}</p>')
         body.append(_collapsed(summary, _controls_html, "cells"))
         body.append("<h2>IIA heat maps</h2>")
-        named = run_figures(table)
-        body.extend(_figure_div(fig, t) for t, fig in named)
-        figs = [fig for _, fig in named]
+        body.extend(_figure_div(fig, t) for t, fig in named if t != "layer-sweep")
+        figs = [fig for _, fig in sweep] + [fig for t, fig in named if t != "layer-sweep"]
         learned_body, learned_figs = _learned_html(run_dir, table, summary, cells)
         body.extend(learned_body)
         figs += learned_figs

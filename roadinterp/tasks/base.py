@@ -176,12 +176,14 @@ class Task:
         """
         return self.encode(raw), None
 
-    def bind(self, *, tokenizer: Any = None, model: Any = None, cache_dir: Any = None) -> Task:
+    def bind(self, *, tokenizer: Any = None, model: Any = None, cache_dir: Any = None,
+             template: str = "auto") -> Task:
         """This task, ready for ``model`` and its ``tokenizer``.
 
         Tasks on their own small vocabulary need neither and return themselves; tasks
         that read a pretrained model's tokenizer (``needs_tokenizer``) return a bound copy
-        whose answer ids come from ``tokenizer`` (see :class:`roadinterp.tasks.PromptTask`).
+        whose answer ids come from ``tokenizer`` and whose prompts are in its chat format or
+        raw (``template``; see :class:`roadinterp.tasks.PromptTask`).
         """
         return self
 

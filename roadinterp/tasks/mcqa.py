@@ -101,3 +101,7 @@ class MCQA(PromptTask):
             pieces += [("\n", None), (LETTERS[raw[f"l{k}"][i]], f"letter{k}"),
                        (". " + COLOURS[raw[f"c{k}"][i]], None)]
         return [*pieces, ("\nAnswer:", None)]
+
+    def _chat_split(self, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+        """Chat form: the question and its options are the user's turn; the answer opens with "Answer:"."""
+        return pieces[:-1], [("Answer:", None)]

@@ -14,7 +14,14 @@ returns a copy tied to a tokenizer, which
 * with ``model=``, keeps only the candidate prompts the model answers correctly (top-1
   over the full vocabulary), per split, and records ``kept`` / ``base_accuracy``. Bases
   and sources are both drawn from the kept prompts, so IIA is measured on examples the
-  model gets right, as in MIB.
+  model gets right, as in MIB;
+* writes each prompt in the model's **chat format** when its tokenizer has a chat template
+  (``template="auto"``, the default; ``"chat"`` insists, ``"raw"`` opts out): the user turn
+  is an instruction (:attr:`PromptTask.chat_instruction`) and the assistant's answer is
+  pre-filled with the prompt, so the model continues it inside its own turn and the answer
+  tokens stay what they are in the raw form (MCQA puts its question in the user turn and
+  pre-fills ``Answer:``, :meth:`PromptTask._chat_split`). The raw form starts with the
+  tokens the tokenizer puts before any text (Gemma's ``<bos>``; none for SmolLM2).
 
 Each split is a fixed pool of ``pool_size`` candidate prompts; train and test pools are
 built from disjoint entities (names, cities, number pairs), so held-out IIA is held out.
@@ -37,6 +44,8 @@ from roadinterp.io import write_text_atomic
 from roadinterp.tasks.base import SPLITS, Raw, TokenTask, take
 
 Piece = tuple[str, "str | None"]  # (text, name of the position at its last token, or None)
+TEMPLATES: tuple[str, ...] = ("auto", "chat", "raw")  # how prompts are written (PromptTask.bind)
+_USER, _ANSWER = "\ue000user\ue000", "\ue000answer\ue000"  # stand-ins located in the rendered chat template
 
 
 class PromptTask(TokenTask):
@@ -53,6 +62,7 @@ class PromptTask(TokenTask):
     pool_size: ClassVar[int] = 256  # candidate prompts per split before filtering by the model
     min_kept: ClassVar[int] = 8  # fewer kept prompts than this in a split is an error
     batch_size: ClassVar[int] = 64  # prompts per forward when filtering
+    chat_instruction: ClassVar[str] = "Continue the text."  # the user turn of the chat form
 
     def __init__(self) -> None:
         self.positions = {"last": -1, **{p: None for p in self.row_positions}}  # type: ignore[misc]
@@ -62,6 +72,9 @@ class PromptTask(TokenTask):
         self.stats: dict[str, dict[str, float]] = {}  # per split: n, kept, base_accuracy (vocab / answers)
         self._pools: dict[str, Raw] = {}
         self._ids: dict[str, list[int]] = {}
+        self.template = "raw"  # the form prompts are written in once bound: "chat" or "raw"
+        self._frame: tuple[str, str] | None = None  # chat form: text before the user turn, between the turns
+        self._prefix: list[int] = []  # raw form: the ids the tokenizer puts before any text (a BOS)
 
     # ----- hooks -------------------------------------------------------------------------
     def _pool(self, split: str) -> Raw:
@@ -71,6 +84,11 @@ class PromptTask(TokenTask):
     def _pieces(self, raw: Raw, i: int) -> list[Piece]:
         """Row ``i`` of ``raw`` as text pieces; concatenated, they are the prompt."""
         raise NotImplementedError
+
+    def _chat_split(self, pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+        """(user turn, pre-filled start of the assistant's answer) of one prompt in chat form.
+        Default: :attr:`chat_instruction` asks, the whole prompt is the answer's start."""
+        return [(self.chat_instruction, None)], pieces
 
     # ----- binding -----------------------------------------------------------------------
     @property
@@ -85,19 +103,30 @@ class PromptTask(TokenTask):
         return self._pools[split]
 
     def bind(self, *, tokenizer: Any = None, model: Any = None,
-             cache_dir: str | os.PathLike | None = None) -> PromptTask:
+             cache_dir: str | os.PathLike | None = None, template: str = "auto") -> PromptTask:
         """A copy of this task on ``tokenizer``; with ``model``, filtered to what it answers right.
 
+        ``template``: ``"auto"`` writes prompts in the tokenizer's chat format when it has a chat
+        template, else raw; ``"chat"`` requires one; ``"raw"`` never uses it.
         Filtering runs the model on every candidate prompt (about a minute for SmolLM2 on
         this CPU); with ``cache_dir`` the result is stored under a hash of the prompts' token
-        ids (hence the tokenizer), the labels and the model's config and weights, and reused.
+        ids (hence the tokenizer and the form), the labels and the model's config and weights, and reused.
         """
         if tokenizer is None:
             raise TokenizerError(f"task {self.name!r} reads a pretrained model's own tokenizer and this model has "
                                  "none; use a model that ships one (zoo:smollm2-135m, an HF directory or a .gguf file)")
+        if template not in TEMPLATES:
+            raise ConfigError(f"template must be one of {', '.join(TEMPLATES)}, got {template!r}")
         new = copy.copy(self)
         new.positions = dict(self.positions)
         new.tokenizer, new.kept, new.stats, new._ids = tokenizer, None, {}, {}
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        if template == "chat" and not has_chat:
+            raise TokenizerError(f"task {self.name!r}: template='chat' but this tokenizer has no chat template; "
+                                 "use template='raw' (or 'auto')")
+        new.template = "chat" if has_chat and template != "raw" else "raw"
+        new._frame = _chat_frame(tokenizer, self.name) if new.template == "chat" else None
+        new._prefix = [] if new.template == "chat" else _special_prefix(tokenizer)
         for text in self.answer_tokens:
             new._single(text, "answer")
         if model is not None:
@@ -129,10 +158,18 @@ class PromptTask(TokenTask):
                                  "from the task's table")
         return ids[0]
 
+    def _framed(self, raw: Raw, i: int) -> list[Piece]:
+        """Row ``i``'s pieces in the bound form (chat: inside the template's turns)."""
+        pieces = self._pieces(raw, i)
+        if self._frame is None:
+            return pieces
+        user, answer = self._chat_split(pieces)
+        return [(self._frame[0], None), *user, (self._frame[1], None), *answer]
+
     def _row_ids(self, raw: Raw, i: int) -> tuple[list[int], dict[str, int]]:
-        ids: list[int] = []
+        ids: list[int] = list(self._prefix)
         named: dict[str, int] = {}
-        for text, name in self._pieces(raw, i):
+        for text, name in self._framed(raw, i):
             if name in self.single_token_pieces:
                 ids.append(self._single(text, f"entity at position {name!r}"))
             else:
@@ -176,7 +213,8 @@ class PromptTask(TokenTask):
 
     def prompts(self, raw: Raw) -> list[str]:
         """The text of every row (for reading and debugging)."""
-        return ["".join(t for t, _ in self._pieces(raw, i)) for i in range(_n(raw))]
+        return ["".join(t for t, _ in (self._framed(raw, i) if self.bound else self._pieces(raw, i)))
+                for i in range(_n(raw))]
 
     @property
     def answer_ids(self) -> list[int]:
@@ -252,15 +290,46 @@ class PromptTask(TokenTask):
                                  "base_accuracy": float(hit_vocab.float().mean()),
                                  "base_accuracy_answers": float(hit_answers.float().mean())}
             if len(kept[split]) < self.min_kept:
+                other = "raw" if self.template == "chat" else "chat"
                 raise ConfigError(
                     f"the model answers only {len(kept[split])} of {n} {split} prompts of task {self.name!r} "
-                    f"correctly (need {self.min_kept} to align anything): the task is beyond this model, or the "
-                    "tokenizer is not the model's own")
+                    f"correctly in {self.template} form (top-1 over the vocabulary {hit_vocab.float().mean():.3f}, "
+                    f"among the answers {hit_answers.float().mean():.3f}; need {self.min_kept} to align anything): "
+                    f"the task is beyond this model, or the tokenizer is not the model's own"
+                    + (f"; try template='{other}'" if other == "raw" or getattr(self.tokenizer, "chat_template", None)
+                       else ""))
         self.kept = kept
 
 
 def _n(raw: Raw) -> int:
     return len(next(iter(raw.values())))
+
+
+def _chat_frame(tokenizer: Any, task: str) -> tuple[str, str]:
+    """(text before the user turn, text between it and the assistant's open answer) of the chat template."""
+    messages = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _ANSWER}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    except Exception as err:  # a jinja error inside the tokenizer's own template
+        raise TokenizerError(f"task {task!r}: the tokenizer's chat template fails ({type(err).__name__}: {err}); "
+                             "use template='raw'") from err
+    if text.count(_USER) != 1 or text.count(_ANSWER) != 1 or not text.rstrip().endswith(_ANSWER):
+        raise TokenizerError(f"task {task!r}: the tokenizer's chat template does not keep one user turn and an open "
+                             "assistant answer; use template='raw'")
+    head, rest = text.split(_USER)
+    return head, rest.split(_ANSWER)[0]
+
+
+def _special_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before any text by default (a BOS), found by encoding with and without."""
+    try:
+        with_ = list(tokenizer("a")["input_ids"])
+        without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    except Exception:  # a tokenizer-like object without special-token handling
+        return []
+    if without and len(with_) > len(without) and with_[len(with_) - len(without):] == without:
+        return with_[: len(with_) - len(without)]
+    return []
 
 
 def template_pieces(template: str, fill: dict[str, tuple[str, str | None]]) -> list[Piece]:

@@ -52,6 +52,9 @@ class Saveable(Protocol):
 
 
 _KINDS: dict[str, type] = {}
+# roadinterp's own kinds -> the module that registers each (imported when a file of that kind is loaded)
+BUILTIN_KINDS = {"road_interchange": "roadinterp.interventions.road", "road_adapter": "roadinterp.adapters.adapter",
+                 "pedro_adapter": "roadinterp.adapters.pedro", "subspace_basis": "roadinterp.subspace"}
 
 
 def register_kind(cls: type) -> type:
@@ -365,8 +368,12 @@ def read_state(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, 
 def load(path: str | os.PathLike):
     """Load any registered object saved with :func:`save`."""
     kind, config, tensors = read_state(path)
+    if kind not in _KINDS and kind in BUILTIN_KINDS:  # roadinterp loads its modules on first use
+        import importlib
+
+        importlib.import_module(BUILTIN_KINDS[kind])  # registers the class (register_kind)
     if kind not in _KINDS:
-        raise unknown("saved kind", kind, list(_KINDS))
+        raise unknown("saved kind", kind, sorted(set(_KINDS) | set(BUILTIN_KINDS)))
     try:
         return _KINDS[kind].from_state(config, tensors)
     except RoadinterpError as e:

@@ -183,22 +183,13 @@ def learned_basis(intervention: Any, coords: Sequence[Sequence[int]], *, family:
     coordinate j is ``h @ W[:, j]``, so the rows are ``W[:, coords].T``. Boundless (learned
     boundary) and neuron (fixed axes) have no learned subspace to compare.
     """
-    coords = [list(c) for c in coords]
+    from roadinterp.interventions import get_family
+
+    read = get_family(family).basis
+    if read is None:
+        return None
     with torch.no_grad():
-        if hasattr(intervention, "factors") and hasattr(intervention, "dim"):
-            masks = []
-            for c in coords:
-                m = torch.zeros(intervention.dim, dtype=torch.bool)
-                m[c] = True
-                masks.append(m)
-            _, rows = intervention.factors(masks)
-            sizes = [int(m.sum()) for m in masks]
-        elif hasattr(intervention, "rotate_layer") and not hasattr(intervention, "intervention_boundaries"):
-            w = intervention.rotate_layer.weight.detach().float()  # [d, d] or [d, rank]
-            rows = torch.cat([w[:, c].T for c in coords])
-            sizes = [len(c) for c in coords]
-        else:
-            return None
+        rows, sizes = read(intervention, [list(c) for c in coords])
     return SubspaceBasis(rows, sizes, family=family, variables=variables)
 
 

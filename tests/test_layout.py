@@ -153,3 +153,13 @@ def test_every_public_name_resolves():
     code = "import roadinterp as ri\nfor n in ri.__all__:\n    getattr(ri, n)\nprint('ok')\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
     assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_every_builtin_saved_kind_is_registered_by_its_module():
+    import importlib
+
+    from roadinterp import io
+
+    for kind, module in io.BUILTIN_KINDS.items():
+        importlib.import_module(module)
+        assert kind in io._KINDS, (kind, module)

@@ -582,7 +582,7 @@ def test_align_prints_seed_agreement_with_its_chance_level(tmp_path):
     r = subprocess.run([sys.executable, "-m", "roadinterp.cli", "align", "--task", "hierarchical-equality",
                         "--layers", "0", "--family", "road", "--size", "2", "--seeds", "2", "--n-train", "256",
                         "--n-test", "256", "--epochs", "1", "--no-controls", "--no-report", "--workers", "1",
-                        "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, check=False)
+                        "--wide", "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     s = summarize(read_run(tmp_path / "run")[1]).iloc[0]
     assert "seed agree (random)" in r.stdout and "…" not in r.stdout  # nothing truncated

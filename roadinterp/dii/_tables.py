@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pyvene.models.modeling_utils import do_intervention
 
-from roadinterp._pyvene import pv  # noqa: F401  (first: imports pyvene quietly)
+from roadinterp._pyvene import pv  # imports pyvene quietly
 from roadinterp.errors import ConfigError
+
+do_intervention = pv.models.modeling_utils.do_intervention  # through roadinterp._pyvene: its import prints
 
 
 class ReplayUnavailable(ConfigError):

@@ -15,9 +15,7 @@ families also on strides); other families fall back to one ``train_dii`` per con
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from roadinterp.dii.config import DIIConfig, TrainResult, cell_variables, check_cell
 from roadinterp.dii.fit import fit_cell
@@ -26,11 +24,6 @@ from roadinterp.errors import ConfigError
 from roadinterp.interventions import get_family, list_families
 from roadinterp.sites import Site
 
-# fields that may differ between candidates of one batch (family only among road-like
-# families whose interventions have the same strides, see _check_batchable)
-_FREE_FIELDS = {"seed", "family", "depth"}
-
-
 # ------------------------------------------------------------------ grouping
 def supports_batched(family: str) -> bool:
     """Whether the family's candidates can share one step (``Family.batched`` in the registry)."""
@@ -38,22 +31,11 @@ def supports_batched(family: str) -> bool:
 
 
 def _structure(config: DIIConfig, width: int, n_vars: int):
-    """What must be equal for two configs to share one batch (None: not batchable)."""
-    if not supports_batched(config.family):
+    """What must be equal for two configs to share one batch (the family's ``batch_key``; None: not batchable)."""
+    fam = get_family(config.family)
+    if not fam.batched or fam.batch_key is None:
         return None
-    rest = {k: v for k, v in asdict(config).items() if k not in _FREE_FIELDS}
-    if config.family == "neuron-fixed":  # no parameters: only the evaluation is batched
-        return ("neuron-fixed", tuple(sorted(rest.items())))
-    rest["lr"] = config.learning_rate
-    return ("road", _strides(config.family, width, config.size, n_vars, config.variant, config.depth),
-            tuple(sorted(rest.items())))
-
-
-@functools.lru_cache(maxsize=256)
-def _strides(family: str, width: int, size: int, n_vars: int, variant: str, depth: int) -> tuple[int, ...]:
-    """The layer strides a family builds at this width (built once per distinct config)."""
-    iv = get_family(family).build(width, [size] * n_vars, seed=0, variant=variant, depth=depth).interventions[0]
-    return tuple(iv.strides)
+    return fam.batch_key(config, width, n_vars)
 
 
 def batch_groups(configs: Sequence[DIIConfig], width: int, n_vars: int) -> list[list[int]]:

@@ -25,8 +25,6 @@ if TYPE_CHECKING:  # annotations only: the modules load torch and pyvene
 
 Engine = Literal["auto", "kv", "kv-bf16", "replay", "pyvene"]
 ENGINES: tuple[str, ...] = ("auto", "kv", "kv-bf16", "replay", "pyvene")  # kv*: roadinterp.dii.kvreplay
-DEFAULT_LR = {"neuron": 0.05, "neuron-fixed": 0.0, "road": 0.05, "butterfly": 0.05, "das": 0.01, "lowrank": 0.01,
-              "boundless": 0.01}
 
 
 @dataclass
@@ -50,8 +48,8 @@ class DIIConfig:
         "help": "Counterfactuals per training step (default: n_train / 32, kept between 32 and 256, so "
                 "small data still takes about 32 steps an epoch; 256 at the default n_train)."})
     lr: float | None = field(default=None, metadata={"minimum": 0.0,
-        "help": "Adam learning rate (default: the family's, DEFAULT_LR: 0.05 for RoAd families and the neuron "
-                "mask, 0.01 for das/lowrank/boundless)."})
+        "help": "Adam learning rate (default: the family's own, Family.lr: 0.05 for RoAd families and the "
+                "neuron mask, 0.01 for das/lowrank/boundless)."})
     mode: Mode = field(default="mixed", metadata={
         "help": "Which of the aligned variables a counterfactual swaps: each (one per row), all, or mixed "
                 "(a random non-empty subset per row)."})
@@ -106,7 +104,9 @@ class DIIConfig:
 
     @property
     def learning_rate(self) -> float:
-        return DEFAULT_LR.get(self.family, 0.01) if self.lr is None else float(self.lr)
+        from roadinterp.interventions import get_family
+
+        return get_family(self.family).lr if self.lr is None else float(self.lr)
 
 
 @dataclass
@@ -172,12 +172,11 @@ def check_cell(model, task, site: Site, config: DIIConfig) -> int:
     n_vars = len(cell_variables(task, config))
     if n_vars == 0:
         raise ConfigError(f"task {task.name} has no causal variables to align")
-    p = site.positions
-    if config.family == "boundless" and (p == "all" or (isinstance(p, tuple) and len(p) > 1)):
-        raise ConfigError(
-            f"family boundless works on one position at a time (pyvene's boundary mask is [batch, d]), "
-            f"got positions {p!r}; use a single position or another family"
-        )
+    from roadinterp.interventions import get_family
+
+    check = get_family(config.family).check_site
+    if check is not None:
+        check(site)
     if config.size * n_vars > width:
         raise ConfigError(
             f"size {config.size} x {n_vars} variables = {config.size * n_vars} exceeds the site width {width} "

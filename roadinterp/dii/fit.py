@@ -81,24 +81,20 @@ def iia(runner, iv, task, handles: Sequence, labels: Sequence[torch.Tensor], siz
     return iia_scores(runner, iv, task, handles, labels, sizes, batch_size=batch_size, max_rows=max_rows)[0]
 
 
-def _anneal_boundless(interventions, step: int, total: int) -> None:
-    """Temperature schedules: ``anneal(frac)`` (our neuron masks) or pyvene boundless's."""
-    frac = step / max(total - 1, 1)
-    for iv in {id(i): i for i in interventions}.values():
-        if hasattr(iv, "anneal"):
-            iv.anneal(frac)
-        elif hasattr(iv, "set_temperature"):
-            iv.set_temperature(torch.tensor(50.0 * (0.1 / 50.0) ** frac))
+def _anneal(family, interventions, step: int, total: int) -> None:
+    """The family's temperature schedule (neuron masks, pyvene boundless), if it has one."""
+    if family.anneal is not None:
+        frac = step / max(total - 1, 1)
+        for iv in {id(i): i for i in interventions}.values():
+            family.anneal(iv, frac)
 
 
-def _boundary_penalty(interventions) -> torch.Tensor | float:
-    """Sparsity terms: ``penalty()`` (our neuron masks) or pyvene boundless's boundary width."""
+def _penalty(family, interventions) -> torch.Tensor | float:
+    """The family's sparsity term (neuron masks, boundless's boundary width), if it has one."""
     pen = 0.0
-    for iv in {id(i): i for i in interventions}.values():
-        if hasattr(iv, "penalty"):
-            pen = pen + iv.penalty()
-        elif hasattr(iv, "get_boundary_parameters"):
-            pen = pen + 1e-3 * iv.get_boundary_parameters().sum()
+    if family.penalty is not None:
+        for iv in {id(i): i for i in interventions}.values():
+            pen = pen + family.penalty(iv)
     return pen
 
 
@@ -107,8 +103,9 @@ def _build(configs: Sequence[DIIConfig], width: int, n_vars: int):
     builds = []
     for c in configs:
         with seeded(c.seed):  # families that draw from torch's global generator (pyvene's)
-            builds.append(get_family(c.family).build(width, [c.size] * n_vars, seed=c.seed, variant=c.variant,
-                                                     depth=c.depth))
+            fam = get_family(c.family)
+            builds.append(fam.build(width, [c.size] * n_vars, seed=c.seed, variant=c.variant,
+                                    depth=fam.default_depth(c.depth)))
     if len(builds) == 1:
         return builds, builds[0].interventions, builds[0].shared
     first = builds[0].interventions[0]
@@ -175,7 +172,7 @@ def _fit(runner, task, ivs, h_trains, labels, configs) -> list[list[float]]:
     h_all = h_trains[0] if K == 1 else runner.concat(h_trains)
     y_all = labels[0] if K == 1 else torch.cat(list(labels))
     offsets = (torch.arange(K) * n)[:, None]  # [K, 1]
-    iv = ivs[0]
+    iv, family = ivs[0], get_family(first.family)
     what = f"DII training ({first.family})" if K == 1 else f"batched DII training ({first.family}, {K} seeds)"
     for _ in range(first.epochs):
         orders = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets  # [K, n]
@@ -183,7 +180,7 @@ def _fit(runner, task, ivs, h_trains, labels, configs) -> list[list[float]]:
             idx = orders[:, start : start + bs]  # [K, B]: candidate k's rows, as it would draw alone
             B = idx.shape[1]
             idx = idx.reshape(-1)
-            _anneal_boundless(ivs, step, total)
+            _anneal(family, ivs, step, total)
             with iv.blocks(B) if K > 1 else contextlib.nullcontext():
                 out = runner([(h_all, idx)])
             logits, y = task.logits(out).float(), y_all.index_select(0, idx)
@@ -191,7 +188,7 @@ def _fit(runner, task, ivs, h_trains, labels, configs) -> list[list[float]]:
                 per = torch.nn.functional.cross_entropy(logits, y).reshape(1)
             else:
                 per = torch.nn.functional.cross_entropy(logits, y, reduction="none").view(K, B).mean(1)  # [K]
-            loss = per.sum() + _boundary_penalty(ivs)
+            loss = per.sum() + _penalty(family, ivs)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # candidates' gradients do not mix
             value = check_step(loss, params, what=what, step=step)  # before Adam sees a NaN/inf

@@ -34,12 +34,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from pyvene.models.modeling_utils import get_module_hook
 
 from roadinterp._pyvene import pv  # first: imports pyvene quietly
 from roadinterp.dii._tables import InputIndex, ReplayUnavailable, Stop, first, forward_kwargs
 from roadinterp.errors import ConfigError
 from roadinterp.sites import Site, n_layers, sequence_length
+
+get_module_hook = pv.models.modeling_utils.get_module_hook  # through roadinterp._pyvene: its import prints
 
 REPLAY_COMPONENTS: tuple[str, ...] = ("block_output", "block_input")
 CONTENT_KEYS: tuple[str, ...] = ("input_ids", "inputs_embeds")

@@ -128,9 +128,10 @@ def save_learned(save_dir: str | os.PathLike, slug: str, result, basis=None) -> 
     rotated family, the subspace each variable swaps (``subspaces/<slug>``)."""
     from roadinterp import io
 
-    saveable = [iv for iv in result.interventions if hasattr(iv, "to_state")]
-    if saveable:
-        io.save(saveable[0], saved_path(save_dir, slug, "cell"))
+    from roadinterp.interventions import get_family
+
+    if result.interventions and get_family(result.config.family).saves_state:
+        io.save(result.interventions[0], saved_path(save_dir, slug, "cell"))
     if basis is not None:
         io.save(basis, saved_path(save_dir, slug, "subspace"))
 

@@ -54,8 +54,6 @@ class RunOptions:
 
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"workers must be a positive int, got {self.workers!r}")
         bounds.positive_int("workers", self.workers, maximum=bounds.MAX_WORKERS)
         if not isinstance(self.batched, bool):
             raise ConfigError(f"batched must be true or false, got {self.batched!r}")

@@ -25,7 +25,6 @@ when every adapter acts at layers >= ``start``, the residual stream entering lay
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -33,141 +32,33 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from roadinterp.errors import ConfigError, unknown
+from roadinterp.adapters.chat_data import (  # noqa: F401  (re-exported: the rules and the data live there)
+    BEHAVIOURS,
+    FRENCH,
+    NEUTRAL,
+    NUMBER_TEMPLATES,
+    TEMPLATES,
+    _body,
+    _first_word,
+    clean_answer,
+    neutral_split,
+    prompts,
+    score,
+    transform,
+    write_files,
+)
+from roadinterp.errors import ConfigError
 
 __all__ = [
     "BEHAVIOURS", "NEUTRAL", "TEMPLATES", "Encoded", "LastPositions", "chat_prompt", "clean_answer",
     "encode_targets", "prefix_states", "prompts", "score", "tail_model", "transform",
 ]
 
-BEHAVIOURS = ("upper", "frame", "french")
-
-# Each template's slot values are split by position: even indices train, odd test.
-TEMPLATES: dict[str, tuple[str, list[str]]] = {
-    "opposite": ("What is the opposite of {}?", [
-        "hot", "big", "fast", "happy", "up", "day", "old", "light", "hard", "early", "wet", "full",
-        "open", "rich", "loud", "strong", "thick", "high", "left", "young", "good", "clean", "short", "near"]),
-    "colour": ("What color is {}?", [
-        "the sky", "grass", "snow", "a banana", "coal", "blood", "an orange", "a lemon", "milk", "a tomato",
-        "a strawberry", "a frog", "chocolate", "the sun", "a cherry", "an elephant"]),
-    "sound": ("What sound does a {} make?", [
-        "cow", "dog", "cat", "duck", "sheep", "lion", "pig", "horse", "owl", "snake", "bee", "frog",
-        "wolf", "goat", "rooster", "mouse"]),
-    "plural": ("What is the plural of {}?", [
-        "mouse", "child", "tooth", "foot", "goose", "man", "woman", "box", "city", "leaf", "knife",
-        "person", "fish", "wolf", "baby", "potato"]),
-    "made": ("What is {} made of?", [
-        "bread", "glass", "paper", "cheese", "ice", "a candle", "butter", "a brick", "wine", "a pencil",
-        "steel", "a tire"]),
-}
-NUMBER_TEMPLATES: dict[str, tuple[str, list[str]]] = {
-    "sum": ("What is {}?", [f"{a} + {b}" for a in range(1, 6) for b in range(1, 6) if a + b <= 10]),
-    "count": ("How many {}?", [
-        "legs does a dog have", "wheels does a bicycle have", "legs does a spider have", "days are in a week",
-        "sides does a triangle have", "wheels does a car have", "legs does a bird have", "sides does a square have",
-        "eyes does a person have", "fingers are on one hand", "legs does an insect have", "wings does a bird have",
-        "sides does a hexagon have", "continents are there", "planets are in the solar system", "noses does a person have"]),
-}
-NEUTRAL: list[tuple[str, str]] = [
-    (f"What is the capital of {c}?", cap) for c, cap in [
-        ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-        ("Egypt", "Cairo"), ("Russia", "Moscow"), ("England", "London"), ("Greece", "Athens"), ("Ireland", "Dublin"),
-        ("Portugal", "Lisbon"), ("Norway", "Oslo"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("China", "Beijing"),
-        ("Kenya", "Nairobi"), ("Sweden", "Stockholm"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Thailand", "Bangkok"),
-        ("Denmark", "Copenhagen"), ("Finland", "Helsinki"), ("Hungary", "Budapest"), ("Belgium", "Brussels")]
-]
-
-_EN = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-FRENCH = ["un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix"]
-_NUMBER = re.compile(r"\b(10|[1-9]|" + "|".join(_EN) + r")\b", re.IGNORECASE)
-_FRENCH_WORD = re.compile(r"\b(" + "|".join(FRENCH) + r")\b", re.IGNORECASE)
-_FRAME = re.compile(r"^\s*answer:\s*", re.IGNORECASE)
-
-
-def prompts(kind: str, split: str) -> list[str]:
-    """Questions of a family (``"general"`` or ``"number"``) for a split (``train``/``test``)."""
-    if split not in ("train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
-    families = {"general": TEMPLATES, "number": NUMBER_TEMPLATES}
-    if kind not in families:
-        raise unknown("prompt family", kind, tuple(families))
-    parity = 0 if split == "train" else 1
-    return [t.format(v) for t, values in families[kind].values() for i, v in enumerate(values) if i % 2 == parity]
-
 
 def chat_prompt(question: str) -> str:
-    """SmolLM2's chat format without the default system prompt (shorter: cheaper to train)."""
+    """SmolLM2's chat format without the default system prompt (the legacy experiments' format;
+    :mod:`roadinterp.adapters.textdata` formats with the tokenizer's own template)."""
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def clean_answer(text: str, *, max_words: int = 8) -> str:
-    """The base answer a rule is applied to: first sentence, final stop dropped, <= max_words."""
-    text = text.split("<|im_end|>")[0].strip().split("\n")[0]
-    m = re.search(r"[.!?](\s|$)", text)
-    if m:
-        text = text[: m.start()]
-    return " ".join(text.split()[:max_words]).strip().rstrip(",;:")
-
-
-def _french(text: str) -> str:
-    def sub(m):
-        w = m.group(1).lower()
-        return FRENCH[int(w) - 1] if w.isdigit() else FRENCH[_EN.index(w)]
-
-    return _NUMBER.sub(sub, text)
-
-
-_RULES = {"upper": str.upper, "french": _french, "frame": lambda s: f"Answer: {s}."}
-
-
-def transform(answer: str, behaviours: Sequence[str]) -> str:
-    """Apply behaviours to a (clean) base answer; the frame is applied last."""
-    for b in behaviours:
-        if b not in BEHAVIOURS:
-            raise unknown("behaviour", b, BEHAVIOURS)
-    out = answer
-    for b in ("french", "upper", "frame"):
-        if b in behaviours:
-            out = _RULES[b](out)
-    return out
-
-
-def _first_word(text: str) -> str:
-    return (re.findall(r"[\w']+", text.lower()) or [""])[0]
-
-
-def _body(text: str) -> str:
-    """Generated text without the special tokens and the frame's opening word."""
-    return _FRAME.sub("", text.split("<|im_end|>")[0]).strip()
-
-
-def score(text: str, behaviour: str, *, base_answer: str | None = None, capital: str | None = None) -> bool:
-    """Does a generation (the first few tokens) show ``behaviour``?
-
-    ``upper``: the first three words of the answer have >= 2 letters, all upper case.
-    ``frame``: it opens with ``Answer:`` (any case: ``ANSWER:`` counts).
-    ``french``: a French number word 1-10 and no digit in the first words.
-    ``content``: its first word equals the base answer's (case- and frame-insensitive).
-    ``neutral``: ``capital`` appears (case-insensitive).
-    """
-    text = text.split("<|im_end|>")[0]
-    if behaviour == "upper":
-        letters = [c for c in " ".join(_body(text).split()[:3]) if c.isalpha()]
-        return len(letters) >= 2 and all(c.isupper() for c in letters)
-    if behaviour == "frame":
-        return _FRAME.match(text) is not None
-    if behaviour == "french":
-        head = " ".join(_body(text).split()[:6])
-        return _FRENCH_WORD.search(head) is not None and not re.search(r"\d", head)
-    if behaviour == "content":
-        if base_answer is None:
-            raise ConfigError("score(..., 'content') needs base_answer")
-        return _first_word(_body(text)) == _first_word(base_answer)
-    if behaviour == "neutral":
-        if capital is None:
-            raise ConfigError("score(..., 'neutral') needs capital")
-        return capital.lower() in text.lower()
-    raise unknown("score", behaviour, (*BEHAVIOURS, "content", "neutral"))
 
 
 # ------------------------------------------------------------- teacher forcing
@@ -413,3 +304,29 @@ class loreft_hooks:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def main(argv=None) -> int:
+    """``python -m roadinterp.chat_behaviours write --model zoo:smollm2-135m --out DIR``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m roadinterp.chat_behaviours",
+                                description="write the upper/frame/french behaviour sets as JSONL")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write", help="base answers -> {behaviour}.{family}.{split}.jsonl and neutral.{split}.jsonl")
+    w.add_argument("--model", default="zoo:smollm2-135m")
+    w.add_argument("--out", required=True)
+    w.add_argument("--n-train", type=int, default=None, help="at most this many train prompts per family")
+    w.add_argument("--n-test", type=int, default=None)
+    a = p.parse_args(argv)
+    import roadinterp as ri
+    from roadinterp.zoo import load_tokenizer
+
+    model, tok = ri.load_model(a.model), load_tokenizer(a.model)
+    for name, path in write_files(model, tok, a.out, n_train=a.n_train, n_test=a.n_test).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

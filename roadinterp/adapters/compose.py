@@ -24,7 +24,7 @@ from roadinterp.road import rotation as rot
 
 Resolve = Literal["error", "first", "mean"]
 
-__all__ = ["compose", "owned_blocks", "restrict", "split_blocks"]
+__all__ = ["combine", "compose", "owned_blocks", "restrict", "split_blocks"]
 
 
 # --------------------------------------------------------------------- blocks
@@ -164,3 +164,44 @@ def compose(
             alpha = torch.where(has, asum / count.clamp(min=1), alpha)
         tensors[f"{key}.theta"], tensors[f"{key}.alpha"] = theta, alpha
     return RoadAdapter.from_state(config, tensors)
+
+
+# -------------------------------------------------------------------- combine
+def combine(adapters: Mapping[str, RoadAdapter], *, weights: Mapping[str, float] | None = None) -> RoadAdapter:
+    """Apply several adapters as one: :func:`compose` when they share targets, else a stack.
+
+    A stack puts each adapter's maps at its own targets (adapters at different layers,
+    "each behaviour at its own layer"); adapters sharing a target must own disjoint blocks
+    there (OverlapError otherwise). ``weights`` scales a component first (``scaled``).
+    """
+    if not adapters:
+        raise ConfigError("combine needs at least one adapter")
+    if not all(isinstance(a, RoadAdapter) for a in adapters.values()):
+        from roadinterp.interventions.loreft import concat_loreft
+
+        return concat_loreft(adapters)  # LoReFT: rows stacked (the pyreft way)
+    parts = {n: (a.scaled(weights[n]) if weights and n in weights else a) for n, a in adapters.items()}
+    first = next(iter(parts.values()))
+    if all(a.targets == first.targets for a in parts.values()):
+        return compose(adapters, weights=weights)
+    for n, a in parts.items():
+        if (a.placement, a.variant) != (first.placement, first.variant):
+            raise ConfigError(f"adapters to combine must share placement and variant; {n!r} has "
+                              f"({a.placement}, {a.variant}), others ({first.placement}, {first.variant})")
+    targets, gsizes, tensors, owners = {}, {}, {}, {}
+    for n, a in parts.items():
+        for key, r in a.items():
+            if key in targets and (targets[key], gsizes[key]) != (r.dim, r.group_size):
+                raise ShapeError(f"adapter {n!r} is {r.dim} wide (group {r.group_size}) at {key!r}, others differ")
+            targets[key], gsizes[key] = r.dim, r.group_size
+            blocks = owned_blocks(a, key)
+            mask = rot.block_param_mask(torch.tensor(blocks, dtype=torch.long), r.dim, r.variant, r.group_size)
+            theta, alpha = tensors.get(key, rot.identity_params(r.dim, r.variant))
+            if key in owners and set(owners[key][1]) & set(blocks):
+                raise OverlapError(f"adapters {owners[key][0]!r} and {n!r} both own blocks at {key!r}")
+            owners[key] = (n, blocks)
+            tensors[key] = (torch.where(mask, r.theta.detach(), theta), torch.where(mask, r.alpha.detach(), alpha))
+    config = {"placement": first.placement, "variant": first.variant, "blocks": None, "targets": targets,
+              "group_sizes": gsizes, "meta": {"stacked": {n: list(a.targets) for n, a in parts.items()}}}
+    flat = {f"{k}.{f}": t for k, (th, al) in tensors.items() for f, t in (("theta", th), ("alpha", al))}
+    return RoadAdapter.from_state(config, flat)

@@ -78,9 +78,10 @@ class RoadSiteBank(nn.Module):
     """A bank of hidden-state RoAd adapters at one site, applied through a hook.
 
     Implements :class:`BatchedAdapterLayer`. ``positions="all"`` rotates every
-    position, including each generated token; other positions (``"last"``, ints)
-    are prompt positions: rotated in the first call after ``reset_cache()`` (the
-    prefill) and left alone while decoding, as in pyvene/ReFT generation.
+    position, including each generated token; other positions (``"last"``, ints, and
+    ``"prompt"`` = every prompt position) are prompt positions: rotated in the first call
+    after ``reset_cache()`` (the prefill) and left alone while decoding, as in pyvene/ReFT
+    generation.
     """
 
     def __init__(self, site: Site, theta: torch.Tensor, alpha: torch.Tensor, *, variant: str, group_size: int,
@@ -132,6 +133,8 @@ class RoadSiteBank(nn.Module):
             return rot.apply(h, c1, c2, self.group_size)
         if self._calls > 1:  # decoding: prompt positions were handled in the prefill
             return h
+        if self.site.positions == "prompt":  # every prompt position, in the prefill only
+            return rot.apply(h, c1, c2, self.group_size)
         idx = self.site.position_indices(h.shape[1])
         out = h.clone()
         out[:, idx] = rot.apply(h[:, idx], c1, c2, self.group_size)

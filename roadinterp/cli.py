@@ -220,7 +220,7 @@ def align_cmd(**values) -> None:
                 progress.start()
                 bar["id"] = progress.add_task("", total=total, completed=done - 1)
             progress.update(bar["id"], completed=done,
-                            description=f"{cell.family} L{cell.layer} size {cell.size} seed {cell.seed}: IIA {row['iia']:.3f}")
+                            description=f"{cell.label}: IIA {row['iia']:.3f}")
 
     # one writer per run directory: the lock is held from before the store opens until the report is written
     with lock_run(out):

@@ -46,6 +46,7 @@ from typing import Any
 
 import pandas as pd
 
+from roadinterp.cellid import CELL_FIELDS, CONTROL_SUFFIXES, CellId, cell_slug  # noqa: F401  (re-exported)
 from roadinterp.errors import FileFormatError, RunDirError
 from roadinterp.io import load_json, write_text_atomic
 
@@ -55,26 +56,11 @@ RESULT_COLUMNS = [
     "seed_agreement", "seed_agreement_chance",
 ]
 SAVED_KINDS = {"cell": "cells", "subspace": "subspaces"}  # what -> folder of the run directory
-CONTROL_SUFFIXES = {None: "", "random_model": "-random_model"}
-
-
-def cell_slug(family, layer, component, position, size, seed, control: str | None = None) -> str:
-    """File-system-safe name of a cell (``control="random_model"``: its random-init control).
-
-    ``position`` as the cell holds it or as a results row stores it (``str`` of it): both
-    give the same slug.
-    """
-    if control not in CONTROL_SUFFIXES:
-        raise RunDirError(f"unknown control {control!r}; known: {[c for c in CONTROL_SUFFIXES if c]}")
-    slug = "-".join(str(p) for p in (family, f"L{int(layer)}", component, position, f"s{int(size)}",
-                                     f"seed{int(seed)}")).replace("/", "_").replace(" ", "")
-    return slug + CONTROL_SUFFIXES[control]
 
 
 def row_slug(row, control: str | None = None) -> str:
     """:func:`cell_slug` of a results row (a dict or a DataFrame row)."""
-    return cell_slug(row["family"], row["layer"], row["component"], row["position"], row["size"], row["seed"],
-                     control)
+    return CellId.from_row(row).slug(control)
 
 
 def saved_path(run_dir: str | os.PathLike, slug: str, what: str = "cell") -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from roadinterp.cellid import CELL_FIELDS
 from roadinterp.controls import cell_warnings, describe_warnings, is_control_column, join_codes, null_iia
 
 SCORES = ("train_iia", "iia_vocab")  # per-seed scores beside ``iia`` (not controls): summarised like controls
@@ -35,7 +36,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """
     if table.empty:
         return table
-    keys = ["family", "layer", "component", "position", "size"]
+    keys = list(CELL_FIELDS)
     agg = {"iia": ["mean", "std", "min", "max", "count"]}
     for c in table.columns:
         if (c in SCORES or is_control_column(c)) and pd.to_numeric(table[c], errors="coerce").notna().any():
@@ -103,7 +104,7 @@ def annotate(table):
     if table.empty or "iia" not in table or table["iia"].isna().all():
         table["warnings"] = pd.Series([""] * len(table), dtype=object)
         return table
-    keys = ["family", "layer", "component", "position", "size"]
+    keys = list(CELL_FIELDS)
     s = summarize(table.drop(columns=["warnings"], errors="ignore"))
     lookup = {tuple(str(v) for v in r[:5]): r[5] for r in s[keys + ["warnings"]].itertuples(index=False)}
     table["warnings"] = [lookup.get(tuple(str(v) for v in r), "") for r in table[keys].itertuples(index=False)]

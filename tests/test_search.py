@@ -362,3 +362,21 @@ def test_run_options_are_shared_and_the_config_crosses_as_a_dataclass():
     with pytest.raises(ConfigError):
         Job(cfg, (Cell("road", 0, "block_output", "last", 8, 0), Cell("road", 1, "block_output", "last", 8, 1)),
             "m")
+
+
+def test_one_cell_identity_renders_every_name_a_run_uses():
+    from roadinterp.cellid import CellId
+    from roadinterp.search import Cell
+    from roadinterp.store import row_slug
+
+    c = Cell("butterfly", 3, "block_output", (1, 2), 8, 2)
+    assert c.key == "butterfly|3|block_output|1,2|8|2" and c.cell == "butterfly|3|block_output|1,2|8"
+    assert c.slug() == "butterfly-L3-block_output-(1,2)-s8-seed2"  # run files keep their names
+    assert c.slug("random_model") == c.slug() + "-random_model"
+    row = {"family": "butterfly", "layer": 3.0, "component": "block_output", "position": "(1, 2)", "size": 8,
+           "seed": 2}
+    assert CellId.from_row(row).cell == c.cell and row_slug(row) == c.slug()
+    assert CellId.parse(c.key).cell == c.cell and CellId.parse(c.cell).seed is None
+    assert c.where == "block_output@1,2" and c.stem == "butterfly-3-block_output-1-2-8"
+    with pytest.raises(ConfigError):
+        CellId.parse("butterfly|x")

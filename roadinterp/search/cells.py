@@ -1,8 +1,8 @@
 """The cells of a search: one (family, layer, component, position, size, seed) each, checked once.
 
-:class:`Cell` is a cell's identity: ``key`` (``family|layer|component|position|size|seed``,
-results.csv's ``key`` column and the store's primary key) and ``slug`` (its file-system name,
-:func:`roadinterp.store.cell_slug`). :func:`resolve` expands a
+:class:`Cell` is a cell and seed: its identity is :class:`roadinterp.cellid.CellId` (``key``,
+results.csv's ``key`` column and the store's primary key; ``slug``, its run files' name;
+``label``, how progress lines name it), plus the site it trains at. :func:`resolve` expands a
 :class:`~roadinterp.search.config.SearchConfig` into its cells on the loaded model and
 validates every distinct site, position and size once, before any training (the jobs do
 not check again). :func:`group_cells` makes the units of work (:class:`~roadinterp.search.jobs.Job`).
@@ -14,41 +14,25 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from roadinterp import bounds
 from roadinterp.dii.config import cell_variables, check_cell
 from roadinterp.errors import ConfigError
 from roadinterp.search.config import SearchConfig
 from roadinterp.sites import Site, n_layers, sequence_length, validate_site
-from roadinterp.store import cell_slug
+from roadinterp.cellid import CellId
 
 
 @dataclass(frozen=True)
-class Cell:
-    family: str
-    layer: int
-    component: str
-    position: Any
-    size: int
-    seed: int
+class Cell(CellId):
+    """One cell and seed of a search: its identity (:class:`roadinterp.cellid.CellId`: key, slug,
+    label) and the :class:`~roadinterp.sites.Site` it trains at."""
+
+    seed: int = 0
 
     @property
     def site(self) -> Site:
         return Site(self.layer, self.component, self.position)
-
-    @property
-    def slug(self) -> str:
-        """File-system-safe form of the key (:func:`roadinterp.store.cell_slug`)."""
-        return cell_slug(self.family, self.layer, self.component, self.position, self.size, self.seed)
-
-    @property
-    def key(self) -> str:
-        pos = ",".join(map(str, self.position)) if isinstance(self.position, tuple) else str(self.position)
-        return f"{self.family}|{self.layer}|{self.component}|{pos}|{self.size}|{self.seed}"
-
-    def with_seed(self, seed: int) -> Cell:
-        return Cell(self.family, self.layer, self.component, self.position, self.size, seed)
 
 
 def resolve(config: SearchConfig, model, task) -> list[Cell]:

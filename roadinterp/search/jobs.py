@@ -27,7 +27,7 @@ from roadinterp.search.cells import Cell
 from roadinterp.search.config import SearchConfig
 from roadinterp.search.frozen import get_bound_task, get_model, get_random_model, place
 from roadinterp.sites import Site, validate_site
-from roadinterp.store import cell_slug, saved_path
+from roadinterp.store import saved_path
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,14 @@ def run_job(job: Job) -> JobResult:
         if basis is not None:
             bases[cell.key] = basis
         if job.save_dir is not None:
-            save_learned(job.save_dir, cell.slug, main, basis)
+            save_learned(job.save_dir, cell.slug(), main, basis)
     if config.controls:
         rnd = _train_many(get_random_model(job.model, job.device, job.dtype), task, site, configs, data,
                           job.batched, width)
         for cell, row, r in zip(cells, rows, rnd):
             row["iia_random_model"] = r.iia
             if job.save_dir is not None:
-                slug = cell_slug(cell.family, cell.layer, cell.component, cell.position, cell.size, cell.seed,
-                                 control="random_model")
-                save_learned(job.save_dir, slug, r, learned(r))
+                save_learned(job.save_dir, cell.slug("random_model"), r, learned(r))
         _run_controls(config, task, model, site, cells, rows, mains, job.batched, width)
     per_cell = (time.perf_counter() - t0) / len(cells)
     for row in rows:

@@ -74,6 +74,7 @@ def search(
     cells = resolve(config, model, task)  # every cell checked once, before any training
     config_json = config.to_json()
     config_json["model"] = spec
+    config_json["batch_size"] = config.dii.steps_batch  # run.json says the batch a run trained with
     store = RunStore(out, _run_identity(out, config_json), resume=resume, overwrite=overwrite) if out else None
     rows: list[dict] = store.rows() if store else []
     by_key = {r["key"]: r for r in rows if "key" in r}
@@ -130,7 +131,7 @@ def seed_agreement(out, cell: Cell, n_seeds: int, rows: dict[str, dict], bases: 
         if c.key in bases:
             have.append(bases[c.key])
         elif out is not None:
-            have += load_bases([saved_path(out, c.slug, "subspace")])
+            have += load_bases([saved_path(out, c.slug(), "subspace")])
     if len(have) < 2:
         return {}
     agree, chance = agreement_of(have)

@@ -37,29 +37,25 @@ from plotly.subplots import make_subplots
 
 from roadinterp import io
 from roadinterp.errors import ConfigError
+from roadinterp.cellid import CELL_FIELDS, CellId
 from roadinterp.store import row_slug, saved_path
 from roadinterp.subspace import agreement_of, pair_angles, pairwise_agreement, random_angles
 from roadinterp.viz import figures as F
 
-CELL_KEYS = ["family", "layer", "component", "position", "size"]
+CELL_KEYS = list(CELL_FIELDS)
 CONDITIONS = {None: "trained model", "random_model": "control: random-init model"}
 _LAYOUT = F._LAYOUT
 
 
 # ------------------------------------------------------------------ cells
 def cell_key(row) -> str:
-    """``family|layer|component|position|size`` of a results row (its key without the seed)."""
-    key = row.get("key") if hasattr(row, "get") else None
-    if isinstance(key, str) and key.count("|") == 5:
-        return key.rsplit("|", 1)[0]
-    return "|".join(F._label(row[k]) for k in CELL_KEYS)
+    """``family|layer|component|position|size`` of a results row (:attr:`roadinterp.cellid.CellId.cell`)."""
+    return CellId.from_row(row).cell
 
 
 def cell_rows(table: pd.DataFrame, key: str) -> pd.DataFrame:
     """The seeds' rows of one cell, by ``family|layer|component|position|size`` (a trailing ``|seed`` is ignored)."""
-    if not isinstance(key, str) or key.count("|") not in (4, 5):
-        raise ConfigError(f"a cell is named family|layer|component|position|size (as in results.csv's key), got {key!r}")
-    want = key if key.count("|") == 4 else key.rsplit("|", 1)[0]
+    want = CellId.parse(key).cell  # a trailing |seed is ignored
     keys = table.apply(cell_key, axis=1) if len(table) else pd.Series(dtype=str)
     rows = table[keys == want]
     if rows.empty:

@@ -28,6 +28,7 @@ import pandas as pd
 import plotly.offline
 
 from roadinterp.io import write_text_atomic
+from roadinterp.cellid import CELL_FIELDS
 from roadinterp.viz import figures as F
 
 _CSS = """
@@ -48,7 +49,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 details summary { cursor: pointer; }
 """
 
-_CELL_KEYS = ["family", "layer", "component", "position", "size"]
+_CELL_KEYS = list(CELL_FIELDS)
 
 
 def _e(v: Any) -> str:
@@ -294,7 +295,9 @@ def run_figures(table: pd.DataFrame, *, static: bool = False) -> list[tuple[str,
 
 
 def _slug(key: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in key.replace("|", "-"))
+    from roadinterp.cellid import CellId
+
+    return CellId.parse(key).stem
 
 
 def _focus_figures(run_dir, table: pd.DataFrame, cells: Sequence[str], *, static: bool):

@@ -20,6 +20,7 @@ def print_summary(console, summary, best, out, *, wide: bool = False) -> None:
     """The results table (120 columns; every control with ``wide``) and the best-alignment sentence."""
     from rich.table import Table
 
+    from roadinterp.cellid import CellId
     from roadinterp.summary import describe_best
 
     def f(r, c, digits=3):
@@ -42,7 +43,7 @@ def print_summary(console, summary, best, out, *, wide: bool = False) -> None:
                 cells.append(agree if agree == "-" else f"{agree} ({f(r, 'seed_agreement_chance', 2)})")
             else:
                 cells.append(f(r, col, digits))
-        t.add_row(str(r["family"]), str(r["layer"]), f"{r['component']}@{r['position']}", str(r["size"]),
+        t.add_row(str(r["family"]), str(r["layer"]), CellId.from_row(r).where, str(r["size"]),
                   str(int(r["n_seeds"])), *cells, str(r.get("warnings") or "").replace(";", "; "))
     console.print(t)
     if best:

@@ -27,7 +27,11 @@ QUIET_LOGGERS = {
 }
 
 # (message regex, category, module regex): deprecation notices from pinned libraries
-QUIET_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = ()
+QUIET_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    # peft 0.21 reads transformers 5.25's deprecated property on every get_peft_model (bench
+    # batching's peft arms, the peft interop): a notice to peft's authors, not to the user
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\.modeling_utils"),
+)
 
 
 def quiet() -> None:

@@ -72,3 +72,17 @@ def test_quiet_mutes_only_named_loggers():
     assert logging.getLogger("kernels._internals.hf_hub").getEffectiveLevel() == logging.ERROR
     assert logging.getLogger("transformers.modeling_utils").getEffectiveLevel() < logging.ERROR
     assert "kernels" in _quiet.QUIET_LOGGERS
+
+
+def test_peft_deprecation_notice_is_muted():
+    """peft 0.21 on transformers 5.25 warns `is_gradient_checkpointing` is deprecated on every wrap."""
+    code = ("import warnings; warnings.simplefilter('default')\n"
+            "import roadinterp\n"
+            "import peft, torch\n"
+            "from transformers import AutoModelForCausalLM, LlamaConfig\n"
+            "m = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,"
+            " num_attention_heads=2, num_key_value_heads=2, vocab_size=32))\n"
+            "peft.get_peft_model(m, peft.LoraConfig(r=2, target_modules=['q_proj']))\n")
+    r = _run([sys.executable, "-c", code])
+    assert r.returncode == 0, r.stderr
+    assert "is_gradient_checkpointing" not in r.stderr, r.stderr

@@ -9,6 +9,10 @@ to produce the transformed answer, and two behaviours have an unambiguous combin
   French number word (``3 + 4 = 7`` -> ``trois + quatre = sept``), a content change over a
   closed vocabulary.
 
+The rules, scorers, templates and the JSONL writer live in
+:mod:`roadinterp.adapters.chat_data` (re-exported here); ``python -m roadinterp.chat_behaviours
+write --model zoo:smollm2-135m --out DIR`` writes the sets as JSONL rows for
+:func:`roadinterp.adapters.behaviour.train_from_data`, one generator of behaviour files among others.
 Rules compose by function composition (:func:`transform`), e.g. ``("upper", "frame")``
 gives ``Answer: THE SKY IS BLUE.``; nothing is trained on combined targets. Prompts
 come from committed templates (:data:`TEMPLATES`) whose slot values are split into
@@ -316,8 +320,8 @@ def main(argv=None) -> int:
     w = sub.add_parser("write", help="base answers -> {behaviour}.{family}.{split}.jsonl and neutral.{split}.jsonl")
     w.add_argument("--model", default="zoo:smollm2-135m")
     w.add_argument("--out", required=True)
-    w.add_argument("--n-train", type=int, default=None, help="at most this many train prompts per family")
-    w.add_argument("--n-test", type=int, default=None)
+    w.add_argument("--n-train", type=int, default=1500, help="at most this many train prompts per family")
+    w.add_argument("--n-test", type=int, default=200, help="at most this many held-out prompts per family")
     a = p.parse_args(argv)
     import roadinterp as ri
     from roadinterp.zoo import load_tokenizer

@@ -11,6 +11,9 @@
       compose.py  block algebra: split_blocks, restrict, compose (exact on disjoint blocks)
       composition.py  the composition experiment: train_composable, behaviour_table
       serve.py  mixed batches: every sample picks its adapter (forward, generate, serving)
+      textdata.py  behaviours from data: JSONL rows -> chat-template prompts, completion-only loss
+      behaviour.py  train_from_data (tailcache.py: the cached tail it trains on); textgen.py generate
+      diagnose.py  how composed adapters move each other's readout; chat_data.py the chat behaviours' rows
 
 A ``RoadAdapter``/``PedroAdapter`` is the unit that is saved (:func:`roadinterp.save`).
 *Site* adapters act on hidden states through pyvene (:func:`adapter_interventions`);
@@ -22,7 +25,8 @@ Nothing here is imported by ``road/``, ``interventions/`` or the DII trainer.
 
 from roadinterp.adapters.adapter import RoadAdapter, as_bank, stack_bank
 from roadinterp.adapters.attach import adapter_interventions
-from roadinterp.adapters.compose import owned_blocks, restrict, split_blocks
+from roadinterp.adapters.behaviour import Trained, train_from_data
+from roadinterp.adapters.compose import combine, owned_blocks, restrict, split_blocks
 from roadinterp.adapters.composition import behaviour_table, train_composable
 from roadinterp.adapters.linear import (
     RoadHandle,
@@ -42,7 +46,7 @@ from roadinterp.adapters.serve import BatchedAdapterLayer, RoadSiteBank, batched
 __all__ = [
     "BatchedAdapterLayer", "PedroAdapter", "PedroHandle", "PedroLinear", "PedroTarget", "RoadAdapter",
     "RoadHandle", "RoadLinear", "RoadSiteBank", "adapter_interventions", "apply_pedro", "apply_road",
-    "as_bank", "batched_layers", "behaviour_table", "from_peft", "generate", "linear_targets", "merge",
+    "Trained", "as_bank", "batched_layers", "behaviour_table", "combine", "from_peft", "generate", "linear_targets", "merge",
     "owned_blocks", "register_target_aliases", "remove_road", "resolve_targets", "restrict", "road_layers",
-    "serving", "split_blocks", "stack_bank", "to_peft", "train_composable", "unmerge",
+    "serving", "split_blocks", "stack_bank", "to_peft", "train_composable", "train_from_data", "unmerge",
 ]

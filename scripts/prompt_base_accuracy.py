@@ -56,9 +56,9 @@ def markdown(rows: list[dict]) -> str:
         def pair(key):
             a, b = r.get(f"train_{key}"), r.get(f"test_{key}")
             return " / ".join("-" if v is None else f"{v:.3f}" for v in (a, b))
-        kept = " / ".join(str(r.get(f"{s}_kept", "-")) for s in ("train", "test"))
+        kept = " / ".join(f"{r[f'{s}_kept']}/{r[f'{s}_n']}" if f"{s}_kept" in r else "-" for s in ("train", "test"))
         out.append(f"| {r['model'].removeprefix('zoo:')} | {r['task']} | {r['template']} | {r['seq_len']} "
-                   f"| {pair('base_accuracy')} | {pair('base_accuracy_answers')} | {kept} of 256 |")
+                   f"| {pair('base_accuracy')} | {pair('base_accuracy_answers')} | {kept} |")
     return "\n".join(out) + "\n"
 
 
@@ -67,8 +67,14 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--md", default=None, help="write the markdown table here")
+    ap.add_argument("--from-jsonl", default=None, help="only format the rows an earlier run printed")
     args = ap.parse_args()
     rows = []
+    if args.from_jsonl:
+        with open(args.from_jsonl) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(markdown(rows))
+        return
     for spec in args.models.split(","):
         rows += measure(spec, args.tasks.split(","))
     if args.md:

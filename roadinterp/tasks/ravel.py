@@ -18,6 +18,7 @@ is one token.
 
 from __future__ import annotations
 
+import copy
 import csv
 from functools import cache
 from pathlib import Path
@@ -67,13 +68,37 @@ class RavelCity(PromptTask):
 
     def __init__(self) -> None:
         super().__init__()
+        self._cities: np.ndarray | None = None  # the cities this tokenizer can answer about (None: all)
+        self.dropped_answers: list[str] = []  # answers that are several tokens for the bound tokenizer
+        self._index_values()
+
+    def _index_values(self) -> None:
         table = cities()
         index = {w: i for i, w in enumerate(self.answer_tokens)}
-        # value ids per attribute: the answer index of each city's value
-        self._values = {a: np.array([index[answer_word(v)] for v in table[a]]) for a in ATTRIBUTES}
+        # value ids per attribute: the answer index of each city's value (-1: an answer dropped)
+        self._values = {a: np.array([index.get(answer_word(v), -1) for v in table[a]]) for a in ATTRIBUTES}
+
+    def bind(self, *, tokenizer=None, model=None, cache_dir=None, template: str = "auto") -> PromptTask:
+        """As :meth:`PromptTask.bind`; an answer that is several tokens for ``tokenizer`` (Gemma-3
+        spells " Swahili" in two) is dropped with every city having it, so no row can need it."""
+        if tokenizer is None:
+            return super().bind(tokenizer=tokenizer, model=model, cache_dir=cache_dir, template=template)
+        multi = [t for t in _answers() if len(tokenizer(t, add_special_tokens=False)["input_ids"]) != 1]
+        if not multi:
+            return super().bind(tokenizer=tokenizer, model=model, cache_dir=cache_dir, template=template)
+        sub = copy.copy(self)
+        sub.answer_tokens = [t for t in _answers() if t not in multi]
+        sub.n_classes = len(sub.answer_tokens)
+        sub.dropped_answers, sub._pools = multi, {}
+        sub._index_values()
+        keep = np.all([sub._values[a] >= 0 for a in ATTRIBUTES], 0)
+        sub._cities = np.flatnonzero(keep)
+        return PromptTask.bind(sub, tokenizer=tokenizer, model=model, cache_dir=cache_dir, template=template)
 
     def _pool(self, split: str) -> Raw:
         ids = held_out(len(cities()["city"]), split, seed=29, test_fraction=TEST_FRACTION)
+        if self._cities is not None:
+            ids = ids[np.isin(ids, self._cities)]
         city, attr = np.meshgrid(ids, np.arange(len(ATTRIBUTES)), indexing="ij")
         city, attr = city.ravel(), attr.ravel()
         pick = rng_for(0, self.name, split, "pool").permutation(len(city))[: self.pool_size]

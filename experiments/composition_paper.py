@@ -117,10 +117,12 @@ class Pair:
         self.name, (self.A, self.B) = pair, pair.split("+")
         fam = FAMILY[pair]
         d = a.data
-        self.rows = {b: td.read_jsonl(d / f"{b}.{fam}.train.jsonl")[:a.n_train] for b in (self.A, self.B)}
+        rows_a = td.read_jsonl(d / f"{self.A}.{fam}.train.jsonl")[:a.n_train]
+        prompts_a = {r.prompt for r in rows_a}
+        rows_b = td.read_jsonl(d / f"{self.B}.{fam}.train.jsonl")
+        rows_b = ([r for r in rows_b if r.prompt in prompts_a] or rows_b)[:a.n_train]  # B on A's prompts
+        self.rows = {self.A: rows_a, self.B: rows_b}
         base_train = {r["prompt"]: r["completion"] for r in _jsonl(d / f"base.{fam}.train.jsonl")}
-        prompts_a = {r.prompt for r in self.rows[self.A]}
-        self.rows[self.B] = [r for r in self.rows[self.B] if r.prompt in prompts_a] or self.rows[self.B]
         from roadinterp import chat_behaviours as cb
 
         self.combined_rows = [(r.prompt, cb.transform(base_train[r.prompt], (self.A, self.B)))
@@ -130,8 +132,10 @@ class Pair:
         step = max(1, len(base) / max(1, min(a.n_test, len(base))))
         self.test = [base[int(i * step)] for i in range(min(a.n_test, len(base)))]  # spread over the templates
         self.neutral = [(r["prompt"], r["capital"]) for r in _jsonl(d / "neutral.test.jsonl")][:a.n_neutral]
-        self.preserve = [{"prompt": r["prompt"]} for r in _jsonl(d / "neutral.train.jsonl")] or \
-            [{"prompt": q} for q, _ in self.test[:0]]
+        self.preserve = [{"prompt": r["prompt"]} for r in _jsonl(d / "neutral.train.jsonl")]
+        # "content kept" compares with the base answer after the content-changing rule (french)
+        content_rules = tuple(b for b in (self.A, self.B) if b == "french")
+        self.content_ref = [cb.transform(ans, content_rules) for _, ans in self.test]
 
 
 # ------------------------------------------------------------------ protocols
@@ -238,7 +242,7 @@ def score_cell(a, pair: Pair, texts: dict, neutral_texts: dict) -> dict:
         "A+B": rate(texts["A+B"], lambda t, i: cb.score(t, A) and cb.score(t, B)),
         "A_in_AB": rate(texts["A+B"], lambda t, i: cb.score(t, A)),
         "B_in_AB": rate(texts["A+B"], lambda t, i: cb.score(t, B)),
-        "content": rate(texts["A+B"], lambda t, i: cb.score(t, "content", base_answer=pair.test[i][1])),
+        "content": rate(texts["A+B"], lambda t, i: cb.score(t, "content", base_answer=pair.content_ref[i])),
     }
     for key, cond in (("neutral", "A+B"), ("neutral_A", "A"), ("neutral_B", "B")):
         out[key] = rate(neutral_texts[cond], lambda t, i: cb.score(t, "neutral", capital=pair.neutral[i][1]))

@@ -94,6 +94,7 @@ def test_train_save_load_generate_end_to_end(tmp_path):
     assert tr.adapter.blocks == list(range(8)) and list(tr.adapter.targets) == ["1:block_output:prompt"]
     io.save(tr.adapter, tmp_path / "ad")
     back = io.load(tmp_path / "ad")
+    assert back.meta["history"]["epoch_loss"] == h["epoch_loss"] and back.meta["positions"] == "prompt"
     prompts = [q for q, _ in ROWS[:3]]
     assert generate(model, tok, prompts, adapters=back, max_new_tokens=4) == \
         generate(model, tok, prompts, adapters=tr.adapter, max_new_tokens=4) != generate(model, tok, prompts, max_new_tokens=4)

@@ -346,6 +346,8 @@ def train_from_data(
         for p in ad.parameters():
             p.requires_grad_(False)
     history["seconds"] = time.perf_counter() - t0
+    for ad in ads.values():  # saved with the adapter (roadinterp.io): the curve travels with it
+        ad.meta["history"] = {k: history[k] for k in ("epoch_loss", "steps", "step_seconds", "seconds", "loss")}
     return Trained(dict(ads), history)
 
 

@@ -84,6 +84,7 @@ def parse(argv=None):
     p.add_argument("--lora-rank", type=int, default=4)
     p.add_argument("--lora-lr", type=float, default=0.01)
     p.add_argument("--max-target", type=int, default=8, help="target tokens trained per example")
+    p.add_argument("--n-prompts", type=int, default=48, help="template prompts per split (train, held-out pool)")
     p.add_argument("--n-test", type=int, default=24, help="held-out prompts scored (evenly spaced over the templates)")
     p.add_argument("--n-neutral", type=int, default=12, help="neutral capital questions scored")
     p.add_argument("--neutral-tokens", type=int, default=16, help="generated tokens per neutral prompt")
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
         p.requires_grad_(False)
     A, B = a.A, a.B
     family = FAMILY[a.pair]
-    train_q, test_q = cb.prompts(family, "train"), cb.prompts(family, "test")
+    # a prefix of the (interleaved, since grown to >= 1K) template prompts keeps this budget's size
+    train_q, test_q = cb.prompts(family, "train")[:a.n_prompts], cb.prompts(family, "test")[:a.n_prompts]
     neutral_q = [q for q, _ in cb.NEUTRAL]
     cache = Path.home() / ".cache" / "roadinterp" / "composition_lm" / "base_answers.json"
     answers = base_answers(model, tok, train_q + test_q, cache)

@@ -180,3 +180,19 @@ def test_gemma3_270m_loads_from_the_zoo_and_answers_ioi():
     with torch.no_grad():
         assert tok.decode(model(**ids).logits[0, -1].argmax()) == " Mary"
     assert sites.site_width(model, "attention_value_output") == 1024  # 4 heads x 256, wider than d
+
+
+def test_the_kv_engine_refuses_what_it_cannot_run_exactly(files):
+    from roadinterp.dii._lm import lm_parts
+
+    model = ri.load_model(str(files["gemma3"][2]), device="cpu")
+    assert not isinstance(lm_parts(model), str)
+    types = list(model.config.layer_types)
+    try:
+        model.config.layer_types = ["chunked_attention", *types[1:]]
+        assert "full and sliding-window attention only" in lm_parts(model)
+        model.config.layer_types = types
+        model.config.attn_logit_softcapping = 50.0  # Gemma-2's: only the eager path applies it
+        assert "soft-capping runs only under eager" in lm_parts(model)
+    finally:
+        model.config.layer_types, model.config.attn_logit_softcapping = types, None

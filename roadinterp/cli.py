@@ -99,7 +99,7 @@ def zoo_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
 
     table = Table(title=f"roadinterp zoo (cache: {zoo.cache_dir()})")
     for col in ("name", "task", "arch", "params", "cached", "accuracy", "train s"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")  # a name is what a user copies: never split
     for r in rows:
         acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
         secs = "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}"
@@ -255,55 +255,61 @@ def _progress(console):
 # ------------------------------------------------------------ train & compose
 @app.command("train")
 def train_cmd(
-    task: str = typer.Option(..., "--task", "-t", help="Task whose labels the adapter is fitted to.", callback=_TEXT),
     out: str = typer.Option(..., "--out", "-o", help="Directory to save the adapter (safetensors + JSON).", callback=_TEXT),
-    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, local HF dir or hub id (default: the task's zoo model).",
-                              callback=_TEXT),
-    layers: str = typer.Option("0", "--layers", help="Comma-separated layers."),
-    component: str = typer.Option("block_output", "--component", help="pyvene component.", callback=_TEXT),
-    positions: str = typer.Option("all", "--positions", help="last | all | index | task-named position.", callback=_TEXT),
-    variant: str = typer.Option("road_2", "--variant", help="road_1, road_2 or road_4.", callback=_TEXT),
-    blocks: str = typer.Option(None, "--blocks", help="Subspace as block ranges, e.g. 0-15 (default: all)."),
-    steps: int = typer.Option(300, "--steps", help="Optimiser steps.", callback=bounds.int_option(maximum=bounds.MAX_STEPS)),
-    lr: float = typer.Option(0.05, "--lr", help="Learning rate (finite, > 0).",
+    data: str = typer.Option(None, "--data", help="JSONL of {prompt, completion} or {messages} rows: fit the "
+                             "adapter to the completions (a behaviour).", callback=_TEXT),
+    task: str = typer.Option(None, "--task", "-t", help="Or: a task whose labels the adapter is fitted to.",
+                             callback=_TEXT),
+    model: str = typer.Option(None, "--model", "-m", help="zoo:NAME, .gguf file, local HF dir or hub id "
+                              "(--task: default the task's zoo model).", callback=_TEXT),
+    layers: str = typer.Option(None, "--layers", help="Comma-separated layers [--data: 15; --task: 0]."),
+    positions: str = typer.Option(None, "--positions", help="--data: last-prompt | prompt | all [last-prompt]; "
+                                  "--task: last | all | index | task-named position [all].", callback=_TEXT),
+    placement: str = typer.Option("site", "--placement", help="--data: site (the residual stream at the output "
+                                  "of --layers) or linear (the Linears' outputs in --layers)."),
+    template: str = typer.Option("chat", "--template", help="--data: chat (the tokenizer's own chat template) or "
+                                 "raw (base models)."),
+    variant: str = typer.Option(None, "--variant", help="road_1, road_2 or road_4 [--data: road_1; --task: road_2].",
+                                callback=_TEXT),
+    blocks: str = typer.Option(None, "--blocks", help="The adapter's 2D blocks: a-b ranges, or (--data) k/m, e.g. "
+                               "1/2 = the first half [all]."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate [--data: 5e-3; --task: 0.05].",
                              callback=bounds.float_option(minimum=0.0, open_minimum=True)),
-    n_train: int = typer.Option(4096, "--n-train", help="Training examples.", callback=_COUNT),
+    epochs: int = typer.Option(5, "--epochs", help="--data: passes over the rows.", callback=bounds.int_option()),
+    batch_size: int = typer.Option(8, "--batch-size", help="--data: rows per step.", callback=bounds.int_option()),
+    preserve: str = typer.Option(None, "--preserve", help="--data: JSONL of prompts whose base next-token "
+                                 "distribution the adapter must keep (a KL-to-base term).", callback=_TEXT),
+    preserve_weight: float = typer.Option(1.0, "--preserve-weight", help="--data: weight of the KL term.",
+                                          callback=bounds.float_option(minimum=0.0)),
+    component: str = typer.Option("block_output", "--component", help="--task: pyvene component.", callback=_TEXT),
+    steps: int = typer.Option(300, "--steps", help="--task: optimiser steps.",
+                              callback=bounds.int_option(maximum=bounds.MAX_STEPS)),
+    n_train: int = typer.Option(4096, "--n-train", help="--task: training examples.", callback=_COUNT),
     seed: int = typer.Option(0, "--seed", help="Seed (init, data, order).", callback=_SEED),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a roadinterp save."),
 ) -> None:
-    """Fit a RoAd adapter (sourceless intervention) to a task's labels and save it."""
-    from roadinterp import io, zoo
-    from roadinterp.adapters.adapter import RoadAdapter
-    from roadinterp.adapters.attach import adapter_interventions, evaluate
-    from roadinterp.search import get_model
-    from roadinterp.sites import Site, parse_positions, validate_site
-    from roadinterp.tasks import get_task
-    from roadinterp.training import train_adapter
+    """Fit a RoAd adapter and save it: to text completions (--data) or to a task's labels (--task)."""
+    from roadinterp.adapters import recipes
 
-    from roadinterp.road.rotation import VARIANTS
-
-    if variant not in VARIANTS:  # before any work (the task's zoo model may need training first)
-        raise ConfigError(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    io.prepare_output(out, overwrite=overwrite, ours=io.is_saved)  # before any training
-    t = get_task(task)
-    block_list = bounds.parse_blocks("--blocks", blocks)
-    spec = model or zoo.default_model(t.name if t.variables else "behaviour-base")
-    m = get_model(spec)
-    pos = parse_positions(positions)
-    sites = [Site(layer, component, pos) for layer in bounds.parse_ints("--layers", layers)]
-    targets = {s.key(): validate_site(m, s) for s in sites}
-    adapter = RoadAdapter(targets, variant=variant, group_size=64, blocks=block_list,
-                          meta={"task": t.name, "model": spec, "seed": seed})
-    ivs = adapter_interventions(adapter)
-    bounds.check_rows_memory("--n-train", n_train, lambda k: t.factual(k, split="train", seed=seed), what="examples")
-    x, y = t.factual(n_train, split="train", seed=seed)
-    losses = train_adapter(m, sites, [ivs[s.key()] for s in sites], x, y, task=t, steps=steps, lr=lr, seed=seed)
-    xt, yt = t.factual(1024, split="test", seed=seed + 1)
-    acc = evaluate(m, adapter, xt, yt, t, sites)
-    base = evaluate(m, None, xt, yt, t)
-    adapter.meta.update({"test_accuracy": acc, "base_accuracy": base, "final_loss": losses[-1] if losses else None})
-    io.save(adapter, out, overwrite=overwrite)
-    typer.echo(f"saved {out}: held-out accuracy {acc:.3f} (base model {base:.3f}), "
+    if (data is None) == (task is None):
+        raise ConfigError("pass exactly one of --data FILE.jsonl (text completions) and --task NAME (a task's labels)")
+    if data is not None:
+        if model is None:
+            raise ConfigError("--data needs --model (a text model: zoo:smollm2-135m, a .gguf file or an HF directory)")
+        layer_list = bounds.parse_ints("--layers", layers or "15")
+        adapter, h = recipes.train_data(
+            data, out, model=model, template=template, placement=placement, positions=positions or "last-prompt",
+            layers=layer_list, blocks=blocks, variant=variant or "road_1", lr=lr or 5e-3, epochs=epochs,
+            batch_size=batch_size, seed=seed, preserve=preserve, preserve_weight=preserve_weight, overwrite=overwrite)
+        epoch_loss = h.get("epoch_loss") or []
+        curve = " -> ".join(f"{x:.3f}" for x in epoch_loss)
+        typer.echo(f"saved {out}: {adapter.n_trainable():,} trainable parameters; loss per epoch {curve}")
+        return
+    adapter, meta = recipes.train_task(
+        task, out, model=model, layers=bounds.parse_ints("--layers", layers or "0"), component=component,
+        positions=positions or "all", variant=variant or "road_2", blocks=bounds.parse_blocks("--blocks", blocks),
+        steps=steps, lr=lr or 0.05, n_train=n_train, seed=seed, overwrite=overwrite)
+    typer.echo(f"saved {out}: held-out accuracy {meta['test_accuracy']:.3f} (base model {meta['base_accuracy']:.3f}), "
                f"{adapter.n_trainable():,} trainable parameters")
 
 
@@ -329,8 +335,8 @@ def compose_cmd(
 
 @app.command("generate")
 def generate_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME or a local HF directory with a tokenizer.",
-                              callback=_TEXT),
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a .gguf file or a local HF directory with a "
+                              "tokenizer.", callback=_TEXT),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt (repeat for a batch)."),
     adapter: list[str] = typer.Option(None, "--adapter", "-a",
                                       help="Saved RoAd adapter directory (repeat; names = directory names)."),
@@ -339,45 +345,19 @@ def generate_cmd(
                                  help="Also generate with the base model and each adapter alone (one mixed batch)."),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Greedy tokens to generate.",
                                        callback=bounds.int_option()),
-    template: str = typer.Option("chatml", "--template", help="chatml (SmolLM2's chat turn, no system prompt) or raw."),
+    template: str = typer.Option("chat", "--template", help="chat (the tokenizer's own chat template) or raw."),
 ) -> None:
     """Generate with adapters composed (weights = lambda per adapter); --compare adds base and each alone.
 
-    Every (prompt, condition) pair is one row of a single mixed batch (roadinterp.serve):
-    each row is routed to its own adapter.
+    Every (prompt, condition) pair is one row of a single mixed batch: each row is routed to its own
+    adapter; site adapters at prompt positions act in the prefill, and generated tokens see them
+    through the KV cache.
     """
-    from roadinterp import io
-    from roadinterp.adapters import serve
-    from roadinterp.adapters.compose import compose
-    from roadinterp.chat_behaviours import chat_prompt
-    from roadinterp.errors import TokenizerError
-    from roadinterp.search import get_model
-    from roadinterp.zoo import load_tokenizer
+    from roadinterp.adapters.recipes import generate_texts
 
-    if template not in ("chatml", "raw"):
-        raise ConfigError(f"--template must be chatml or raw, got {template!r}")
-    loaded, w = io.load_adapters(adapter, weights)
-    tok = load_tokenizer(model)  # before the model: a toy zoo model has none
-    if tok is None:
-        raise TokenizerError(f"--model {model} has no tokenizer, so it cannot generate text; pass a text model "
-                             "(zoo:smollm2-135m or a local HF directory with a tokenizer)")
-    bank = {}
-    if loaded:
-        label = "+".join(f"{n}*{w[n]:g}" if w and n in w else n for n in loaded)
-        bank[label] = compose(loaded, weights=w) if len(loaded) > 1 or w else next(iter(loaded.values()))
-        if compare:
-            bank.update({n: a for n, a in loaded.items() if n != label})
-    conditions = (["base"] if compare or not loaded else []) + list(bank)
-    m = get_model(model)
-    texts = [chat_prompt(p) if template == "chatml" else p for p in prompt]
-    rows = [(c, i) for i in range(len(prompt)) for c in conditions]
-    ids = [tok(texts[i], add_special_tokens=False)["input_ids"] for _, i in rows]
-    out = serve.generate(m, ids, adapter_ids=[None if c == "base" else c for c, _ in rows],
-                         adapters=bank or None, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    width = max(map(len, ids))
-    for (c, i), row in zip(rows, out):
-        text = tok.decode(row[width:], skip_special_tokens=True).strip()
-        typer.echo(f"[{c}] {prompt[i]!r} -> {text!r}")
+    for c, p, text in generate_texts(model, prompt, adapters=adapter or (), weights=weights, compare=compare,
+                                     max_new_tokens=max_new_tokens, template=template):
+        typer.echo(f"[{c}] {p!r} -> {text!r}")
 
 
 # --------------------------------------------------------------------- bench

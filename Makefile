@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(MODELS) | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/roadinterp align --model zoo:smollm2-135m --task ioi --variables io_position --positions last --family butterfly --size 8 --seeds 3 --n-train 256 --n-test 128 --epochs 2 --batch-size 32 --out runs/demo --resume
+	$(BIN)/roadinterp align --model zoo:smollm2-135m --task ioi --variables io_position --positions last --family butterfly --size 8 --seeds 3 --n-train 256 --n-test 128 --epochs 2 --batch-size 32 --template raw --workers 2 --out runs/demo --resume
 
 demo-quick: setup
 	$(BIN)/roadinterp align --task hierarchical-equality --out runs/demo-quick --resume

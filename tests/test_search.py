@@ -330,7 +330,7 @@ def test_a_cuda_run_loads_its_model_once_and_binds_the_task_on_that_copy(monkeyp
     class PromptTask:
         name, needs_tokenizer = "mock-prompt", True
 
-        def bind(self, *, tokenizer, model, cache_dir):
+        def bind(self, *, tokenizer, model, cache_dir, template="auto"):
             bound["model"] = model
             return self
 

@@ -36,11 +36,13 @@ from roadinterp.bench.common import machine, main, ratio
 from roadinterp.interventions import get_family
 from roadinterp.sites import Site, n_layers
 
-FULL = dict(model="zoo:smollm2-135m", device="auto", task="ioi", variables=["io_position"], dtype="float32", seeds=3, n_train=256,
+# template="raw": the prompts of every stored bench lm run (before prompt tasks had a chat form)
+FULL = dict(model="zoo:smollm2-135m", device="auto", task="ioi", template="raw", variables=["io_position"], dtype="float32",
+            seeds=3, n_train=256,
             n_test=128, epochs=2,
             batch_size=32, size=8, naive_layers=[22], naive_seeds=1, step_layer=15, step_batch=32,
             step_families=["butterfly", "road", "neuron", "das", "lowrank"], naive_step_families=["butterfly"], reps=3)
-QUICK = dict(model="zoo:interval-llama", device="auto", task="interval", variables=None, dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
+QUICK = dict(model="zoo:interval-llama", device="auto", task="interval", template="raw", variables=None, dtype="float32", seeds=2, n_train=64, n_test=32, epochs=1,
              batch_size=32, size=4, naive_layers=[1], naive_seeds=1, step_layer=1, step_batch=8,
              step_families=["butterfly", "das"], naive_step_families=["butterfly", "das"], reps=1)
 
@@ -77,7 +79,7 @@ def _scan(cfg: dict, layers, seeds: int, engine: str, dtype: str):
                   iia_random_model=row.get("iia_random_model"), iia_rival=row.get("iia_rival"),
                   elapsed=round(time.perf_counter() - t0, 1))
 
-    table = search(task=cfg["task"], model=cfg["model"], variables=cfg["variables"], layers=list(layers), positions=["last"],
+    table = search(task=cfg["task"], model=cfg["model"], template=cfg["template"], variables=cfg["variables"], layers=list(layers), positions=["last"],
                    families=["butterfly"], sizes=[cfg["size"]], seeds=seeds, controls=True, n_train=cfg["n_train"],
                    n_test=cfg["n_test"], epochs=cfg["epochs"], batch_size=cfg["batch_size"], batched=True,
                    engine=engine, device=cfg["device"], dtype=dtype, on_cell=on_cell)
@@ -123,7 +125,7 @@ def step_setup(cfg: dict):
     from roadinterp.sites import site_width
 
     model = get_model(cfg["model"], cfg["device"], "float32")
-    task = get_bound_task(cfg["task"], cfg["model"])
+    task = get_bound_task(cfg["task"], cfg["model"], template=cfg["template"])
     data = place(task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=cfg["variables"]), model)
     site = Site(cfg["step_layer"], "block_output", "last")
     return model, task, data, site, site_width(model, site)
@@ -178,7 +180,7 @@ def _run(cfg: dict, quick: bool) -> dict:
 
     all_layers = list(range(n_layers(get_model(cfg["model"], cfg["device"], cfg["dtype"]))))
     layers = cfg.get("layers") or all_layers
-    get_bound_task(cfg["task"], cfg["model"])  # untimed: binding filters the prompts once (cached on disk)
+    get_bound_task(cfg["task"], cfg["model"], template=cfg["template"])  # untimed: binding filters the prompts once (cached on disk)
     # the naive arm runs in its own process meanwhile (it would take as long as the whole scan
     # again): both arms share the machine, and this process's peak memory is the KV scan's
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:

@@ -48,6 +48,9 @@ class SearchConfig:
         "help": "Causal variables of the task's main hypothesis to align, each in its own subspace (default: "
                 "all; MIB aligns one at a time, e.g. io_position on ioi). The no-op, site-patch and "
                 "random-model controls use the same counterfactuals; rival hypotheses align all their own."})
+    template: str = field(default="auto", metadata={
+        "help": "How prompt tasks write prompts: auto = the tokenizer's chat format when it has a chat template, "
+                "else raw; chat insists on it; raw never uses it. run.json records the form used."})
     seeds: int = field(default=3, metadata={"help": "Seeds per cell (0..seeds-1).", "maximum": bounds.MAX_SEEDS})
     controls: bool = field(default=True, metadata={
         "help": "Controls: random-init model, every rival hypothesis, whole-site patch, row space."})
@@ -90,6 +93,10 @@ class SearchConfig:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ConfigError(f"seeds must be a positive int, got {self.seeds!r}")
         bounds.positive_int("seeds", self.seeds, maximum=bounds.MAX_SEEDS)
+        from roadinterp.tasks.prompt import TEMPLATES
+
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
         if not isinstance(self.controls, bool):
             raise ConfigError(f"controls must be true or false, got {self.controls!r}")
         if isinstance(self.dii, dict):

@@ -99,18 +99,19 @@ def place(batch, model):
 _BOUND: dict[tuple[str, str], Any] = {}
 
 
-def get_bound_task(task_name: str, spec: str, device: str = "cpu", dtype: str = "float32"):
+def get_bound_task(task_name: str, spec: str, device: str = "cpu", dtype: str = "float32", template: str = "auto"):
     """The task ready for model ``spec`` (once per process): prompt tasks are bound to the
-    model's own tokenizer and filtered to the prompts it answers correctly (cached on disk),
-    with the model as the search loads it (``device``, ``dtype``), never a second copy."""
+    model's own tokenizer, written in ``template``'s form (auto: the chat format when the tokenizer
+    has one) and filtered to the prompts it answers correctly (cached on disk), with the model as
+    the search loads it (``device``, ``dtype``), never a second copy."""
     from roadinterp.tasks import get_task
 
-    key = (task_name, spec)
+    key = (task_name, spec, template)
     if key not in _BOUND:
         task = get_task(task_name)
         if task.needs_tokenizer:
             task = task.bind(tokenizer=get_tokenizer(spec), model=get_model(spec, device, dtype),
-                             cache_dir=zoo.cache_dir() / "filters")
+                             cache_dir=zoo.cache_dir() / "filters", template=template)
         _BOUND[key] = task
     return _BOUND[key]
 

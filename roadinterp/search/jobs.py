@@ -64,7 +64,7 @@ def run_job(job: Job) -> JobResult:
         if config.task not in {t.name for t in list_tasks()}:
             register_task(job.task)
     model = get_model(job.model, job.device, job.dtype)
-    task = get_bound_task(config.task, job.model, job.device, job.dtype)
+    task = get_bound_task(config.task, job.model, job.device, job.dtype, config.template)
     cells, site = job.cells, job.cells[0].site
     width = validate_site(model, site)  # the cell was checked by resolve(); this is only its width
     t0 = time.perf_counter()

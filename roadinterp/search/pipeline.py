@@ -70,7 +70,9 @@ def search(
 
     spec = config.model or default_model(get_task(config.task).name)
     model = get_model(spec, options.device, options.dtype)
-    task = get_bound_task(config.task, spec, options.device, options.dtype)
+    task = get_bound_task(config.task, spec, options.device, options.dtype, config.template)
+    if config.template == "auto":  # run.json records the form the prompts were written in
+        config = replace(config, template=getattr(task, "template", "raw"))
     cells = resolve(config, model, task)  # every cell checked once, before any training
     config_json = config.to_json()
     config_json["model"] = spec
@@ -159,6 +161,7 @@ def _run_identity(out: str | os.PathLike, config_json: dict[str, Any]) -> dict[s
         return ident
     try:
         stored = json.loads(stored_path.read_text())
+        stored.setdefault("template", "raw")  # runs before prompt tasks had a chat form wrote raw prompts
         again = SearchConfig.from_json({k: v for k, v in stored.items() if k != "model"}).to_json()
     except (ValueError, RoadinterpError, TypeError, AttributeError):
         return ident  # a foreign run.json: RunStore says how it differs

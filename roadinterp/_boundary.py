@@ -79,6 +79,19 @@ def error_line(message: str) -> None:
     typer.echo(f"error: {text}", err=True)
 
 
+def _if_interrupted() -> None:
+    """Exit as interrupted when a signal arrived, whatever exception it surfaced as.
+
+    A Ctrl-C that lands inside a library's lazy import comes back wrapped (transformers turns the
+    KeyboardInterrupt into "ModuleNotFoundError: Could not import module 'PreTrainedModel'"):
+    the signal, not the exception, says what happened.
+    """
+    import signal
+
+    if state.get("signal") is not None:
+        _exit_interrupted(state["signal"] == signal.SIGTERM)
+
+
 def run(app, args: list[str]) -> None:
     """Run the Typer ``app`` on ``args`` inside the boundary (see the module docstring)."""
     debug = "--debug" in args
@@ -100,6 +113,7 @@ def run(app, args: list[str]) -> None:
     except aborts:  # click turns a Ctrl-C during a prompt into Abort
         _exit_interrupted()
     except RoadinterpError as e:
+        _if_interrupted()
         if debug:
             raise
         error_line(str(e))
@@ -120,12 +134,14 @@ def run(app, args: list[str]) -> None:
         error_line("out of memory; use smaller counts (--n-train, --n-test, --seeds, --workers)")
         sys.exit(2)
     except OSError as e:  # the environment refused (permissions, disk full, a path that is a file): not a bug
+        _if_interrupted()
         if debug:
             raise
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         error_line(f"{e.strerror or e}{where} (rerun with --debug for the traceback)")
         sys.exit(2)
     except Exception as e:  # a bug or a library failing: one line, the traceback only under --debug
+        _if_interrupted()
         if debug:
             raise
         error_line(f"{type(e).__name__}: {e} (run with --debug for the traceback)")

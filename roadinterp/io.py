@@ -247,6 +247,27 @@ def prepare_output(path: str | os.PathLike, *, overwrite: bool = False, ours=Non
     return p
 
 
+def read_text_bounded(p: Path, label: str, *, limit: int, kind: str) -> str:
+    """The UTF-8 text of file ``p`` (at most ``limit`` bytes); one FileFormatError naming ``label``
+    for a directory, a missing or unreadable file, a file too large, or bytes that are not UTF-8."""
+    try:
+        if p.is_dir():
+            raise FileFormatError(f"{label} is a directory, not a {kind} file")
+        size = p.stat().st_size
+        if size > limit:
+            raise FileFormatError(f"{label} is {bounds.format_bytes(size)}; roadinterp reads {kind} up to "
+                                  f"{bounds.format_bytes(limit)}")
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise FileFormatError(f"{label} does not exist") from None
+    except OSError as e:
+        raise FileFormatError(f"cannot read {label}: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{label} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def load_json(path: str | os.PathLike, what: str = "JSON file"):
     """Parse a JSON file with bounded size and nesting; FileFormatError on anything else.
 
@@ -255,22 +276,7 @@ def load_json(path: str | os.PathLike, what: str = "JSON file"):
     each one message (never a RecursionError or UnicodeDecodeError).
     """
     p = Path(path)
-    try:
-        if p.is_dir():
-            raise FileFormatError(f"{what} {p} is a directory, not a JSON file")
-        size = p.stat().st_size
-        if size > bounds.MAX_JSON_BYTES:
-            raise FileFormatError(f"{what} {p} is {bounds.format_bytes(size)}; roadinterp reads JSON up to "
-                                  f"{bounds.format_bytes(bounds.MAX_JSON_BYTES)}")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise FileFormatError(f"{what} {p} does not exist") from None
-    except OSError as e:
-        raise FileFormatError(f"cannot read {what} {p}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text_bounded(p, f"{what} {p}", limit=bounds.MAX_JSON_BYTES, kind="JSON")
     depth = _max_depth(text)
     if depth > bounds.MAX_JSON_DEPTH:
         raise FileFormatError(f"{what} {p} nests {depth} levels deep; roadinterp reads JSON up to "

@@ -122,23 +122,10 @@ def read_jsonl(path: str | os.PathLike, *, need_completion: bool = True) -> list
     Blank lines are skipped (they keep their number). ``need_completion=False`` reads
     prompt-only files (``--preserve``): the completion may be absent.
     """
+    from roadinterp.io import read_text_bounded
+
     p = Path(path)
-    try:
-        if p.is_dir():
-            raise FileFormatError(f"{p} is a directory, not a JSONL file")
-        size = p.stat().st_size
-        if size > MAX_JSONL_BYTES:
-            raise FileFormatError(f"{p} is {bounds.format_bytes(size)}; roadinterp reads JSONL up to "
-                                  f"{bounds.format_bytes(MAX_JSONL_BYTES)}")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise FileFormatError(f"{p} does not exist") from None
-    except OSError as e:
-        raise FileFormatError(f"cannot read {p}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text_bounded(p, str(p), limit=MAX_JSONL_BYTES, kind="JSONL")
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -271,10 +271,10 @@ def test_align_through_the_cli_writes_iia_vocab(tmp_path):
     r = subprocess.run([sys.executable, "-m", "roadinterp.cli", "align", "--task", "interval", "--model",
                         "zoo:interval-llama", "--layers", "1", "--family", "butterfly", "--size", "4", "--seeds", "1",
                         "--n-train", "64", "--n-test", "64", "--epochs", "1", "--no-controls", "--workers", "1",
-                        "--out", "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                        "--wide", "--out", "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "vocab IIA" in r.stdout
+    assert "vocab IIA" in r.stdout  # a --wide column: the default table fits 120 columns
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
     assert csv["iia_vocab"].notna().all() and (csv["iia_vocab"] <= csv["iia"]).all()
     assert "full-vocabulary IIA" in (tmp_path / "run" / "report.html").read_text()

@@ -63,6 +63,10 @@ def run_job(job: Job) -> JobResult:
 
         if config.task not in {t.name for t in list_tasks()}:
             register_task(job.task)
+    if ":" in config.task:  # a file.py:NAME / module:NAME task: importing it also registers its zoo entries
+        from roadinterp.tasks import get_task
+
+        get_task(config.task)
     model = get_model(job.model, job.device, job.dtype)
     task = get_bound_task(config.task, job.model, job.device, job.dtype, config.template)
     cells, site = job.cells, job.cells[0].site

@@ -346,6 +346,34 @@ def test_a_cuda_run_loads_its_model_once_and_binds_the_task_on_that_copy(monkeyp
     assert list(frozen._MODELS) == ["zoo:mock@cuda:0:bfloat16"]  # no CPU float32 copy was made
 
 
+def test_an_auto_binding_serves_the_form_it_resolved_to(monkeypatch):
+    """search() binds with template='auto' and then hands jobs the resolved form ('chat'): in one
+    process that is one binding (one filtering pass over the prompts), not two."""
+    from roadinterp import zoo
+    from roadinterp.search import frozen
+
+    binds = []
+
+    class PromptTask:
+        name, needs_tokenizer = "mock-prompt", True
+
+        def bind(self, *, tokenizer, model, cache_dir, template="auto"):
+            binds.append(template)
+            self.template = "chat" if template == "auto" else template
+            return self
+
+    monkeypatch.setattr(zoo, "load_model", lambda spec, device="cpu": torch.nn.Linear(1, 1))
+    monkeypatch.setattr(frozen, "get_tokenizer", lambda spec: object())
+    monkeypatch.setattr("roadinterp.tasks.get_task", lambda name: PromptTask())
+    monkeypatch.setattr(frozen, "_MODELS", {})
+    monkeypatch.setattr(frozen, "_BOUND", {})
+    first = frozen.get_bound_task("mock-prompt", "zoo:mock", template="auto")
+    assert frozen.get_bound_task("mock-prompt", "zoo:mock", template="chat") is first
+    assert binds == ["auto"]
+    frozen.get_bound_task("mock-prompt", "zoo:mock", template="raw")  # another form is another binding
+    assert binds == ["auto", "raw"]
+
+
 def test_run_options_are_shared_and_the_config_crosses_as_a_dataclass():
     import pickle
 

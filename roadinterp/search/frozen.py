@@ -113,6 +113,8 @@ def get_bound_task(task_name: str, spec: str, device: str = "cpu", dtype: str = 
             task = task.bind(tokenizer=get_tokenizer(spec), model=get_model(spec, device, dtype),
                              cache_dir=zoo.cache_dir() / "filters", template=template)
         _BOUND[key] = task
+        if template == "auto":  # the same binding under the form it resolved to (what run.json records)
+            _BOUND.setdefault((task_name, spec, getattr(task, "template", "raw")), task)
     return _BOUND[key]
 
 

@@ -58,15 +58,11 @@ class JobResult:
 def run_job(job: Job) -> JobResult:
     """Train and score the job's cells (and their controls); safe to run in any process."""
     config = job.config
-    if job.task is not None:
-        from roadinterp.tasks import list_tasks, register_task
+    from roadinterp.tasks import get_task, list_tasks, register_task
 
-        if config.task not in {t.name for t in list_tasks()}:
-            register_task(job.task)
-    if ":" in config.task:  # a file.py:NAME / module:NAME task: importing it also registers its zoo entries
-        from roadinterp.tasks import get_task
-
-        get_task(config.task)
+    if job.task is not None and config.task not in {t.name for t in list_tasks()}:
+        register_task(job.task)
+    get_task(config.task)  # before the model: a file.py:NAME task's import registers the zoo entries it defines
     model = get_model(job.model, job.device, job.dtype)
     task = get_bound_task(config.task, job.model, job.device, job.dtype, config.template)
     cells, site = job.cells, job.cells[0].site

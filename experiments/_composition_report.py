@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results_md import cell_text, mean_std
+
 METRICS = ("A", "B", "A+B", "A_in_AB", "B_in_AB", "content", "neutral", "neutral_A", "neutral_B")
 ROAD = ("joint", "separate", "preserve", "frozen", "own_layers")
 LABEL = {
@@ -25,13 +27,6 @@ LABEL = {
     "loreft": "LoReFT at the same site, rows stacked",
     "lora": "LoRA (peft) after the site, trained separately, deltas added",
 }
-
-
-def _ms(values):
-    v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
-    if v.size == 0 or np.isnan(v).all():
-        return None, None
-    return float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if np.sum(~np.isnan(v)) > 1 else 0.0
 
 
 def load_cells(run_dir: Path) -> dict:
@@ -46,7 +41,7 @@ def load_cells(run_dir: Path) -> dict:
 
 
 def block(pair: str, protocol: str, cells: list, base: dict) -> dict:
-    stats = {m: _ms([c.get(m) for c in cells]) for m in METRICS}
+    stats = {m: mean_std([c.get(m) for c in cells]) for m in METRICS}
     mean = {m: s[0] for m, s in stats.items()}
     ok = None not in (mean["A"], mean["B"], mean["A+B"], mean["neutral"])
     return {"A": mean["A"], "B": mean["B"], "A+B": mean["A+B"], "neutral": mean["neutral"],
@@ -56,11 +51,6 @@ def block(pair: str, protocol: str, cells: list, base: dict) -> dict:
             "target_met": bool(ok and base and mean["A+B"] >= 0.8 * min(mean["A"], mean["B"])
                                and mean["neutral"] >= base["neutral"] - 0.05 and min(mean["A"], mean["B"]) >= 0.8
                                and (mean["content"] or 0) >= 0.8)}
-
-
-def _cell_text(s):
-    m, sd = s
-    return "-" if m is None else f"{m:.3f} ± {sd:.3f}"
 
 
 def table(pair: str, entry: dict) -> str:
@@ -76,7 +66,7 @@ def table(pair: str, entry: dict) -> str:
         if not cells:
             continue
         secs = [c["seconds"] for cell in cells for c in cell["curves"].values() if "seconds" in c]
-        cols = [_cell_text(_ms([c.get(m) for c in cells])) for m in ("A", "B", "A+B", "content", "neutral")]
+        cols = [cell_text(*mean_std([c.get(m) for c in cells])) for m in ("A", "B", "A+B", "content", "neutral")]
         lines.append(f"| {proto} | {len(cells)} | " + " | ".join(cols) + f" | {np.mean(secs) / 60:.1f} |")
     return "\n".join(lines)
 

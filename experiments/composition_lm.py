@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shlex
 import sys
@@ -56,7 +55,7 @@ from roadinterp.interventions.loreft import LoreftAdapter, concat_loreft  # noqa
 from roadinterp.zoo import load_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_md import write_section  # noqa: E402
+from _results_md import cell_text, finite_json, mean_std, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "zoo:smollm2-135m"
@@ -384,7 +383,7 @@ def main(argv=None) -> int:
         # written after every seed, so a long run leaves its finished seeds behind
         counts = (len(train_q), len(test_q), len(neutral_q))
         if a.partial:
-            Path(a.partial).write_text(json.dumps(_finite({
+            Path(a.partial).write_text(json.dumps(finite_json({
                 "command": command(argv), "results": results, "base": base_done, "sweep_rows": sweep_rows,
                 "seconds": time.perf_counter() - t0, "counts": counts})))
         else:
@@ -413,26 +412,13 @@ def merge(a, argv) -> int:
 
 
 # ------------------------------------------------------------------ outputs
-def _ms(values) -> tuple[float | None, float | None]:
-    """Mean and std over seeds; (None, None) for a score that was not measured (NaN)."""
-    v = np.asarray(values, dtype=float)
-    if np.isnan(v).all():
-        return None, None
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def _cell(values) -> str:
-    m, s = _ms(values)
-    return "-" if m is None else f"{m:.3f} ± {s:.3f}"
-
-
 def summarise(results, base, A, B):
     """Per-method numbers in the issue's form, RoAd's best protocol by A+B (both at once)."""
     def entry(prefix, combined, protocol):
-        a_ = _ms([r["A"] for r in results[f"{prefix}/{A} only{combined[1]}"]])
-        b_ = _ms([r["B"] for r in results[f"{prefix}/{B} only{combined[1]}"]])
-        ab = _ms([r["A+B"] for r in results[f"{prefix}/{combined[0]}"]])
-        neu = _ms([r["neutral"] for r in results[f"{prefix}/{combined[0]}"]])
+        a_ = mean_std([r["A"] for r in results[f"{prefix}/{A} only{combined[1]}"]])
+        b_ = mean_std([r["B"] for r in results[f"{prefix}/{B} only{combined[1]}"]])
+        ab = mean_std([r["A+B"] for r in results[f"{prefix}/{combined[0]}"]])
+        neu = mean_std([r["neutral"] for r in results[f"{prefix}/{combined[0]}"]])
         return {"A": a_[0], "B": b_[0], "A+B": ab[0], "neutral": neu[0], "A+B_std": ab[1],
                 "base_neutral": base["neutral"], "protocol": protocol,
                 "target_met": bool(ab[0] >= 0.8 * min(a_[0], b_[0]) and abs(neu[0] - base["neutral"]) <= 0.05)}
@@ -462,20 +448,9 @@ def table(results, base, A, B) -> str:
     lines.append("| base model | - | " + " | ".join(f"{base[k]:.3f}" for k in ("A", "B", "A+B", "content", "neutral")) + " |")
     for key, rs in results.items():
         method, placement, cond = key.split("/", 2)
-        cells = [_cell([r[k] for r in rs]) for k in ("A", "B", "A+B", "content", "neutral")]
+        cells = [cell_text(*mean_std([r[k] for r in rs])) for k in ("A", "B", "A+B", "content", "neutral")]
         lines.append(f"| {method} / {placement} | {cond} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _finite(x):
-    """NaN (not measured) -> None, so the JSON is standard."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def plot_sweep(rows, path, A, B):
@@ -510,7 +485,7 @@ def write_outputs(a, argv, results, base, sweep_rows, seconds, n_train, n_test, 
     summary = summarise(results, base, A, B)
     summary.update({"pair": a.pair, "A_name": A, "B_name": B, "command": cmd.strip(), "seeds": seeds_done,
                     "minutes": round(seconds / 60, 1), "base": {k: base[k] for k in ("A", "B", "A+B", "neutral")},
-                    "conditions": {k: {m: _ms([r[m] for r in rs]) for m in ("A", "B", "A+B", "content", "neutral")}
+                    "conditions": {k: {m: mean_std([r[m] for r in rs]) for m in ("A", "B", "A+B", "content", "neutral")}
                                    for k, rs in results.items()},
                     "examples": {k: rs[0]["examples"] for k, rs in results.items()},
                     "lambda_sweep": sweep_rows})
@@ -521,7 +496,7 @@ def write_outputs(a, argv, results, base, sweep_rows, seconds, n_train, n_test, 
     else:
         doc["second_pair"] = summary
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(doc), indent=1) + "\n")
+    path.write_text(json.dumps(finite_json(doc), indent=1) + "\n")
     if sweep_rows:
         plot_sweep(sweep_rows, a.fig, A, B)
     rd = summary.get("road", {})

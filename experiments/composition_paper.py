@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_md import finite_json  # noqa: E402
 MODEL = "zoo:smollm2-135m"
 FAMILY = {"upper+frame": "general", "french+frame": "number"}
 PROTOCOLS = ("joint", "separate", "preserve", "frozen", "own_layers", "loreft", "lora")
@@ -313,17 +314,7 @@ def _write(path: Path, doc) -> None:
     from roadinterp import io
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    io.write_text_atomic(path, json.dumps(_finite(doc), indent=1) + "\n", mode=0o644)
-
-
-def _finite(x):
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    io.write_text_atomic(path, json.dumps(finite_json(doc), indent=1) + "\n", mode=0o644)
 
 
 def main(argv=None) -> int:

@@ -99,13 +99,11 @@ def train_data(data, out, *, model: str, template="chat", placement="site", posi
     trained = train_from_data(m, tok, rows, placement=placement, positions=positions, layers=layers, blocks=blocks,
                               variant=variant, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, template=template,
                               preserve_rows=keep, preserve_weight=preserve_weight, log=log)
-    adapter = trained.adapter
-    h = trained.history
+    adapter = trained.adapter  # its meta already holds the loss history (train_from_data)
     adapter.meta.update({"model": model, "data": str(data), "preserve": None if preserve is None else str(preserve),
-                         "n_rows": len(rows), "final_loss": h["loss"][-1] if h.get("loss") else None,
-                         "epoch_loss": h.get("epoch_loss")})
+                         "n_rows": len(rows)})
     io.save(adapter, out, overwrite=overwrite)
-    return adapter, h
+    return adapter, trained.history
 
 
 def generate_texts(model: str, prompts: Sequence[str], *, adapters: Sequence[str] = (), weights: str | None = None,

@@ -160,16 +160,31 @@ def make_executor(executor: str, workers: int = 1, ray_address: str | None = Non
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Block SIGINT/SIGTERM in the main thread for a moment (delivered when the block ends)."""
+    """Hold SIGINT/SIGTERM for a moment; one that arrives meanwhile is delivered when the block ends.
+
+    Two layers, because each alone leaks. The signal mask is what spawned children inherit, so
+    a worker starts with both blocked and never dies half-started. But a mask set in the main
+    thread does not stop the kernel handing the signal to another thread (the pool's manager
+    thread, torch's), whose C handler then runs the Python handler in the main thread at once,
+    in the middle of starting a worker: the worker is left reading a closed pipe and prints
+    ``EOFError: Ran out of input``. So the Python handlers are swapped for ones that only
+    record the signal, and the recorded one is raised again after the old handlers are back.
+    """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    caught: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in sigs}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(sigs))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a blocked pending signal runs the recorder now
+        for sig, handler in handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])

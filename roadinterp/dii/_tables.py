@@ -157,6 +157,8 @@ class ReplayRows:
     """One dataset in a replay table: the table row of each base and source input."""
 
     rows: torch.Tensor  # long [n, 1 + V]: base, then one source per variable
+    # per-row positions only (KV engine): each input's site index within the tail, same layout  # long [n, 1 + V]
+    at: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])

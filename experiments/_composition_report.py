@@ -17,7 +17,8 @@ import numpy as np
 from _results_md import cell_text, mean_std
 
 METRICS = ("A", "B", "A+B", "A_in_AB", "B_in_AB", "content", "neutral", "neutral_A", "neutral_B")
-ROAD = ("joint", "separate", "preserve", "frozen", "own_layers")
+ROAD = ("joint", "separate", "preserve", "frozen", "own_layers", "linear", "linear_preserve")
+CAL = "+cal"  # suffix of the rows composed at the validation-calibrated scales (lambda_A, lambda_B)
 LABEL = {
     "joint": "RoAd_1, joint training with routing to halves (RoAd paper)",
     "separate": "RoAd_1, separate training on halves, compose",
@@ -26,7 +27,20 @@ LABEL = {
     "own_layers": "RoAd_1, A and B each at its own layer (all blocks), stacked",
     "loreft": "LoReFT at the same site, rows stacked",
     "lora": "LoRA (peft) after the site, trained separately, deltas added",
+    "linear": "RoAd_1 on the projections of many blocks (PEFT placement), halves, separate training, compose",
+    "linear_preserve": "RoAd_1 on the projections of many blocks, halves, separate + KL-to-base, compose",
 }
+
+
+def _calibrated(cells: list) -> list:
+    """The same cells read at their calibrated composition: A+B, content and neutral from the ``_cal`` scores."""
+    out = []
+    for c in cells:
+        if "A+B_cal" not in c:
+            return []
+        out.append({**c, "A+B": c["A+B_cal"], "content": c["content_cal"], "neutral": c["neutral_cal"],
+                    "A_in_AB": None, "B_in_AB": None})
+    return out
 
 
 def load_cells(run_dir: Path) -> dict:
@@ -35,7 +49,10 @@ def load_cells(run_dir: Path) -> dict:
         base = pair_dir / "base.json"
         entry = {"base": json.loads(base.read_text()) if base.exists() else None, "protocols": {}}
         for proto_dir in sorted(p for p in pair_dir.iterdir() if p.is_dir()):
-            entry["protocols"][proto_dir.name] = [json.loads(f.read_text()) for f in sorted(proto_dir.glob("seed*.json"))]
+            cells = [json.loads(f.read_text()) for f in sorted(proto_dir.glob("seed*.json"))]
+            entry["protocols"][proto_dir.name] = cells
+            if _calibrated(cells):
+                entry["protocols"][proto_dir.name + CAL] = _calibrated(cells)
         out[pair_dir.name] = entry
     return out
 
@@ -45,7 +62,10 @@ def block(pair: str, protocol: str, cells: list, base: dict) -> dict:
     mean = {m: s[0] for m, s in stats.items()}
     ok = None not in (mean["A"], mean["B"], mean["A+B"], mean["neutral"])
     return {"A": mean["A"], "B": mean["B"], "A+B": mean["A+B"], "neutral": mean["neutral"],
-            "base_neutral": base["neutral"] if base else None, "protocol": LABEL.get(protocol, protocol),
+            "base_neutral": base["neutral"] if base else None,
+            "protocol": LABEL[protocol] if protocol in LABEL else (
+                LABEL.get(protocol[:-len(CAL)], protocol) + ", at scales calibrated on validation"),
+            "lambda": [c["calibration"]["lambda"] for c in cells] if protocol.endswith(CAL) else None,
             "protocol_key": protocol, "content": mean["content"], "seeds": len(cells),
             "std": {m: s[1] for m, s in stats.items()},
             "target_met": bool(ok and base and mean["A+B"] >= 0.8 * min(mean["A"], mean["B"])
@@ -67,7 +87,10 @@ def table(pair: str, entry: dict) -> str:
             continue
         secs = [c["seconds"] for cell in cells for c in cell["curves"].values() if "seconds" in c]
         cols = [cell_text(*mean_std([c.get(m) for c in cells])) for m in ("A", "B", "A+B", "content", "neutral")]
-        lines.append(f"| {proto} | {len(cells)} | " + " | ".join(cols) + f" | {np.mean(secs) / 60:.1f} |")
+        lam = ""
+        if proto.endswith(CAL):
+            lam = " (lambda " + "; ".join(",".join(f"{x:g}" for x in c["calibration"]["lambda"]) for c in cells) + ")"
+        lines.append(f"| {proto}{lam} | {len(cells)} | " + " | ".join(cols) + f" | {np.mean(secs) / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -77,7 +100,8 @@ def plot_curves(loaded: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(pair, proto, cells[0]) for pair, e in loaded.items() for proto, cells in e["protocols"].items() if cells]
+    panels = [(pair, proto, cells[0]) for pair, e in loaded.items() for proto, cells in e["protocols"].items()
+              if cells and not proto.endswith(CAL)]
     if not panels:
         return
     cols = min(4, len(panels))
@@ -109,7 +133,7 @@ def aggregate(a) -> dict:
     pairs = {}
     for pair, entry in loaded.items():
         blocks = {p: block(pair, p, cells, entry["base"]) for p, cells in entry["protocols"].items() if cells}
-        road = [b for p, b in blocks.items() if p in ROAD and b["A+B"] is not None]
+        road = [b for p, b in blocks.items() if p.removesuffix(CAL) in ROAD and b["A+B"] is not None]
         best = max(road, key=lambda b: b["A+B"]) if road else None
         pairs[pair] = {**(best or {}), "protocols": blocks}
     doc = json.loads(a.out_json.read_text()) if a.out_json.exists() else {}
@@ -129,7 +153,8 @@ def aggregate(a) -> dict:
     a.out_md.parent.mkdir(parents=True, exist_ok=True)
     a.out_md.write_text(md + "\n")
     plot_curves(loaded, a.run_dir / "curves.png")
-    diag = {p: {proto: [c.get("diagnosis") for c in cells] for proto, cells in e["protocols"].items()}
+    diag = {p: {proto: [c.get("diagnosis") for c in cells] for proto, cells in e["protocols"].items()
+                if not proto.endswith(CAL)}
             for p, e in loaded.items()}
     _write(a.run_dir / "diagnosis.json", diag)
     print(md)

@@ -16,7 +16,18 @@ Protocols (``--protocols``; each gives adapters A, B and their combination A+B):
   (targets "one behaviour wins the opening": B learns on top of A's edit);
 - ``own_layers``: A at ``--layer``, B at ``--layer-b``, all blocks each, stacked (``combine``);
 - ``loreft``: LoReFT (rank ``--loreft-rank`` each) at the same site, rows stacked;
-- ``lora``: peft LoRA on the Linears after the site, trained separately, deltas added.
+- ``lora``: peft LoRA on the Linears after the site, trained separately, deltas added;
+- ``linear``: ours, the PEFT usage of RoAd: RoAd_1 on the outputs of the projections
+  (``--linear-modules``) of many blocks (``--linear-layers``), every position, each behaviour on
+  its half of the 2D blocks of every projection, trained separately (``--dist-*``), then
+  composed: many small per-layer rotations instead of one large push at one position;
+- ``linear_preserve``: ``linear`` plus the KL-to-base term on neutral training prompts.
+
+``--lambda-grid`` adds, for every RoAd protocol, a composition at scales (lambda_A, lambda_B)
+chosen on a validation split (training-split prompts not trained on, and neutral training
+prompts), scored on the test prompts as ``A+B_cal`` / ``content_cal`` / ``neutral_cal``.
+Training stops at the epoch cap or when the train loss plateaus (``--plateau``, ``--max-minutes``);
+each cell keeps the whole curve.
 
 Evaluation per (pair, protocol, seed) cell: held-out prompts (disjoint slot values) scored for
 A alone, B alone, both at once (A+B), content kept, and neutral capital questions; a measured
@@ -48,8 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import finite_json  # noqa: E402
 MODEL = "zoo:smollm2-135m"
 FAMILY = {"upper+frame": "general", "french+frame": "number"}
-PROTOCOLS = ("joint", "separate", "preserve", "frozen", "own_layers", "loreft", "lora")
-ROAD = ("joint", "separate", "preserve", "frozen", "own_layers")
+PROTOCOLS = ("joint", "separate", "preserve", "frozen", "own_layers", "loreft", "lora", "linear", "linear_preserve")
+ROAD = ("joint", "separate", "preserve", "frozen", "own_layers", "linear", "linear_preserve")
 METRICS = ("A", "B", "A+B", "A_in_AB", "B_in_AB", "content", "neutral", "neutral_A", "neutral_B")
 
 
@@ -72,6 +83,18 @@ def parse(argv=None):
     p.add_argument("--loreft-lr", type=float, default=5e-3)
     p.add_argument("--lora-rank", type=int, default=4)
     p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--linear-layers", default="15-29", help="linear protocols: blocks whose projections are rotated")
+    p.add_argument("--linear-modules", default="q_proj,o_proj,down_proj",
+                   help="linear protocols: projections (hidden-size outputs, so 'halves' halve each)")
+    p.add_argument("--dist-rows", type=int, default=1000, help="linear protocols: training rows per behaviour")
+    p.add_argument("--dist-epochs", type=int, default=6, help="linear protocols: epoch cap")
+    p.add_argument("--dist-lr", type=float, default=5e-3)
+    p.add_argument("--plateau", type=float, default=0.02,
+                   help="stop when a window's mean train loss improves by less than this fraction")
+    p.add_argument("--window", type=int, default=None, help="plateau window in steps (default: one epoch)")
+    p.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock cap per adapter")
+    p.add_argument("--lambda-grid", default="", help="e.g. 0.75,1,1.25: calibrate (lambda_A, lambda_B) on validation")
+    p.add_argument("--n-val", type=int, default=24, help="validation prompts for the lambda grid")
     p.add_argument("--n-test", type=int, default=48)
     p.add_argument("--n-neutral", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=10)
@@ -87,6 +110,11 @@ def parse(argv=None):
         a.pairs = a.pairs.split(",")[0]
         if a.run_dir == str(ROOT / "runs" / "composition_paper"):
             a.run_dir = "/tmp/composition_paper_quick"
+    if a.quick:
+        a.dist_rows, a.dist_epochs, a.n_val = 8, 1, 4
+    a.linear_layers = _layer_list(a.linear_layers)
+    a.linear_modules = tuple(m for m in a.linear_modules.split(",") if m)
+    a.lambda_grid = [float(x) for x in a.lambda_grid.split(",") if x]
     a.pairs = [x for x in a.pairs.split(",") if x]
     a.protocols = [x for x in a.protocols.split(",") if x]
     for x in a.pairs:
@@ -102,6 +130,14 @@ def parse(argv=None):
         a.run_dir / "composition_lm.json" if a.quick else ROOT / "docs" / "data" / "composition_lm.json")
     a.out_md = Path(a.out_md) if a.out_md else a.run_dir / "composition_paper.md"
     return a
+
+
+def _layer_list(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return out
 
 
 # ------------------------------------------------------------------ data
@@ -134,6 +170,11 @@ class Pair:
         self.test = [base[int(i * step)] for i in range(min(a.n_test, len(base)))]  # spread over the templates
         self.neutral = [(r["prompt"], r["capital"]) for r in _jsonl(d / "neutral.test.jsonl")][:a.n_neutral]
         self.preserve = [{"prompt": r["prompt"]} for r in _jsonl(d / "neutral.train.jsonl")]
+        # validation (lambda grid): training-split prompts no adapter trained on, neutral training prompts
+        used = prompts_a | {r.prompt for r in rows_b}
+        spare = [(p, c) for p, c in base_train.items() if p not in used]
+        self.val = spare[::max(1, len(spare) // max(1, a.n_val))][:a.n_val]
+        self.val_neutral = [(r["prompt"], r["capital"]) for r in _jsonl(d / "neutral.train.jsonl")][:a.n_val]
         # "content kept" compares with the base answer after the content-changing rule (french)
         content_rules = tuple(b for b in (self.A, self.B) if b == "french")
         self.content_ref = [cb.transform(ans, content_rules) for _, ans in self.test]
@@ -146,7 +187,8 @@ def train_protocol(a, model, tok, pair: Pair, protocol: str, seed: int, cache):
     from roadinterp.adapters.compose import combine, split_blocks
 
     A, B = pair.A, pair.B
-    common = dict(lr=a.lr, epochs=a.epochs, batch_size=a.batch, seed=seed, cache=cache, threads=a.threads)
+    common = dict(lr=a.lr, epochs=a.epochs, batch_size=a.batch, seed=seed, cache=cache, threads=a.threads,
+                  plateau=a.plateau, window=a.window, max_seconds=60 * a.max_minutes)
     site = dict(layers=[a.layer], positions="last-prompt", variant="road_1")
     halves = split_blocks(model.config.hidden_size // 2, [A, B])
     curves = {}
@@ -154,7 +196,9 @@ def train_protocol(a, model, tok, pair: Pair, protocol: str, seed: int, cache):
     def fit(name, rows, **kw):
         tr = bh.train_from_data(model, tok, rows, **{**common, **kw})
         curves[name] = {"loss": tr.history["loss"], "ce": tr.history["ce"], "kl": tr.history["kl"],
-                        "epoch_loss": tr.history["epoch_loss"], "step_seconds": tr.history["step_seconds"],
+                        "epoch_loss": tr.history["epoch_loss"], "window_loss": tr.history["window_loss"],
+                        "window": tr.history["window"], "stopped": tr.history["stopped"],
+                        "step_seconds": tr.history["step_seconds"],
                         "prepare_seconds": tr.history["prepare_seconds"], "seconds": tr.history["seconds"]}
         return tr
 
@@ -170,6 +214,12 @@ def train_protocol(a, model, tok, pair: Pair, protocol: str, seed: int, cache):
         else:
             ad_b = fit(B, pair.rows[B], blocks=halves[B], **site, **extra).adapter
         ads = {A: ad_a, B: ad_b}
+    elif protocol in ("linear", "linear_preserve"):
+        lin = dict(placement="linear", positions="all", layers=a.linear_layers, linear_modules=a.linear_modules,
+                   lr=a.dist_lr, epochs=a.dist_epochs)
+        if protocol == "linear_preserve":
+            lin.update(preserve_rows=pair.preserve, preserve_weight=a.preserve_weight)
+        ads = {b: fit(b, pair.rows[b][:a.dist_rows], blocks=halves[b], **lin).adapter for b in (A, B)}
     elif protocol == "own_layers":
         ad_a = fit(A, pair.rows[A], **site).adapter
         ad_b = fit(B, pair.rows[B], **{**site, "layers": [a.layer_b]}).adapter
@@ -245,8 +295,12 @@ def score_cell(a, pair: Pair, texts: dict, neutral_texts: dict) -> dict:
         "B_in_AB": rate(texts["A+B"], lambda t, i: cb.score(t, B)),
         "content": rate(texts["A+B"], lambda t, i: cb.score(t, "content", base_answer=pair.content_ref[i])),
     }
-    for key, cond in (("neutral", "A+B"), ("neutral_A", "A"), ("neutral_B", "B")):
-        out[key] = rate(neutral_texts[cond], lambda t, i: cb.score(t, "neutral", capital=pair.neutral[i][1]))
+    if "A+B_cal" in texts:
+        out["A+B_cal"] = rate(texts["A+B_cal"], lambda t, i: cb.score(t, A) and cb.score(t, B))
+        out["content_cal"] = rate(texts["A+B_cal"], lambda t, i: cb.score(t, "content", base_answer=pair.content_ref[i]))
+    for key, cond in (("neutral", "A+B"), ("neutral_A", "A"), ("neutral_B", "B"), ("neutral_cal", "A+B_cal")):
+        if cond in neutral_texts:
+            out[key] = rate(neutral_texts[cond], lambda t, i: cb.score(t, "neutral", capital=pair.neutral[i][1]))
     out["examples"] = {c: [[q, t] for (q, _), t in zip(pair.test[:4], ts)] for c, ts in texts.items()}
     out["neutral_examples"] = {c: [[q, t] for (q, _), t in zip(pair.neutral[:3], ts)] for c, ts in neutral_texts.items()}
     return out
@@ -268,6 +322,36 @@ def generate_conditions(a, model, tok, pair: Pair, conds: dict):
             {n: u[k * len(nq):(k + 1) * len(nq)] for k, n in enumerate(names)})
 
 
+def calibrate(a, model, tok, pair: Pair, conds: dict) -> dict:
+    """Scales ``(lambda_A, lambda_B)`` from ``--lambda-grid`` that do best on the validation split.
+
+    Objective per grid point: rate(both properties) + rate(content kept) + rate(neutral), on
+    validation prompts only (ties: the point nearest (1, 1)). Returns the choice and the whole grid.
+    """
+    from roadinterp import chat_behaviours as cb
+    from roadinterp.adapters.compose import combine
+    from roadinterp.adapters.textgen import generate
+
+    grid = [(la, lb) for la in a.lambda_grid for lb in a.lambda_grid]
+    bank = {f"{la},{lb}": combine({"A": conds["A"], "B": conds["B"]}, weights={"A": la, "B": lb}) for la, lb in grid}
+    vq, nq = [q for q, _ in pair.val], [q for q, _ in pair.val_neutral]
+    ref = [cb.transform(c, tuple(b for b in (pair.A, pair.B) if b == "french")) for _, c in pair.val]
+    t = generate(model, tok, [q for _ in bank for q in vq], adapters=bank,
+                 adapter_ids=[k for k in bank for _ in vq], max_new_tokens=a.new_tokens)
+    u = generate(model, tok, [q for _ in bank for q in nq], adapters=bank,
+                 adapter_ids=[k for k in bank for _ in nq], max_new_tokens=a.neutral_tokens)
+    rows = []
+    for k, key in enumerate(bank):
+        ts, us = t[k * len(vq):(k + 1) * len(vq)], u[k * len(nq):(k + 1) * len(nq)]
+        both = np.mean([cb.score(x, pair.A) and cb.score(x, pair.B) for x in ts])
+        content = np.mean([cb.score(x, "content", base_answer=r) for x, r in zip(ts, ref)])
+        neutral = np.mean([cb.score(x, "neutral", capital=c) for x, (_, c) in zip(us, pair.val_neutral)])
+        rows.append({"lambda": list(grid[k]), "A+B": float(both), "content": float(content), "neutral": float(neutral)})
+    best = max(rows, key=lambda r: (r["A+B"] + r["content"] + r["neutral"],
+                                    -abs(r["lambda"][0] - 1) - abs(r["lambda"][1] - 1)))
+    return {"lambda": best["lambda"], "grid": rows, "n_val": len(vq), "n_val_neutral": len(nq)}
+
+
 def run_cell(a, model, tok, pair: Pair, protocol: str, seed: int, cache) -> dict:
     from roadinterp import io
 
@@ -285,17 +369,27 @@ def run_cell(a, model, tok, pair: Pair, protocol: str, seed: int, cache) -> dict
         curves = setup.curves
     else:
         conds, curves = train_protocol(a, model, tok, pair, protocol, seed, cache)
+        cal = None
+        if a.lambda_grid and protocol in ROAD:
+            from roadinterp.adapters.compose import combine
+
+            cal = calibrate(a, model, tok, pair, conds)
+            la, lb = cal["lambda"]
+            conds = {**conds, "A+B_cal": combine({"A": conds["A"], "B": conds["B"]}, weights={"A": la, "B": lb})}
         texts, neutral = generate_conditions(a, model, tok, pair, conds)
         if protocol in ROAD:
             from roadinterp.adapters.diagnose import readout_shift
 
-            diag = readout_shift(model, tok, [q for q, _ in pair.test], conds, layers_from=a.layer)
+            diag = readout_shift(model, tok, [q for q, _ in pair.test], {k: conds[k] for k in ("A", "B", "A+B")},
+                                 layers_from=a.layer)
             for name, ad in conds.items():
                 io.save(ad, a.run_dir / "adapters" / pair.name / protocol / f"seed{seed}" / name.replace("+", "_"))
     cell = {"pair": pair.name, "protocol": protocol, "seed": seed, **score_cell(a, pair, texts, neutral),
-            "curves": curves, "diagnosis": diag, "seconds": time.perf_counter() - t0,
+            "curves": curves, "diagnosis": diag, "calibration": cal, "seconds": time.perf_counter() - t0,
             "config": {k: getattr(a, k) for k in ("layer", "layer_b", "n_train", "epochs", "lr", "batch",
-                                                  "preserve_weight", "n_test", "n_neutral")},
+                                                  "preserve_weight", "n_test", "n_neutral", "linear_layers",
+                                                  "linear_modules", "dist_rows", "dist_epochs", "dist_lr", "plateau",
+                                                  "window", "max_minutes", "lambda_grid")},
             "n_train_rows": {b: len(r) for b, r in pair.rows.items()}}
     return cell
 

@@ -161,3 +161,35 @@ def test_parse_blocks_specs():
     for bad in ("3/2", "x", "0-9"):
         with pytest.raises(Exception, match="blocks must"):
             bh.parse_blocks(bad, 8)
+
+
+def test_training_stops_at_a_plateau_or_a_time_budget_and_keeps_the_curve():
+    model, tok = tiny_llama(), chat_tokenizer()
+    capped = bh.train_from_data(model, tok, ROWS, layers=[1], epochs=6, batch_size=3, lr=0.05)
+    assert capped.history["stopped"] == "epochs" and capped.history["steps"] == 12
+    assert len(capped.history["window_loss"]) == 6  # one window per epoch by default
+    # a threshold every window misses (improvement must exceed 1000% of the loss): stops after two windows
+    flat = bh.train_from_data(model, tok, ROWS, layers=[1], epochs=6, batch_size=3, lr=0.05, plateau=10.0, window=1)
+    assert flat.history["stopped"] == "plateau" and flat.history["steps"] == 2
+    assert flat.history["window_loss"] == pytest.approx(flat.history["loss"])
+    timed = bh.train_from_data(model, tok, ROWS, layers=[1], epochs=6, batch_size=3, lr=0.05, max_seconds=0.0)
+    assert timed.history["stopped"] == "time" and timed.history["steps"] == 1
+    assert timed.adapter.meta["history"]["stopped"] == "time"
+    with pytest.raises(Exception, match="window must"):
+        bh.train_from_data(model, tok, ROWS, layers=[1], epochs=1, window=0)
+
+
+def test_readout_shift_reads_linear_placement_adapters():
+    from roadinterp.adapters.diagnose import readout_shift
+
+    model, tok = tiny_llama(), chat_tokenizer()
+    kw = dict(placement="linear", positions="all", layers=[1, 2], epochs=2, batch_size=3, lr=0.1,
+              linear_modules=["q_proj", "down_proj"])
+    a = bh.train_from_data(model, tok, ROWS[:3], blocks="1/2", **kw).adapter
+    b = bh.train_from_data(model, tok, ROWS[3:], blocks="2/2", **kw).adapter
+    d = readout_shift(model, tok, [q for q, _ in ROWS], {"A": a, "B": b, "A+B": combine({"a": a, "b": b})})
+    assert [x["layer"] for x in d["layers"]] == [1, 2]  # read from the first adapted block on
+    assert d["kl"]["A"] > 0 and d["kl"]["B"] > 0 and 0 <= d["additivity"]
+    assert not any(type(m).__name__ == "RoadLinear" for m in model.modules())
+    with pytest.raises(Exception, match="one placement"):
+        readout_shift(model, tok, ["hello"], {"A": a, "B": _random(tc.site_key(1, "last-prompt"), 1), "A+B": a})

@@ -192,6 +192,7 @@ def train_from_data(
     frozen: Sequence[RoadAdapter] = (), max_completion_tokens: int | None = None,
     linear_modules: Sequence[str] = LINEAR_MODULES, cache: DataCache | None = None, threads: int | None = None,
     method: str = "road", rank: int = 4, params: Sequence[torch.Tensor] = (), log=None,
+    plateau: float | None = None, window: int | None = None, max_seconds: float | None = None,
 ) -> Trained:
     """Fit RoAd adapter(s) so the model completes each row's prompt with its completion.
 
@@ -202,6 +203,11 @@ def train_from_data(
     is any :func:`parse_blocks` spec. ``epochs`` passes over the (shuffled, mixed) rows in
     batches of ``batch_size`` with Adam at ``lr``. ``preserve_rows``: a path or rows whose
     completion may be absent. ``log(step, loss)`` is called every step if given.
+    Convergence: ``epochs`` is a cap; with ``plateau`` (e.g. ``0.02``) training stops once the mean
+    train loss of a window of ``window`` steps (default: one epoch) improves on the previous window's
+    by less than that fraction; ``max_seconds`` stops at a wall-clock budget. ``history`` keeps
+    ``window_loss`` (the curve the criterion read) and ``stopped`` (``"plateau"``, ``"time"`` or
+    ``"epochs"``).
     ``method="loreft"`` trains LoReFT (rank ``rank``) at the same sites instead (a baseline);
     ``method="params"`` trains ``params`` already installed in the model's layers >= ``min(layers)``
     (e.g. peft LoRA), every position, and returns no adapter.
@@ -306,6 +312,11 @@ def train_from_data(
             active = [(ads[n], behaviour_of == i) for i, n in enumerate(names) if n in ads] + [(f, None) for f in frozen]
             head = tc.decoder_parts(model)[4]
             t_train = time.perf_counter()
+            n_ep = -(-len(data) // batch_size)
+            win = n_ep if window is None else int(window)
+            if win < 1:
+                raise ConfigError(f"window must be a positive number of steps, got {window!r}")
+            history["window_loss"], history["window"], stopped = [], win, None
             for epoch in range(epochs):
                 order = torch.randperm(len(data), generator=gen)
                 for idx in order.split(batch_size):
@@ -332,8 +343,13 @@ def train_from_data(
                     opt.step()
                     if log is not None:
                         log(step, history["loss"][-1])
-                n_ep = -(-len(data) // batch_size)
-                history.setdefault("epoch_loss", []).append(sum(history["ce"][-n_ep:]) / n_ep)
+                    stopped = _converged(history, win, plateau, max_seconds, time.perf_counter() - t_train)
+                    if stopped:
+                        break
+                history.setdefault("epoch_loss", []).append(sum(history["ce"][-n_ep:]) / min(n_ep, len(history["ce"])))
+                if stopped:
+                    break
+            history["stopped"] = stopped or "epochs"
             history["steps"] = len(history["loss"])
             history["step_seconds"] = (time.perf_counter() - t_train) / max(1, history["steps"])
             if handle is not None:
@@ -347,8 +363,26 @@ def train_from_data(
             p.requires_grad_(False)
     history["seconds"] = time.perf_counter() - t0
     for ad in ads.values():  # saved with the adapter (roadinterp.io): the curve travels with it
-        ad.meta["history"] = {k: history[k] for k in ("epoch_loss", "steps", "step_seconds", "seconds", "loss")}
+        ad.meta["history"] = {k: history[k] for k in ("epoch_loss", "window_loss", "stopped", "steps", "step_seconds",
+                                                      "seconds", "loss")}
     return Trained(dict(ads), history)
+
+
+def _converged(history: dict, win: int, plateau: float | None, max_seconds: float | None, elapsed: float):
+    """After a step: ``"plateau"``/``"time"`` when training should stop, else None.
+
+    Every ``win`` steps the window's mean loss is appended to ``history["window_loss"]``; the plateau
+    test compares the last two windows (relative improvement below ``plateau``).
+    """
+    loss = history["loss"]  # CE, plus the preservation term when there is one
+    if len(loss) % win == 0:
+        history["window_loss"].append(sum(loss[-win:]) / win)
+        wl = history["window_loss"]
+        if plateau is not None and len(wl) >= 2 and wl[-2] - wl[-1] < plateau * abs(wl[-2]):
+            return "plateau"
+    if max_seconds is not None and elapsed >= max_seconds:
+        return "time"
+    return None
 
 
 class _frozen_model:

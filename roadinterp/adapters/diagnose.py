@@ -13,6 +13,10 @@ the site on. It reports, averaged over prompts:
 - ``top1``: how often A+B's most likely first token is A's, B's or the base's ("who wins the opening");
 - ``layers``: per layer, the same cosine and additivity on hidden-state changes, and their norms,
   so one sees at which depth the two edits start to interact.
+
+Site adapters and Linear-placement adapters (``placement="linear"``, rotating the outputs of
+the projections inside the blocks) are both read; for the latter the residual stream is read
+after every block from the first adapted one on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from roadinterp.adapters import tailcache as tc
 from roadinterp.adapters import textdata as td
+from roadinterp.errors import ConfigError
 
 __all__ = ["readout_shift"]
 
@@ -42,8 +47,15 @@ def readout_shift(model, tokenizer, prompts: Sequence[str], conds: Mapping[str, 
     """Measured interaction of adapters ``conds = {"A": .., "B": .., "A+B": ..}`` (see module docs)."""
     from roadinterp.adapters.behaviour import _first_logits, _site_apply
 
+    from roadinterp.adapters.behaviour import _first_layer
+
+    linear = {getattr(c, "placement", "site") == "linear" for c in conds.values()}
+    if len(linear) != 1:
+        raise ConfigError("readout_shift reads conditions of one placement: all site or all linear adapters")
+    linear = linear.pop()
     keys = [k for c in conds.values() for k in c.targets]
-    sites = [tc.positions_of_key(k) for k in keys]
+    # a site at block L's output leaves block L's input untouched; a Linear inside block L does not
+    sites = [(_first_layer(k) - 1, "all") if linear else tc.positions_of_key(k) for k in keys]
     first = min(layer for layer, _ in sites) if layers_from is None else min(layers_from, *(s[0] for s in sites))
     widest = max((p for _, p in sites), key=("last-prompt", "prompt", "all").index)
     rows = td.rows_from([{"prompt": p} for p in prompts], need_completion=False, what="prompts")
@@ -54,7 +66,7 @@ def readout_shift(model, tokenizer, prompts: Sequence[str], conds: Mapping[str, 
     col = int((data.q_cols == data.prompt_width - 1).nonzero()[0])
     logp, hidden = {}, {}
     for name, ad in {"base": None, **conds}.items():
-        inner = _site_apply([] if ad is None else [(ad, None)], data, idx)
+        inner = _site_apply([] if ad is None or linear else [(ad, None)], data, idx)
         seen = {}
 
         def after(i, h, inner=inner, seen=seen):
@@ -62,7 +74,16 @@ def readout_shift(model, tokenizer, prompts: Sequence[str], conds: Mapping[str, 
             seen[i] = h[:, col].float()
             return h
 
-        logp[name] = _first_logits(model, data, idx, after)
+        handle = None
+        if linear and ad is not None:
+            from roadinterp.adapters.linear import apply_road
+
+            handle = apply_road(model, ad)
+        try:
+            logp[name] = _first_logits(model, data, idx, after)
+        finally:
+            if handle is not None:
+                handle.remove()
         hidden[name] = seen
     d = {n: logp[n] - logp["base"] for n in conds}
     a, b, ab = d["A"], d["B"], d["A+B"]
@@ -75,6 +96,8 @@ def readout_shift(model, tokenizer, prompts: Sequence[str], conds: Mapping[str, 
         "layers": [],
     }
     for i in sorted(hidden["base"]):
+        if linear and i <= first:  # the input of the first adapted block: unchanged by construction
+            continue
         h0 = hidden["base"][i]
         da, db, dab = hidden["A"][i] - h0, hidden["B"][i] - h0, hidden["A+B"][i] - h0
         out["layers"].append({"layer": i, "norm_A": float(da.norm(dim=-1).mean()), "norm_B": float(db.norm(dim=-1).mean()),

@@ -83,9 +83,14 @@ class CellId:
         return f"{self.component}@{_text(self.position)}"
 
     @property
+    def site(self) -> str:
+        """Layer and site, ``L22 block_output@last`` (:meth:`roadinterp.sites.Site.label` too)."""
+        return f"L{self.layer} {self.where}"
+
+    @property
     def label(self) -> str:
         seed = "" if self.seed is None else f" seed {self.seed}"
-        return f"{self.family} L{self.layer} {self.where} size {self.size}{seed}"
+        return f"{self.family} {self.site} size {self.size}{seed}"
 
     @property
     def stem(self) -> str:

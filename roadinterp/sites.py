@@ -60,7 +60,11 @@ class Site:
             object.__setattr__(self, "positions", tuple(self.positions))
 
     def label(self) -> str:
-        return f"L{self.layer}.{self.component}@{self.positions}"
+        """The site as messages print it, ``L22 block_output@last`` (CellId.label's form); ``key()`` is
+        the saved form adapters are keyed by."""
+        from roadinterp.cellid import CellId
+
+        return CellId("", self.layer, self.component, self.positions, 0).site
 
     def key(self) -> str:
         """Stable string form ``layer:component:positions`` (round-trips via from_key)."""

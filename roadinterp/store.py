@@ -258,6 +258,10 @@ class RunStore:
 
     def close(self) -> None:
         try:
+            # WAL only while the run writes: back in rollback mode, the run directory holds results.db alone,
+            # and a later read-only reader (read_run, the report) leaves no -wal/-shm files behind
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA journal_mode=DELETE")
             self._db.close()
         finally:
             self._lock.close()

@@ -54,6 +54,19 @@ def _cmp(a: pd.DataFrame, b: pd.DataFrame):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_closed_store_leaves_only_its_database(tmp_path):
+    """WAL is for the writing run: after close, and after a read-only reader, no -wal/-shm remain."""
+    s = RunStore(tmp_path / "r", {"a": 1})
+    s.add("k1", {"family": "x", "layer": 0, "iia": 0.5})
+    assert (tmp_path / "r" / "results.db-wal").exists()  # while it writes
+    s.close()
+    read_run(tmp_path / "r")
+    assert not [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith("results.db-")]
+    s = RunStore(tmp_path / "r", {"a": 1}, resume=True)  # resumes in WAL again, cells intact
+    assert s.done_keys() == {"k1"}
+    s.close()
+
+
 def test_store_refuses_other_config_and_unwritable(tmp_path):
     s = RunStore(tmp_path / "r", {"a": 1})
     s.add("k1", {"family": "x", "layer": 0, "iia": 0.5})

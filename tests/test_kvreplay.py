@@ -201,6 +201,16 @@ def test_unsupported_sites_fall_back_with_the_reason():
                     datasets=[data], engine="kv")
 
 
+def test_a_fallback_names_its_reason_in_the_results_row():
+    """results.csv's engine_reason says why a cell ran on pyvene; empty when the fast engine ran."""
+    model, task = tiny_model("llama"), get_task("interval")
+    common = {"family": "butterfly", "size": 4, "n_train": 64, "n_test": 32, "epochs": 1, "batch_size": 32}
+    slow = train_dii(model, task, Site(0, "mlp_output", "last"), **common).row()
+    fast = train_dii(model, task, Site(0), **common).row()
+    assert slow["engine"] == "pyvene" and "kv:" in slow["engine_reason"] and "mlp_output" in slow["engine_reason"]
+    assert fast["engine"] == "kv" and fast["engine_reason"] == ""
+
+
 def test_train_dii_with_kv_matches_pyvene():
     model, task = tiny_model("llama"), get_task("interval")
     common = {"family": "butterfly", "size": 4, "n_train": 256, "n_test": 128, "epochs": 2, "batch_size": 64}

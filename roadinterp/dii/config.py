@@ -128,6 +128,7 @@ class TrainResult:
     interventions: list = field(default_factory=list, repr=False)
     engine: str = "pyvene"  # the engine that ran the steps (kv, kv-bf16, replay or pyvene: a results column)
     iia_vocab: float | None = None
+    engine_reason: str = ""  # why engine="auto" fell back from the faster engines ("" when it did not)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -135,6 +136,7 @@ class TrainResult:
             "position": str(self.site.positions), "size": self.config.size, "seed": self.config.seed,
             "hypothesis": self.config.hypothesis, "iia": self.iia, "train_iia": self.train_iia,
             "iia_vocab": self.iia_vocab, "seconds": self.seconds, "engine": self.engine,
+            "engine_reason": self.engine_reason,
         }
 
 

@@ -150,7 +150,7 @@ def fit_cell(model, task, site: Site, configs: Sequence[DIIConfig], data: Sequen
         out.append(TrainResult(
             iia=iias[k], train_iia=train_iias[k], site=site, config=c, variables=variables,
             coords=builds[k].coords, seconds=seconds, losses=losses[k], interventions=result_ivs,
-            engine=runner.engine, iia_vocab=None if vocab_iias is None else vocab_iias[k],
+            engine=runner.engine, iia_vocab=None if vocab_iias is None else vocab_iias[k], engine_reason=runner.reason,
         ))
     return out
 

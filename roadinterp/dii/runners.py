@@ -157,7 +157,7 @@ def make_runner(model, site: Site, task, interventions: Sequence, coords, *, sha
         try:
             return make_kv_runner(model, site, task, interventions, coords, datasets=datasets,
                                   engine="kv" if engine == "auto" else engine)
-        except RoadinterpError as err:  # e.g. a SiteError: a position that differs per row
+        except RoadinterpError as err:  # e.g. a component other than the residual stream
             if engine != "auto":
                 raise ConfigError(f"engine={engine!r} is not possible here: {err}") from None
             reason = f"kv: {err}; "

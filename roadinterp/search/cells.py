@@ -64,12 +64,18 @@ def resolve(config: SearchConfig, model, task) -> list[Cell]:
 
 
 def _check_positions_and_memory(config: SearchConfig, task, model, cells: Sequence[Cell]) -> None:
-    """Every position exists in the task's inputs, and one unit of work's tensors fit in memory."""
+    """Every position exists in the task's inputs (a per-row one in its batches), and one unit of work's
+    tensors fit in memory."""
     d = config.cell(cells[0].family, cells[0].size, 0)
     variables = cell_variables(task, d)
     sample = task.counterfactuals(2, split="train", seed=0, variables=variables, mode=d.mode)
     seq = sequence_length(sample.base)
     for position in dict.fromkeys(c.position for c in cells):
+        if isinstance(position, str) and task.positions.get(position, 0) is None:  # per row: from the batches
+            if position not in (sample.positions or {}):
+                raise ConfigError(f"position {position!r} of task {task.name} differs per example, but its "
+                                  "counterfactual batches carry no per-row index for it")
+            continue
         Site(cells[0].layer, cells[0].component, position).position_indices(seq, task.positions)
     width = max(validate_site(model, c.site) for c in {(c.layer, c.component): c for c in cells}.values())
     n_states = 1 + len(variables)  # cached site states per counterfactual (base + one source per variable)

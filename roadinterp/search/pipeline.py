@@ -6,7 +6,9 @@ device and dtype asked for (:mod:`roadinterp.search.frozen`) -> every cell, chec
 (:func:`roadinterp.search.cells.resolve`) -> :class:`~roadinterp.search.jobs.Job` objects ->
 an executor (:mod:`roadinterp.search.executors`) -> each job's rows into the
 :class:`~roadinterp.store.RunStore`, with seed agreement computed here from the subspaces the
-jobs return (a resumed run's earlier seeds are read from their saved files).
+jobs return (a resumed run's earlier seeds are read from their saved files), and MIB's aggregates
+(:mod:`roadinterp.aggregates`: per layer the best position, then the mean and max over layers)
+rewritten to ``aggregates.json`` beside results.csv after every cell.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from roadinterp.aggregates import write_aggregates
 from roadinterp.dii.config import default_batch_size
 from roadinterp.errors import ConfigError, RoadinterpError
 from roadinterp.search.cells import Cell, group_cells, resolve
@@ -97,6 +100,7 @@ def search(
                     changed = seed_agreement(out, cell, config.seeds, by_key, bases)
                     if changed:
                         store.update(changed)
+                    write_aggregates(out, rows_to_frame([*by_key.values()]), config_json)  # MIB's, beside results.csv
             rows.append(row)
             finished += 1
             if on_cell:
@@ -109,6 +113,8 @@ def search(
             for g in groups]
     try:
         make_executor(options.executor, options.workers, options.ray_address, len(jobs)).run(jobs, on_result)
+        if store and not jobs and rows:  # a resumed run with nothing left: its companion file still follows the rows
+            write_aggregates(out, rows_to_frame(rows), config_json)
     except BaseException:
         if store:
             store.discard_if_empty()  # a run refused or stopped before its first cell leaves nothing behind

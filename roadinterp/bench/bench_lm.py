@@ -221,5 +221,62 @@ def _run(cfg: dict, quick: bool) -> dict:
     }
 
 
-if __name__ == "__main__":  # python -m roadinterp.bench.bench_lm [--quick]
-    main(run)
+# ------------------------------------------------------------- per-row positions (--rows)
+ROWS = dict(model="zoo:smollm2-135m", device="cpu", template="raw", layer=0, family="butterfly", size=8,
+            step_batch=32, reps=3, n_train=128, n_test=64, epochs=1, batch_size=32,
+            cases=[("ravel-city", ["country"], "city"), ("ioi", ["io_position"], "io")])
+QUICK_ROWS = {**ROWS, "reps": 1, "n_train": 32, "n_test": 16, "step_batch": 8, "cases": [("ioi", ["io_position"], "io")]}
+
+
+def run_rows(quick: bool = False, **overrides) -> dict:
+    """The KV engine at a position that differs per row (RAVEL's ``city``, IOI's ``io``) vs pyvene.
+
+    Per case, at ``layer``: milliseconds of one forward+backward at ``step_batch`` by each engine
+    (median of ``reps`` after a warm-up) and their ratio; then one short DII fit by each engine
+    from the same seed, with its held-out IIA (answers and full vocabulary) and the largest gap
+    between the two loss curves. ``--quick``: IOI only, one repetition, a few dozen rows.
+    """
+    cfg = {**(QUICK_ROWS if quick else ROWS), **overrides}
+    from roadinterp.dii.train import train_dii
+    from roadinterp.search import get_bound_task, get_model
+    from roadinterp.search.frozen import place
+    from roadinterp.sites import site_width
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = get_model(cfg["model"], cfg["device"], "float32")
+        out = {}
+        for task_name, variables, position in cfg["cases"]:
+            task = get_bound_task(task_name, cfg["model"], template=cfg["template"])
+            site = Site(cfg["layer"], "block_output", position)
+            data = place(task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=variables), model)
+            width = site_width(model, site)
+            row: dict = {"distinct_positions": sorted({int(i) for i in data.positions[position][:, 0]})}
+            for engine in ("kv", "pyvene"):
+                step = make_step(model, task, data, site, width, cfg["family"], cfg["size"], engine)
+                assert step.engine == engine, (engine, step.engine)
+                row[f"step_ms_{engine}"] = step_ms(step, cfg["reps"])
+                _progress("rows/step", task=task_name, engine=engine, ms=row[f"step_ms_{engine}"])
+            row["step_ratio"] = ratio(row["step_ms_pyvene"], row["step_ms_kv"])
+            fits = {}
+            for engine in ("kv", "pyvene"):
+                t0 = time.perf_counter()
+                r = train_dii(model, task, site, family=cfg["family"], size=cfg["size"], variables=variables,
+                              n_train=cfg["n_train"], n_test=cfg["n_test"], epochs=cfg["epochs"],
+                              batch_size=cfg["batch_size"], engine=engine, seed=0)
+                fits[engine] = r
+                row[f"fit_s_{engine}"] = time.perf_counter() - t0
+                row[f"iia_{engine}"], row[f"iia_vocab_{engine}"] = r.iia, r.iia_vocab
+                _progress("rows/fit", task=task_name, engine=r.engine, iia=r.iia, seconds=row[f"fit_s_{engine}"])
+            row["loss_gap"] = max(abs(a - b) for a, b in zip(fits["kv"].losses, fits["pyvene"].losses))
+            row["iia_gap"] = abs(row["iia_kv"] - row["iia_pyvene"])
+            out[f"{task_name}@{position}"] = row
+    finally:
+        torch.set_num_threads(old)
+    return {"benchmark": "lm-rows", "quick": quick, "config": cfg, "cases": out,
+            "targets": {"step_ratio": ">= 10", "iia_gap": "0"}, "machine": machine()}
+
+
+if __name__ == "__main__":  # python -m roadinterp.bench.bench_lm [--quick] [--rows]
+    main(run_rows if "--rows" in sys.argv else run)

@@ -1,4 +1,4 @@
-"""Alignment search on a real pretrained LM: SmolLM2-135M on ioi and ravel-city.
+"""Alignment search on a real pretrained LM: SmolLM2-135M or Gemma-3-270M on ioi and ravel-city.
 
 MIB-style, one causal variable at a time: IOI's ``io_position`` (*which* of the two
 opening names is the indirect object) and ``io_token`` (*what* that name is), and
@@ -10,6 +10,8 @@ spread over seeds of **every** layer searched. Prompts are filtered to those the
 answers correctly; the section records each task's base accuracy and kept fraction.
 
     python experiments/lm_alignment.py --run runs/lm --out docs/results.md --workers 2
+    python experiments/lm_alignment.py --model zoo:gemma3-270m --scans ioi-io_position --run runs/lm-gemma3 \
+        --out docs/results.md --workers 2          # the same protocol on the second family
     python experiments/lm_alignment.py --quick --run runs/lm-quick --out /tmp/results.md   # a smoke run
 
 The scan resumes (``--resume`` per run directory); ``--render-only`` writes the section
@@ -33,12 +35,18 @@ import roadinterp as ri  # noqa: E402
 from roadinterp.io import write_text_atomic  # noqa: E402
 from roadinterp.search import get_bound_task  # noqa: E402
 
-HEADING = "## Alignment on a pretrained LM: SmolLM2-135M (ioi, ravel-city)"
-MODEL = "zoo:smollm2-135m"
+# per model: its section's heading, the layers a full scan searches (every third / every other one and
+# the last), and the widths the section's legend names
+MODELS = {
+    "zoo:smollm2-135m": dict(heading="## Alignment on a pretrained LM: SmolLM2-135M (ioi, ravel-city)",
+                             layers=list(range(0, 30, 3)), width=576, vocab="49,152"),
+    "zoo:gemma3-270m": dict(heading="## Alignment on a pretrained LM: Gemma-3-270M (ioi)",
+                            layers=[*range(0, 18, 2), 17], width=640, vocab="262,144"),
+}
 # (run name, task, the variable aligned)
 SCANS = [("ioi-io_position", "ioi", "io_position"), ("ravel-city-country", "ravel-city", "country"),
          ("ioi-io_token", "ioi", "io_token")]
-FULL = dict(layers=list(range(0, 30, 3)), seeds=3, n_train=256, n_test=128, epochs=3, batch_size=32, size=16)
+FULL = dict(seeds=3, n_train=256, n_test=128, epochs=3, batch_size=32, size=16)
 QUICK = dict(layers=[21], seeds=2, n_train=32, n_test=32, epochs=1, batch_size=16, size=8)
 
 
@@ -46,7 +54,7 @@ QUICK = dict(layers=[21], seeds=2, n_train=32, n_test=32, epochs=1, batch_size=1
 MIB = [
     "**Beside MIB.** MIB (Mueller et al. 2025, causal variable localization track) runs DAS, DBM, PCA, SAE and "
     "full-vector baselines on IOI, MCQA, arithmetic and RAVEL with GPT-2 small, Qwen-2.5-0.5B, Gemma-2-2B and "
-    "Llama-3.1-8B, and finds DAS the best featurizer. None of its models is SmolLM2-135M and its prompts, "
+    "Llama-3.1-8B, and finds DAS the best featurizer. None of its models is {model} and its prompts, "
     "counterfactual splits and aggregation (per layer the best position, then the mean and the max over layers) "
     "are its own, so these are references for scale, not rows of the same table:",
     "",
@@ -69,7 +77,7 @@ MIB = [
 
 def command(args, task: str, variable: str, name: str, families: str) -> str:
     c = args.scan
-    return (f"roadinterp align --model {MODEL} --task {task} --variables {variable} --family {families} "
+    return (f"roadinterp align --model {args.model} --task {task} --variables {variable} --family {families} "
             f"--positions last --layers {','.join(map(str, c['layers']))} --size {c['size']} --seeds {c['seeds']} "
             f"--n-train {c['n_train']} --n-test {c['n_test']} --epochs {c['epochs']} "
             f"--batch-size {c['batch_size']} --workers {args.workers} --out {args.run}/{name}")
@@ -98,16 +106,17 @@ def render(results, args) -> str:
         lines += [f"**Smoke run** (`--quick`): layers {c['layers']}, {c['seeds']} seeds, {c['n_train']} training "
                   "counterfactuals. Not a result.", ""]
     lines += ["Commands (one per variable; then `python experiments/lm_alignment.py"
-              + (" --quick" if args.quick else "") + f" --run {args.run} --out {args.out} --render-only` renders "
+              + (" --quick" if args.quick else "")
+              + ("" if args.model == "zoo:smollm2-135m" else f" --model {args.model}") + f" --run {args.run} --out {args.out} --render-only` renders "
               "this section from the stored cells):", ""]
     lines += [f"    {command(args, task, var, name, ','.join(dict.fromkeys(table['family'])))}"
               for name, (task, var, table, *_rest) in results.items()]
     lines += ["", "Every layer searched, mean ± std over seeds of held-out IIA (bases and sources from held-out "
               "entities: names, cities). *no-op*: IIA of changing nothing; *site patch*: IIA of patching the whole "
-              "576-wide residual at the last token (an upper reference for any subspace); *random-init*: the same "
+              f"{args.spec['width']}-wide residual at the last token (an upper reference for any subspace); *random-init*: the same "
               "cell trained on a re-initialised copy of the model; *rival*: the task's false hypothesis trained the "
               "same way (its own no-op in brackets); *vocab IIA*: held-out IIA read as MIB reads it, the top-1 token "
-              "of the whole 49,152-token vocabulary must be the counterfactual answer (– for runs stored before "
+              f"of the whole {args.spec['vocab']}-token vocabulary must be the counterfactual answer (– for runs stored before "
               "that column existed).", ""]
     for name, (task, var, table, stats, secs) in results.items():
         acc = f"{stats['train']['base_accuracy']:.3f} / {stats['test']['base_accuracy']:.3f}"
@@ -130,7 +139,7 @@ def render(results, args) -> str:
                          f"min {g['iia_mean'].min():.3f}, max {g['iia_mean'].max():.3f} (layer "
                          f"{int(g.loc[g['iia_mean'].idxmax(), 'layer'])}); no-op {g['iia_null_mean'].mean():.3f}.")
         lines.append("")
-    lines += MIB
+    lines += [line.replace("{model}", args.spec["heading"].split(": ")[1].split(" (")[0]) for line in MIB]
     missing = [name for name, *_ in SCANS if name not in results]
     if missing:
         lines.append(f"- **Not in this section** (not run, or no stored cells): {', '.join(missing)}; "
@@ -145,6 +154,7 @@ def render(results, args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="zoo:smollm2-135m", choices=sorted(MODELS), help="the pretrained LM")
     ap.add_argument("--run", default="runs/lm", help="run directory root (one sub-directory per variable; resumed)")
     ap.add_argument("--out", default="docs/results.md", help="markdown file whose section this writes")
     ap.add_argument("--scans", default=",".join(n for n, *_ in SCANS), help="which scans (run names) to run")
@@ -154,7 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--render-only", action="store_true",
                     help="write the section from the cells already stored in --run (a scan cut short)")
     args = ap.parse_args(argv)
-    args.scan = QUICK if args.quick else FULL
+    args.spec = MODELS[args.model]
+    args.scan = QUICK if args.quick else {**FULL, "layers": args.spec["layers"]}
     wanted = args.scans.split(",")
     unknown = sorted(set(wanted) - {n for n, *_ in SCANS})
     if unknown:
@@ -169,22 +180,22 @@ def main(argv=None) -> int:
             from roadinterp.store import read_run
 
             if (run / "run.json").is_file():
-                results[name] = (task, var, read_run(run)[1], get_bound_task(task, MODEL).stats, _wall(run))
+                results[name] = (task, var, read_run(run)[1], get_bound_task(task, args.model).stats, _wall(run))
             continue
         t0 = time.perf_counter()
         scan = {k: v for k, v in args.scan.items() if k != "size"}
-        table = ri.search(task=task, model=MODEL, variables=[var], families=args.families.split(","),
+        table = ri.search(task=task, model=args.model, variables=[var], families=args.families.split(","),
                           positions=["last"], sizes=[args.scan["size"]], controls=True, out=str(run), resume=True,
                           workers=args.workers, batched=True, **scan)
         wall = time.perf_counter() - t0
-        results[name] = (task, var, table, get_bound_task(task, MODEL).stats, wall)
+        results[name] = (task, var, table, get_bound_task(task, args.model).stats, wall)
         write_text_atomic(run / TIMING, json.dumps({"wall_s": wall, "workers": args.workers,
                                                     "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}),
                           mode=0o644)
         print(name, f"{results[name][4]:.0f} s", flush=True)
     args.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    write_section(args.out, HEADING, render(results, args))
-    print(f"wrote {HEADING!r} to {args.out}")
+    write_section(args.out, args.spec["heading"], render(results, args))
+    print(f"wrote {args.spec['heading']!r} to {args.out}")
     return 0
 
 

@@ -252,6 +252,19 @@ def _progress(console):
                     TextColumn("{task.description}"), console=console, transient=False)
 
 
+# ------------------------------------------------------------------ screen
+from roadinterp.screen.options import with_options as _screen_options  # noqa: E402  (no torch: options only)
+
+
+@app.command("screen")
+@_screen_options
+def screen_cmd(**values) -> None:
+    """Screen every layer x every prompt position: exact whole-vector patch IIA and AtP (docs/screen.md)."""
+    from roadinterp.screen.options import run
+
+    run(values, _console())
+
+
 # ------------------------------------------------------------ train & compose
 @app.command("train")
 def train_cmd(

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 METRICS: dict[str, str] = {  # summary column stem -> what it is (a column of results.csv)
@@ -50,12 +51,17 @@ def _label(v: Any) -> str:
     return str(v)
 
 
+def position_order(labels) -> list[str]:
+    """Positions in the order tables and heat maps show them (and ties go to): sorted, ``last`` last."""
+    return sorted(dict.fromkeys(labels), key=lambda p: (p == "last", p))
+
+
 def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
     """Per (family, component, size, layer): each metric's best value over positions (``iia``, ...)
     and the position that reaches it (``iia_position``, ...); ``positions``: how many were scanned.
 
     ``summary`` is :func:`roadinterp.summary.summarize`'s table (cell means over seeds). Ties go to
-    the position scanned first (the order of the run's ``positions``)."""
+    the first position of :func:`position_order`."""
     metrics = _metrics(summary) if not summary.empty else []
     if not metrics:
         return pd.DataFrame()
@@ -63,15 +69,17 @@ def per_layer(summary: pd.DataFrame) -> pd.DataFrame:
     s["position"] = s["position"].map(_label)
     s["layer"] = s["layer"].astype(int)
     out = []
+    order = {p: i for i, p in enumerate(position_order(s["position"]))}
     for key, g in s.groupby([*GROUP, "layer"], sort=True):
+        g = g.iloc[sorted(range(len(g)), key=lambda i: order[g["position"].iloc[i]])]
         row = dict(zip([*GROUP, "layer"], key))
         row["positions"] = int(g["position"].nunique())
         row["seeds"] = int(g["n_seeds"].min()) if "n_seeds" in g else None
         for m in metrics:
-            v = pd.to_numeric(g[f"{m}_mean"], errors="coerce")
-            if v.notna().any():
-                i = v.idxmax()
-                row[m], row[f"{m}_position"] = float(v[i]), g.loc[i, "position"]
+            v = pd.to_numeric(g[f"{m}_mean"], errors="coerce").to_numpy(dtype=float)
+            if (v == v).any():
+                i = int(np.nanargmax(v))  # the first maximum in position order
+                row[m], row[f"{m}_position"] = float(v[i]), g["position"].iloc[i]
             else:
                 row[m], row[f"{m}_position"] = math.nan, None
         out.append(row)
@@ -140,3 +148,25 @@ def write_aggregates(run_dir: str | os.PathLike, table: pd.DataFrame, config: Ma
     path = Path(run_dir) / FILE
     summary = summarize(table) if not table.empty else table
     return write_text_atomic(path, json.dumps(aggregates_json(summary, config), indent=1, default=str) + "\n")
+
+
+def groups(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """The (family, component, size) groups of a summary that scanned more than one (layer, position)."""
+    agg = over_layers(summary)
+    if agg.empty:
+        return []
+    agg = agg[agg["layers"] * agg["positions"] >= 2]
+    return [{k: r[k] for k in GROUP} for _, r in agg.iterrows()]
+
+
+def layer_position_grid(summary: pd.DataFrame, *, family: str, component: str, size: int) -> dict[str, pd.DataFrame]:
+    """Per metric present: its mean over seeds on a layers (rows) x positions (columns) frame, for one group;
+    what the layer x position heat maps draw (plotly and matplotlib alike)."""
+    s = summary[(summary["family"] == family) & (summary["component"] == component) & (summary["size"] == size)]
+    s = s.assign(position=s["position"].map(_label), layer=s["layer"].astype(int))
+    positions = position_order(s["position"])
+    out = {}
+    for m in _metrics(s):
+        frame = s.pivot_table(index="layer", columns="position", values=f"{m}_mean", aggfunc="first")
+        out[m] = frame.reindex(columns=positions).sort_index()
+    return out

@@ -117,3 +117,36 @@ def test_a_per_row_position_the_batches_do_not_carry_is_one_error():
     register_task(NoRows(), overwrite=True)
     with pytest.raises(ConfigError, match="carry no per-row index"):
         search(model=tiny_model("llama"), **{**COMMON, "task": "interval-norows", "seeds": 1})
+
+
+def test_the_report_terminal_and_figures_show_the_aggregates(scans, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from roadinterp.store import read_run
+    from roadinterp.viz import mib
+    from roadinterp.viz.report import write_figures, write_report
+    from roadinterp.viz.terminal import print_summary
+
+    out, kv, _ = scans
+    page = write_report(out / "kv", tmp_path / "r.html").read_text()
+    assert "<h2>MIB's aggregates</h2>" in page and "Best position per layer" in page
+    assert 'title="layer-position-butterfly-block_output-s4"' in page
+    files = {p.name for p in write_figures(out / "kv", tmp_path / "figs")}
+    assert "layer-position-butterfly-block_output-s4.png" in files
+    # the heat map draws the stored means; its rings sit on the positions aggregates.json keeps
+    _, table = read_run(out / "kv")
+    fig = mib.layer_position(table, family="butterfly", component="block_output", size=4)
+    heat, rings = fig.data[0], fig.data[1]
+    means = table.groupby(["layer", "position"])["iia"].mean()
+    for i, layer in enumerate(heat.y):
+        for j, pos in enumerate(heat.x):
+            assert heat.z[i][j] == pytest.approx(means.loc[int(layer), pos])
+    kept = {x["layer"]: x["iia"]["position"] for x in json.loads((out / "kv" / A.FILE).read_text())["groups"][0]
+            ["per_layer"]}
+    assert dict(zip(map(int, rings.y), rings.x)) == kept
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=120), summarize(table), None, str(out / "kv"))
+    text = buf.getvalue()
+    assert "MIB's aggregates" in text and "2 x 2" in text and max(map(len, text.splitlines())) <= 120

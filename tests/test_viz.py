@@ -371,7 +371,8 @@ def test_report_partial_run_has_best_sentence_and_one_plotlyjs(tmp_path):
     assert "3 finished cells of 4" in text and "Partial run" in text
     assert "Best alignment: road at layer" in text and "random-init model 0.100" in text
     assert text.count(get_plotlyjs()[:200]) == 1
-    assert text.count("Plotly.newPlot") == 3  # layer x position map (one family), size x family, layer sweep
+    # layer x position map (one family), size x family, layer sweep, MIB's layer x position map (one group)
+    assert text.count("Plotly.newPlot") == 4
 
 
 def test_report_of_a_30_layer_scan_collapses_long_tables(tmp_path):

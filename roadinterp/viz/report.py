@@ -16,7 +16,6 @@ built with this module's page helpers.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import math
 import os
@@ -30,6 +29,7 @@ import plotly.offline
 from roadinterp.io import write_text_atomic
 from roadinterp.cellid import CELL_FIELDS
 from roadinterp.viz import figures as F
+from roadinterp.viz._html import SHOWN_ROWS, _collapsed, _e, _num, _table  # noqa: F401 (re-exported)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -52,33 +52,8 @@ details summary { cursor: pointer; }
 _CELL_KEYS = list(CELL_FIELDS)
 
 
-def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _num(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def _label(v: Any) -> str:
     return F._label(v)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[bool] | None = None,
-           row_class: Sequence[str] | None = None) -> str:
-    numeric = numeric or [False] * len(header)
-    out = ['<table class="data"><thead><tr>', *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
-    for i, row in enumerate(rows):
-        cls = f' class="{_e(row_class[i])}"' if row_class and row_class[i] else ""
-        out.append(f"<tr{cls}>")
-        out.extend(f'<td class="num">{_e(c)}</td>' if n else f"<td>{_e(c)}</td>" for c, n in zip(row, numeric))
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
 
 
 def _figure_div(fig, title: str) -> str:
@@ -259,23 +234,13 @@ def _cells_html(table: pd.DataFrame) -> str:
     return _table(cols, rows, numeric=numeric)
 
 
-SHOWN_ROWS = 25  # longer tables (a 30-layer scan) show their first rows; the rest is one click away
-
-
-def _collapsed(frame: pd.DataFrame, render, what: str) -> str:
-    """``render(frame)``, or its first SHOWN_ROWS rows and the whole table in a closed <details>."""
-    if len(frame) <= SHOWN_ROWS:
-        return render(frame)
-    return (render(frame.head(SHOWN_ROWS))
-            + f"<details><summary>all {len(frame)} {_e(what)}</summary>{render(frame)}</details>")
-
-
 def run_figures(table: pd.DataFrame, *, static: bool = False) -> list[tuple[str, Any]]:
     """(name, figure) pairs of a run report's IIA section: plotly, or the matplotlib twins with ``static``.
 
     Per family a layer x position heat map (layers as rows, so a 30-layer scan stays one
-    readable column per position), size x family, and the best IIA per layer with the
-    controls as bands.
+    readable column per position), size x family, the best IIA per layer with the
+    controls as bands, and per (family, component, size) that scanned several layers or positions
+    MIB's layer x position map (``layer-position-*``, :mod:`roadinterp.viz.mib`).
     """
     from roadinterp.viz import learned as Ln
     from roadinterp.viz import static as S
@@ -291,6 +256,13 @@ def run_figures(table: pd.DataFrame, *, static: bool = False) -> list[tuple[str,
         table, "size", "family", reduce="best",
         title="IIA by size and family (best layer, component and position per square)")))
     figs.append(("layer-sweep", (S if static else Ln).layer_sweep(table)))
+    from roadinterp.aggregates import groups
+    from roadinterp.summary import summarize
+    from roadinterp.viz import mib
+
+    for g in groups(summarize(table))[: mib.MAX_GROUPS]:  # MIB's reading: layer x position, best position per layer
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{g['family']}-{g['component']}-s{g['size']}")
+        figs.append((f"layer-position-{stem}", (S if static else mib).layer_position(table, **g)))
     return figs
 
 
@@ -468,12 +440,17 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, cells:
                     "Controls: IIA of the same cell on a randomly initialised model and for the task's rival "
                     "hypothesis; a real alignment scores high on IIA and low on both.</p>")
         body.append(_collapsed(summary, _summary_html, "cells"))
+        from roadinterp.viz.mib import section_html
+
+        mib = [(t, fig) for t, fig in named if t.startswith("layer-position-")]
+        body += section_html(summary) + [_figure_div(fig, t) for t, fig in mib]
         body.append("<h2>Controls and warnings</h2>")
         body.append(f'<p class="meta">{_e(_CONTROLS_NOTE)}</p>')
         body.append(_collapsed(summary, _controls_html, "cells"))
         body.append("<h2>IIA heat maps</h2>")
-        body.extend(_figure_div(fig, t) for t, fig in named if t != "layer-sweep")
-        figs = [fig for _, fig in sweep] + [fig for t, fig in named if t != "layer-sweep"]
+        rest = [(t, fig) for t, fig in named if t != "layer-sweep" and not t.startswith("layer-position-")]
+        body.extend(_figure_div(fig, t) for t, fig in rest)
+        figs = [fig for _, fig in sweep] + [fig for _, fig in mib] + [fig for _, fig in rest]
         learned_body, learned_figs = _learned_html(run_dir, table, summary, cells)
         body.extend(learned_body)
         figs += learned_figs

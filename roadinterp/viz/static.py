@@ -347,6 +347,41 @@ def examples(table) -> Figure:
     return fig
 
 
+def layer_position(table: pd.DataFrame, *, family: str, component: str, size: int) -> Figure:
+    """Twin of :func:`roadinterp.viz.mib.layer_position`: mean IIA per (layer, position) of one group, a
+    panel per score and control, rings on each layer's best position (by that panel's values)."""
+    from roadinterp import aggregates as A
+    from roadinterp.summary import summarize
+    from roadinterp.viz import mib
+
+    summary = summarize(table)
+    grid = A.layer_position_grid(summary, family=family, component=component, size=size)
+    panels = [m for m in mib.PANELS if m in grid]
+    first = grid[panels[0]]
+    dense = len(first.index) > F.DENSE_ROWS
+    h = (0.22 if dense else 0.45) * len(first.index) + 1.8
+    fig = Figure(figsize=((0.8 * len(first.columns) + 1.6) * len(panels) + 1, max(2.8, h)), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    im = None
+    for ax, m in zip(axes, panels):
+        z = grid[m].to_numpy(dtype=float)
+        im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        for i, row in enumerate(z):
+            if np.isfinite(row).any():
+                ax.scatter([int(np.nanargmax(row))], [i], s=90, facecolors="none", edgecolors="white", linewidths=1.5)
+            for j, v in enumerate(row):
+                if np.isfinite(v) and not dense:
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 else "white")
+        ax.set_xticks(range(len(first.columns)), list(first.columns))
+        ax.set_xlabel("position")
+        ax.set_title(A.METRICS[m], fontsize=9)
+    axes[0].set_yticks(range(len(first.index)), [str(v) for v in first.index])
+    axes[0].set_ylabel("layer")
+    fig.colorbar(im, ax=list(axes), label="accuracy")
+    fig.suptitle(mib.title({"family": family, "component": component, "size": size}, summary), fontsize=9)
+    return fig
+
+
 def save_static(fig: Figure, path) -> Path:
     """Save a matplotlib figure as .png, .pdf or .svg (chosen by suffix)."""
     path = Path(path)

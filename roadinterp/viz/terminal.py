@@ -4,7 +4,9 @@ The table fits 120 columns: per cell the IIA mean and spread over seeds, the no-
 the random-init and rival controls and the warning codes; ``wide`` adds the range, train IIA,
 full-vocabulary IIA, seed agreement and the whole-site patch (the report and results.csv
 always hold every column). The sentence is :func:`roadinterp.summary.describe_best`, the
-report's wording too. Reads only a summary table.
+report's wording too. A scan over several layers or positions adds MIB's aggregates
+(:mod:`roadinterp.aggregates`: per layer the best position, then mean | max over layers) for
+IIA and each control, one row per (family, component, size). Reads only a summary table.
 """
 
 from __future__ import annotations
@@ -46,6 +48,43 @@ def print_summary(console, summary, best, out, *, wide: bool = False) -> None:
         t.add_row(str(r["family"]), str(r["layer"]), CellId.from_row(r).where, str(r["size"]),
                   str(int(r["n_seeds"])), *cells, str(r.get("warnings") or "").replace(";", "; "))
     console.print(t)
+    print_aggregates(console, summary, wide=wide)
     if best:
         console.print(describe_best(best), markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {out}/results.csv  report: {out}/report.html", markup=False, soft_wrap=True)
+
+
+# MIB's aggregates: (header, metric of roadinterp.aggregates.METRICS); WIDE ones only with --wide
+_AGG = [("IIA", "iia"), ("site patch", "iia_site_patch"), ("random-init", "iia_random_model")]
+_AGG_WIDE = [("vocab IIA", "iia_vocab")]
+
+
+def print_aggregates(console, summary, *, wide: bool = False) -> None:
+    """MIB's mean | max over layers of the best position per layer, for IIA and every control present
+    (the no-op baseline once: one held-out set serves every cell); nothing for a run of one cell per
+    (family, component, size)."""
+    from rich.table import Table
+
+    from roadinterp.aggregates import over_layers
+    from roadinterp.cellid import CellId
+
+    agg = over_layers(summary)
+    if agg.empty or int((agg["layers"] * agg["positions"]).max()) < 2:
+        return
+    cols = [(h, m) for h, m in _AGG + (_AGG_WIDE if wide else []) if f"{m}_layer_mean" in agg]
+
+    def f(v):
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    t = Table(title="MIB's aggregates: best position per layer, then mean | max over layers")
+    has_null = "iia_null_layer_mean" in agg
+    for col in ("family", "size", "layers x pos", *(h for h, _ in cols), *(["no-op"] if has_null else []),
+                "max at"):
+        t.add_column(col, no_wrap=True)
+    for _, r in agg.iterrows():
+        cell = CellId(r["family"], int(r["best_layer"]), r["component"], r["best_position"], int(r["size"]))
+        where = f"L{cell.layer} {cell.where}"
+        t.add_row(str(r["family"]), str(r["size"]), f"{r['layers']} x {r['positions']}",
+                  *(f"{f(r[f'{m}_layer_mean'])} | {f(r[f'{m}_layer_max'])}" for _, m in cols),
+                  *([f(r["iia_null_layer_mean"])] if has_null else []), where)
+    console.print(t)

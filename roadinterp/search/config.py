@@ -38,7 +38,8 @@ class SearchConfig:
     components: list[str] = field(default_factory=lambda: ["block_output"], metadata={
         "help": "pyvene components, e.g. block_output, mlp_output.", "flag": "--component"})
     positions: list = field(default_factory=lambda: ["last"], metadata={
-        "help": "Positions: last, all, an index or a task-named position."})
+        "help": "Positions, one cell per (layer, position): last, all, an index or a task-named position, "
+                "also one that differs per row (ravel-city's city, ioi's io, s1, s2), e.g. city,last."})
     families: list[str] = field(default_factory=lambda: ["butterfly", "das"], metadata={
         "help": "Intervention families: neuron, neuron-fixed, road, butterfly, das, lowrank, boundless.",
         "flag": "--family"})

@@ -123,7 +123,8 @@ def print_table(console, result: ScreenResult, out: str | None = None) -> None:
         f"time: exact {s['exact']:.1f} s ({m.get('engine') or 'not run'}), AtP {s['atp']:.1f} s, screen "
         f"{s['screen']:.1f} s (+ {s['load']:.1f} s loading and binding) on {m['torch_threads']} threads; "
         f"peak memory {m['peak_rss_mb']:.0f} MB"]
-    if out:
-        lines.append(f"grid: {out}/screen.csv  heat map: {out}/screen.html, {out}/screen.png")
-    for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for line in lines:  # wrapped at the console's width (120 in pipes and logs)
+        console.print(line, markup=False, highlight=False)
+    if out:  # paths are what a user copies: never split
+        console.print(f"grid: {out}/screen.csv  heat map: {out}/screen.html, {out}/screen.png", markup=False,
+                      highlight=False, soft_wrap=True)

@@ -224,12 +224,16 @@ def _run(cfg: dict, quick: bool) -> dict:
 # ------------------------------------------------------------- per-row positions (--rows)
 ROWS = dict(model="zoo:smollm2-135m", device="cpu", template="raw", layer=0, family="butterfly", size=8,
             step_batch=32, reps=3, n_train=128, n_test=64, epochs=1, batch_size=32,
-            cases=[("ravel-city", ["country"], "city"), ("ioi", ["io_position"], "io")])
+            cases=[("ravel-city", ["country"], "city"), ("ioi", ["io_position"], "io"), ("ioi", ["io_position"], "s2")])
 QUICK_ROWS = {**ROWS, "reps": 1, "n_train": 32, "n_test": 16, "step_batch": 8, "cases": [("ioi", ["io_position"], "io")]}
 
 
 def run_rows(quick: bool = False, **overrides) -> dict:
-    """The KV engine at a position that differs per row (RAVEL's ``city``, IOI's ``io``) vs pyvene.
+    """The KV engine at a position that differs per row (RAVEL's ``city``, IOI's ``io`` and ``s2``) vs pyvene.
+
+    ``seq`` and ``tail_start`` say how much of each prompt the KV tail runs (from the earliest index
+    of the step's rows, bases and sources, to the end): an entity near the start of the prompt
+    leaves little to cache, an entity late in it little to run.
 
     Per case, at ``layer``: milliseconds of one forward+backward at ``step_batch`` by each engine
     (median of ``reps`` after a warm-up) and their ratio; then one short DII fit by each engine
@@ -252,7 +256,9 @@ def run_rows(quick: bool = False, **overrides) -> dict:
             site = Site(cfg["layer"], "block_output", position)
             data = place(task.counterfactuals(cfg["step_batch"], split="train", seed=0, variables=variables), model)
             width = site_width(model, site)
-            row: dict = {"distinct_positions": sorted({int(i) for i in data.positions[position][:, 0]})}
+            at = data.positions[position]
+            row: dict = {"seq": int(data.base["input_ids"].shape[1]), "tail_start": int(at.min()),
+                         "distinct_positions": sorted({int(i) for i in at[:, 0]})}
             for engine in ("kv", "pyvene"):
                 step = make_step(model, task, data, site, width, cfg["family"], cfg["size"], engine)
                 assert step.engine == engine, (engine, step.engine)

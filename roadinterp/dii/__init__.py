@@ -11,13 +11,14 @@ The data flow, in the order the modules run:
     fit.fit_cell: build K candidates ─▶ runners.make_runner ─▶ Adam steps ─▶ fit.iia_scores (answers, vocabulary)
                                              │
                                              ▼
-                        kvreplay (causal LMs: cached keys/values, only the intervened positions run)
+                        kvreplay (causal LMs: only the intervened positions run, per-row ones too,
+                                  on _kvtable's cached keys/values)
                         or replay.SiteReplay (site states cached once per distinct input)
                         or pyvene's hooks (the reference path)
 
 ``config`` says what a run is; ``fit`` is the one training loop (K = 1 for ``train_dii``);
 ``runners`` is the one interface to the frozen model; ``kvreplay`` and ``replay`` make it
-fast (``_tables``: what both share). No I/O and no plotting happen in this package.
+fast (``_tables``: what both share; ``_kvtable``: the KV engine's clean-run table). No I/O and no plotting happen in this package.
 """
 
 # lazy (module __getattr__): ``roadinterp.dii.config`` is read by the CLI at start-up without torch

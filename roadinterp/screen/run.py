@@ -93,7 +93,7 @@ def screen(config: ScreenConfig | None = None, *, model=None, task=None, tokeniz
     from roadinterp import controls as C
     from roadinterp._scoped import torch_threads
     from roadinterp.screen.atp import atp_cells, changing
-    from roadinterp.screen.exact import hook_cells, kv_cells, kv_reason
+    from roadinterp.screen.exact import kv_reason
     from roadinterp.screen.grid import grid_positions
     from roadinterp.sites import Site, n_layers, validate_site
 
@@ -128,32 +128,10 @@ def screen(config: ScreenConfig | None = None, *, model=None, task=None, tokeniz
             if progress is not None:
                 progress(done, n_cells, what)
 
-        y, change = batch.labels, changing(batch)
         cells: dict[tuple[int, str], dict[str, Any]] = {}
         t1 = time.perf_counter()
         if exact_at:
-            run = kv_cells if engine == "kv" else hook_cells
-            try:
-                stream = run(model, task, batch, layers, config.component, exact_at, config.batch_size)
-                first = next(stream)
-            except ConfigError:  # the KV tails failed their check: full forwards instead
-                if config.engine == "kv":
-                    raise
-                engine = "hooks"
-                stream = hook_cells(model, task, batch, layers, config.component, exact_at, config.batch_size)
-                first = next(stream)
-            clean = {}
-            for layer, label, rows, z in _chain(first, stream):
-                y_rows, yb_rows = y[rows], batch.base_labels[rows]
-                margin = _margin(y_rows, yb_rows)
-                if layer is None:
-                    clean[rows.start] = z
-                    continue
-                c = cells.setdefault((layer, label), {"correct": 0, "delta": 0.0, "identical": True})
-                c["correct"] += int((z.argmax(-1) == y_rows).sum())
-                c["delta"] += float(((margin(z) - margin(clean[rows.start])) * change[rows]).sum())
-                c["identical"] &= z is clean[rows.start]
-                tick(f"exact L{layer} {label}")
+            engine = _score_exact(cells, engine, config, model, task, batch, layers, exact_at, tick)
         t_exact = time.perf_counter() - t1
         t2 = time.perf_counter()
         if config.atp:
@@ -163,6 +141,8 @@ def screen(config: ScreenConfig | None = None, *, model=None, task=None, tokeniz
                 c["atp"] = c.get("atp", 0.0) + float(est.sum())
                 tick(f"atp L{layer} {label}")
         t_atp = time.perf_counter() - t2
+        threads = torch.get_num_threads()
+    y, change = batch.labels, changing(batch)
     n, n_change = len(y), max(int(change.sum()), 1)
     records = []
     for pos in positions:
@@ -176,15 +156,45 @@ def screen(config: ScreenConfig | None = None, *, model=None, task=None, tokeniz
     grid = pd.DataFrame(records, columns=GRID_COLUMNS)
     null = C.null_iia(batch)
     meta = {"model": spec, "task": task.name, "template": getattr(task, "template", None),
-            "variables": list(batch.variables if config.variables is None else config.variables),
+            "variables": list(config.variables or task.hypothesis_variables("main")),
             "component": config.component, "layers": layers, "positions": [p.label for p in positions],
             "n": n, "n_changing": int(change.sum()), "iia_null": null, "engine": engine if exact_at else None,
             "seq_len": int(next(iter(batch.base.values())).shape[1]),
             "seconds": {"load": round(t_load, 3), "exact": round(t_exact, 3), "atp": round(t_atp, 3),
                         "screen": round(t_exact + t_atp, 3)},
-            "peak_rss_mb": round(_peak_mb(), 1), "torch_threads": torch.get_num_threads(),
+            "peak_rss_mb": round(_peak_mb(), 1), "torch_threads": threads,
             "compare": compare(grid, null)}
     return ScreenResult(config, grid, meta)
+
+
+def _score_exact(cells: dict, engine: str, config: ScreenConfig, model, task, batch, layers, positions, tick) -> str:
+    """Accumulate each cell's correct rows, logit-difference change and identity into ``cells``; the
+    engine that ran (auto falls back from kv to hooks when the KV tails fail their check)."""
+    from roadinterp.screen.atp import changing
+    from roadinterp.screen.exact import hook_cells, kv_cells
+
+    args = (model, task, batch, layers, config.component, positions, config.batch_size)
+    try:
+        stream = (kv_cells if engine == "kv" else hook_cells)(*args)
+        first = next(stream)
+    except ConfigError:
+        if config.engine == "kv" or engine != "kv":
+            raise
+        engine, stream = "hooks", hook_cells(*args)
+        first = next(stream)
+    change, clean = changing(batch), {}
+    for layer, label, rows, z in _chain(first, stream):
+        y_rows = batch.labels[rows]
+        margin = _margin(y_rows, batch.base_labels[rows])
+        if layer is None:
+            clean[rows.start] = z
+            continue
+        c = cells.setdefault((layer, label), {"correct": 0, "delta": 0.0, "identical": True})
+        c["correct"] += int((z.argmax(-1) == y_rows).sum())  # fit.iia_scores' reading
+        c["delta"] += float(((margin(z) - margin(clean[rows.start])) * change[rows]).sum())
+        c["identical"] &= z is clean[rows.start]
+        tick(f"exact L{layer} {label}")
+    return engine
 
 
 def _margin(y: torch.Tensor, yb: torch.Tensor):

@@ -303,3 +303,15 @@ def test_no_atp_no_exact_is_refused():
     with pytest.raises(ConfigError, match="nothing to compute"):
         ScreenConfig(exact="none", atp=False)
     assert np.isfinite(ScreenConfig().n)
+
+
+def test_hooks_engine_on_a_model_without_sequence_axis():
+    """pyvene's MLP (no KV engine, [n, d] states): the hooks engine runs, and after the last block,
+    whose readout is linear, AtP's first-order estimate is the exact change."""
+    from roadinterp.screen import screen
+
+    r = screen(task="hierarchical-equality", n=64)
+    assert r.meta["engine"] == "hooks" and r.meta["positions"] == ["-1 last"]
+    last = r.grid[r.grid["layer"] == r.grid["layer"].max()].iloc[0]
+    assert last["atp"] == pytest.approx(last["delta"], rel=1e-4)
+    assert r.grid["iia"].between(0, 1).all()

@@ -170,14 +170,18 @@ class Pair:
         self.test = [base[int(i * step)] for i in range(min(a.n_test, len(base)))]  # spread over the templates
         self.neutral = [(r["prompt"], r["capital"]) for r in _jsonl(d / "neutral.test.jsonl")][:a.n_neutral]
         self.preserve = [{"prompt": r["prompt"]} for r in _jsonl(d / "neutral.train.jsonl")]
-        # validation (lambda grid): training-split prompts no adapter trained on, neutral training prompts
-        used = prompts_a | {r.prompt for r in rows_b}
-        spare = [(p, c) for p, c in base_train.items() if p not in used]
-        self.val = spare[::max(1, len(spare) // max(1, a.n_val))][:a.n_val]
+        self.base_train, self.n_val = base_train, a.n_val
         self.val_neutral = [(r["prompt"], r["capital"]) for r in _jsonl(d / "neutral.train.jsonl")][:a.n_val]
         # "content kept" compares with the base answer after the content-changing rule (french)
         content_rules = tuple(b for b in (self.A, self.B) if b == "french")
         self.content_ref = [cb.transform(ans, content_rules) for _, ans in self.test]
+
+    def val(self, n_used: int) -> list[tuple[str, str]]:
+        """Validation prompts (lambda grid): training-split prompts outside the first ``n_used`` rows
+        of either behaviour (the rows a protocol trained on), spread over the templates."""
+        used = {r.prompt for b in (self.A, self.B) for r in self.rows[b][:n_used]}
+        spare = [(p, c) for p, c in self.base_train.items() if p not in used]
+        return spare[::max(1, len(spare) // max(1, self.n_val))][:self.n_val]
 
 
 # ------------------------------------------------------------------ protocols
@@ -322,7 +326,7 @@ def generate_conditions(a, model, tok, pair: Pair, conds: dict):
             {n: u[k * len(nq):(k + 1) * len(nq)] for k, n in enumerate(names)})
 
 
-def calibrate(a, model, tok, pair: Pair, conds: dict) -> dict:
+def calibrate(a, model, tok, pair: Pair, conds: dict, n_used: int) -> dict:
     """Scales ``(lambda_A, lambda_B)`` from ``--lambda-grid`` that do best on the validation split.
 
     Objective per grid point: rate(both properties) + rate(content kept) + rate(neutral), on
@@ -334,8 +338,9 @@ def calibrate(a, model, tok, pair: Pair, conds: dict) -> dict:
 
     grid = [(la, lb) for la in a.lambda_grid for lb in a.lambda_grid]
     bank = {f"{la},{lb}": combine({"A": conds["A"], "B": conds["B"]}, weights={"A": la, "B": lb}) for la, lb in grid}
-    vq, nq = [q for q, _ in pair.val], [q for q, _ in pair.val_neutral]
-    ref = [cb.transform(c, tuple(b for b in (pair.A, pair.B) if b == "french")) for _, c in pair.val]
+    val = pair.val(n_used)
+    vq, nq = [q for q, _ in val], [q for q, _ in pair.val_neutral]
+    ref = [cb.transform(c, tuple(b for b in (pair.A, pair.B) if b == "french")) for _, c in val]
     t = generate(model, tok, [q for _ in bank for q in vq], adapters=bank,
                  adapter_ids=[k for k in bank for _ in vq], max_new_tokens=a.new_tokens)
     u = generate(model, tok, [q for _ in bank for q in nq], adapters=bank,
@@ -373,7 +378,7 @@ def run_cell(a, model, tok, pair: Pair, protocol: str, seed: int, cache) -> dict
         if a.lambda_grid and protocol in ROAD:
             from roadinterp.adapters.compose import combine
 
-            cal = calibrate(a, model, tok, pair, conds)
+            cal = calibrate(a, model, tok, pair, conds, a.dist_rows if protocol.startswith("linear") else a.n_train)
             la, lb = cal["lambda"]
             conds = {**conds, "A+B_cal": combine({"A": conds["A"], "B": conds["B"]}, weights={"A": la, "B": lb})}
         texts, neutral = generate_conditions(a, model, tok, pair, conds)

@@ -91,6 +91,18 @@ def table(pair: str, entry: dict) -> str:
         if proto.endswith(CAL):
             lam = " (lambda " + "; ".join(",".join(f"{x:g}" for x in c["calibration"]["lambda"]) for c in cells) + ")"
         lines.append(f"| {proto}{lam} | {len(cells)} | " + " | ".join(cols) + f" | {np.mean(secs) / 60:.1f} |")
+    curves = [(proto, c["seed"], name, cv) for proto, cells in entry["protocols"].items() if not proto.endswith(CAL)
+              for c in cells for name, cv in c["curves"].items() if cv.get("window_loss")]
+    if curves:
+        lines += ["", f"Convergence ({pair}): mean train loss per window of steps, and why training stopped", "",
+                  "| protocol | seed | adapter | steps | window | stopped | window loss (first ... last 3) | s/step |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for proto, seed, name, cv in curves:
+            wl = cv["window_loss"]
+            shown = " ".join(f"{x:.3f}" for x in wl) if len(wl) <= 4 else \
+                f"{wl[0]:.3f} ... " + " ".join(f"{x:.3f}" for x in wl[-3:])
+            lines.append(f"| {proto} | {seed} | {name} | {len(cv['loss'])} | {cv.get('window')} | {cv.get('stopped')} "
+                         f"| {shown} | {cv['step_seconds']:.2f} |")
     return "\n".join(lines)
 
 

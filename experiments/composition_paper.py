@@ -339,6 +339,8 @@ def calibrate(a, model, tok, pair: Pair, conds: dict, n_used: int) -> dict:
     grid = [(la, lb) for la in a.lambda_grid for lb in a.lambda_grid]
     bank = {f"{la},{lb}": combine({"A": conds["A"], "B": conds["B"]}, weights={"A": la, "B": lb}) for la, lb in grid}
     val = pair.val(n_used)
+    if not val:
+        raise SystemExit(f"--lambda-grid: no training-split rows beyond the {n_used} trained on are left for validation")
     vq, nq = [q for q, _ in val], [q for q, _ in pair.val_neutral]
     ref = [cb.transform(c, tuple(b for b in (pair.A, pair.B) if b == "french")) for _, c in val]
     t = generate(model, tok, [q for _ in bank for q in vq], adapters=bank,
@@ -435,7 +437,7 @@ def main(argv=None) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     if not (a.data / "neutral.test.jsonl").exists():
-        lim = dict(n_train=a.n_train, n_test=max(a.n_test, 8)) if a.quick else {}
+        lim = dict(n_train=a.n_train + 2 * a.n_val, n_test=max(a.n_test, 8)) if a.quick else {}  # spare rows: validation
         cb.write_files(model, tok, a.data, **lim)
         print(f"wrote {a.data} at {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     for pair_name in a.pairs:

@@ -27,7 +27,32 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupted)
     from roadinterp.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    except SystemExit as e:
+        if e.code in (130, 143):  # interrupted: the boundary has printed its line and unwound every finally
+            _exit_now(e.code)
+        raise
+
+
+def _exit_now(code: int) -> None:  # pragma: no cover - exercised by subprocess tests
+    """Exit with ``code`` itself, not as killed by SIGINT.
+
+    CPython remembers a KeyboardInterrupt that once escaped code run through ``PyRun_*``
+    (pybind11's ``eval`` in an extension's import, for one) and, after finalisation, turns
+    *any* exit status into death by SIGINT (status -2), even after the boundary caught the
+    interrupt and called ``sys.exit(130)``. So the interrupted path finishes by hand: the
+    atexit functions (multiprocessing's clean-up among them), the streams, then ``os._exit``.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":  # python -m _roadinterp_entry ARGS: what the console script runs

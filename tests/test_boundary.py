@@ -233,6 +233,13 @@ MATRIX = [
     ("zoo-train-pretrained", ["zoo", "train", "smollm2-135m"], "nothing to train"),
     ("zoo-seed-negative", ["zoo", "train", "hierarchical-equality-mlp", "--seed", "-1"], "--seed must be >= 0"),
     ("bench-unknown", ["bench", "nope"], "unknown benchmark 'nope'"),
+    # screen: refused before any model is loaded or trained
+    ("screen-unknown-task", ["screen", "--task", "nope", "-o", "{tmp}/scr"], "unknown task 'nope'"),
+    ("screen-n-zero", ["screen", "--task", "hierarchical-equality", "--n", "0", "-o", "{tmp}/scr"], "--n must be >= 1"),
+    ("screen-exact-unknown", ["screen", "--task", "hierarchical-equality", "--exact", "bogus", "-o", "{tmp}/scr"],
+     "exact must be one of all, named, none"),
+    ("screen-engine-unknown", ["screen", "--task", "hierarchical-equality", "--engine", "warp", "-o", "{tmp}/scr"],
+     "engine must be one of auto, kv, hooks"),
 ]
 
 

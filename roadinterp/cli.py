@@ -462,5 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     run(app, sys.argv[1:] if argv is None else list(argv))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m roadinterp.cli: the same process exit as the console script
+    from _roadinterp_entry import run_process
+
+    run_process(main)

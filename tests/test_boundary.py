@@ -528,6 +528,22 @@ def test_ctrl_c_after_a_cell_exits_130_one_line_and_resume_finishes(tmp_path):
     assert _count(run / "results.db") == 6
 
 
+@pytest.mark.parametrize("code", [130, 143, 2, 0])
+def test_process_exit_keeps_the_status_runs_atexit_and_flushes(tmp_path, code):
+    # run_process: an interrupted exit (130/143) leaves through os._exit, after the atexit functions
+    # and a flush of buffered output; any other status is Python's own exit. Either way the
+    # status the boundary chose is the process's, and nothing registered at exit is skipped.
+    mark = tmp_path / "atexit"
+    script = (f"import atexit, sys\nfrom _roadinterp_entry import run_process\n"
+              f"atexit.register(lambda: open({str(mark)!r}, 'w').write('ran'))\n"
+              f"sys.stdout.write('buffered')\n"
+              f"run_process(lambda: sys.exit({code}))\n")
+    r = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == code, r.stderr
+    assert r.stdout == "buffered"
+    assert mark.read_text() == "ran"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["import", "worker-start-up"])
 def test_ctrl_c_at_start_up_is_one_line(tmp_path, moment):
